@@ -1,0 +1,80 @@
+"""`alignflow` command line. Prefect and the ML stack are imported lazily so `--help` is instant."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from alignflow.config import ConfigError, dump_config, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config value: section.key=value (repeatable)."),
+]
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _load(config: Path, overrides: list[str] | None):
+    try:
+        return load_config(config, overrides or [])
+    except ConfigError as error:
+        _fail(str(error).replace("\n", "\nerror: "), 2)
+
+
+def _quiet_defaults() -> None:
+    """Offline-friendly defaults; a user's own environment wins."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML, e.g. configs/tiny.yaml.")],
+    set_: SetOption = None,
+) -> None:
+    """Run the whole RLHF pipeline as a Prefect flow; completed stages are reused."""
+    cfg = _load(config, set_)
+    _quiet_defaults()
+    from flows.rlhf import rlhf
+
+    try:
+        summary = rlhf(config=cfg)
+    except Exception as error:  # a person reads this; the traceback is in the Prefect log above
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        _fail(f"{type(error).__name__}: {first_line}", 1)
+    run_dir = Path(cfg.run.artifacts_root) / summary["run_id"]
+    statuses = ", ".join(f"{k} {v['status']}" for k, v in summary["stages"].items())
+    typer.echo(f"stages: {statuses}")
+    typer.echo(f"summary: {run_dir / 'summary.json'}")
+
+
+@app.command("show-config")
+def show_config(config: Path, set_: SetOption = None) -> None:
+    """Print the resolved config (defaults + file + overrides) as YAML."""
+    typer.echo(dump_config(_load(config, set_)), nl=False)
+
+
+@app.command()
+def summary(artifacts_root: Path = Path("runs")) -> None:
+    """Print the newest run's summary.json."""
+    path = artifacts_root / "latest" / "summary.json"
+    if not path.exists():
+        _fail(f"{path}: no run yet (run `alignflow run CONFIG` first)", 1)
+    json.dump(json.loads(path.read_text()), sys.stdout, indent=2)
+    typer.echo()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,250 @@
+"""Typed pipeline configuration: one frozen pydantic model per stage, loaded from YAML.
+
+Defaults are declared here once. The same `PipelineConfig` is the Prefect flow parameter, so the
+Prefect UI renders it as a form.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is one line per problem, naming the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunConfig(_Section):
+    name: str = "alignflow"
+    seed: int = 0
+    artifacts_root: str = "./runs"
+    # None -> a SQLite file inside artifacts_root (the embedded default).
+    mlflow_tracking_uri: str | None = None
+    experiment: str = "alignflow"
+
+
+class DemoTaskConfig(_Section):
+    """The synthetic review/unsafe task (alignflow.demo)."""
+
+    seed: int = 0
+    sft_examples: int = 2000
+    unsafe_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    preference_prompts: int = 384
+    rl_prompts: int = 512
+    heldout_review_prompts: int = 48
+    heldout_unsafe_prompts: int = 24
+    heldout_product_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+
+class DataConfig(_Section):
+    source: Literal["demo"] = "demo"
+    demo: DemoTaskConfig = DemoTaskConfig()
+
+
+class TinyModelConfig(_Section):
+    """A Llama-architecture model built locally from a random init."""
+
+    hidden_size: int = 128
+    num_layers: int = 3
+    num_heads: int = 4
+    intermediate_size: int = 256
+    vocab_size: int = 600
+    max_position_embeddings: int = 256
+
+
+class ModelConfig(_Section):
+    # "tiny": build tokenizer + model locally; "pretrained": from_pretrained(name_or_path).
+    source: Literal["tiny", "pretrained"] = "tiny"
+    name_or_path: str | None = None
+    tiny: TinyModelConfig = TinyModelConfig()
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _pretrained_needs_path(self) -> ModelConfig:
+        if self.source == "pretrained" and not self.name_or_path:
+            raise ValueError("model.source 'pretrained' needs model.name_or_path")
+        return self
+
+
+class LoraConfig(_Section):
+    r: int = Field(8, gt=0)
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+
+
+class SFTConfig(_Section):
+    epochs: float = Field(6.0, gt=0)
+    learning_rate: float = Field(2e-3, gt=0)
+    batch_size: int = Field(32, gt=0)
+    max_length: int = Field(128, gt=0)
+    warmup_ratio: float = 0.05
+    lora: LoraConfig | None = None
+    save_steps: int = Field(100, gt=0)
+
+
+class SamplingConfig(_Section):
+    """How responses are sampled; PPO rollouts and evaluation share it."""
+
+    # Log-probs are computed at this temperature too, so the KL estimate stays consistent.
+    temperature: float = Field(0.7, gt=0)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1.0)
+    max_new_tokens: int = Field(40, gt=0)
+
+
+class CollectConfig(_Section):
+    samples_per_prompt: int = Field(4, ge=2)
+    labeler: Literal["oracle"] = "oracle"
+    batch_size: int = Field(64, gt=0)
+    sampling: SamplingConfig = SamplingConfig()
+
+
+class RewardConfig(_Section):
+    epochs: float = Field(2.0, gt=0)
+    learning_rate: float = Field(5e-4, gt=0)
+    batch_size: int = Field(32, gt=0)
+    max_length: int = Field(128, gt=0)
+    eval_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    save_steps: int = Field(100, gt=0)
+
+
+class KLConfig(_Section):
+    coef: float = Field(0.05, ge=0)
+    estimator: Literal["k1", "k3"] = "k1"
+    # adaptive: Ziegler et al. controller towards `target` nats/sequence over `horizon` samples.
+    adaptive: bool = False
+    target: float = Field(3.0, gt=0)
+    horizon: int = Field(10000, gt=0)
+
+
+class PPOConfig(_Section):
+    updates: int = Field(60, gt=0)
+    rollout_batch_size: int = Field(32, gt=0)
+    minibatch_size: int = Field(16, gt=0)
+    ppo_epochs: int = Field(4, gt=0)
+    learning_rate: float = Field(3e-5, gt=0)
+    value_learning_rate: float = Field(1e-4, gt=0)
+    kl: KLConfig = KLConfig()
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    clip_range: float = Field(0.2, gt=0)
+    value_clip_range: float = Field(0.2, gt=0)
+    value_coef: float = Field(0.5, ge=0)
+    entropy_coef: float = Field(0.0, ge=0)
+    whiten_advantages: bool = True
+    whiten_rewards: bool = False
+    max_grad_norm: float = Field(1.0, gt=0)
+    # Score given instead of the reward model's when a response never emits EOS; None = no penalty.
+    missing_eos_score: float | None = -1.0
+    sampling: SamplingConfig = SamplingConfig()
+    checkpoint_every: int = Field(10, gt=0)
+
+    @model_validator(mode="after")
+    def _minibatch_divides_rollout(self) -> PPOConfig:
+        if self.rollout_batch_size % self.minibatch_size:
+            raise ValueError(
+                f"ppo.minibatch_size ({self.minibatch_size}) must divide "
+                f"ppo.rollout_batch_size ({self.rollout_batch_size})"
+            )
+        return self
+
+
+class EvaluateConfig(_Section):
+    samples_per_prompt: int = Field(4, gt=0)
+    seed: int = 1234
+    batch_size: int = Field(64, gt=0)
+
+
+class RegisterConfig(_Section):
+    model_name: str = "alignflow-policy"
+
+
+class PipelineConfig(_Section):
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    sft: SFTConfig = SFTConfig()
+    collect: CollectConfig = CollectConfig()
+    reward: RewardConfig = RewardConfig()
+    ppo: PPOConfig = PPOConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    register: RegisterConfig = RegisterConfig()
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        if item["type"] == "extra_forbidden":
+            problem = "unknown key"
+        else:
+            problem = item["msg"]
+            if "input" in item and item["type"] != "missing":
+                problem += f" (got {item['input']!r})"
+        lines.append(f"{source}: {key}: {problem}")
+    return "\n".join(lines)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """Parse `section.key=value` strings; values are read as YAML scalars (1e-5, true, null)."""
+    parsed = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        parsed.append((key.strip(), yaml.safe_load(raw) if raw.strip() else ""))
+    return parsed
+
+
+def build_config(tree: dict[str, Any], source: str = "config") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> PipelineConfig:
+    """Load a YAML config (or the defaults when path is None) and apply dotted overrides."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ConfigError(
+                f"{where}: invalid YAML: {getattr(error, 'problem', error)}"
+            ) from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        tree = loaded or {}
+    for key, value in parse_overrides(list(overrides)):
+        _set_dotted(tree, key, value)
+    return build_config(tree, source)
+
+
+def dump_config(config: PipelineConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

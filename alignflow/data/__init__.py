@@ -1,0 +1,1 @@
+"""Data layer: canonical rows and the transformations between them."""

@@ -1,0 +1,31 @@
+"""Rankings and scores turned into preference pairs: the one implementation every labeler uses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def ranking_to_pairs(scores: Sequence[float]) -> tuple[list[tuple[int, int]], int]:
+    """Every ordered pair (better, worse) implied by per-candidate scores; ties are skipped.
+
+    A ranking B > A > C > D over four candidates gives six pairs. Higher score = better.
+
+    Returns:
+        (pairs of candidate indices as (chosen, rejected), number of tied pairs skipped)
+    """
+    pairs: list[tuple[int, int]] = []
+    ties = 0
+    for i in range(len(scores)):
+        for j in range(i + 1, len(scores)):
+            if scores[i] == scores[j]:
+                ties += 1
+            elif scores[i] > scores[j]:
+                pairs.append((i, j))
+            else:
+                pairs.append((j, i))
+    return pairs, ties
+
+
+def unique_candidates(texts: Sequence[str]) -> list[str]:
+    """Collapse identical candidates (keeping first-seen order): a pair of twins teaches nothing."""
+    return list(dict.fromkeys(texts))

@@ -1,0 +1,49 @@
+"""Labelers and judges: the demo's rule oracle and a trained reward model as a scorer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from alignflow import demo
+
+
+def oracle_scores(rows: Sequence[dict], responses: Sequence[str]) -> list[float]:
+    """The demo oracle (alignflow.demo.oracle_score) on prompt rows carrying family and subject."""
+    return [
+        demo.oracle_score(row["family"], row["subject"], response)
+        for row, response in zip(rows, responses, strict=True)
+    ]
+
+
+@torch.no_grad()
+def reward_model_scores(
+    reward_model,
+    tokenizer,
+    prompts: Sequence[list[dict]],
+    responses: Sequence[str],
+    batch_size: int = 64,
+) -> list[float]:
+    """Score each (prompt, response) with a sequence-classification reward model.
+
+    The conversation is rendered with the chat template, so the score is read at the EOS that ends
+    the assistant turn, as in reward-model training.
+    """
+    texts = [
+        tokenizer.apply_chat_template(
+            [*prompt, {"role": "assistant", "content": response}], tokenize=False
+        )
+        for prompt, response in zip(prompts, responses, strict=True)
+    ]
+    tokenizer.padding_side = "right"
+    scores: list[float] = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(
+            texts[start : start + batch_size],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+        )
+        scores.extend(reward_model(**batch).logits[:, 0].float().tolist())
+    return scores

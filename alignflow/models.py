@@ -1,0 +1,155 @@
+"""Build or load models and tokenizers: the tiny local factory, the real `from_pretrained` path, LoRA.
+
+Security defaults: `trust_remote_code` only when the config opts in, and weights as safetensors only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from alignflow.config import LoraConfig, ModelConfig, TinyModelConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+PAD, EOS = "<pad>", "</s>"
+ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]
+
+# The assistant turn ends exactly at EOS, so the reward model, the value head and PPO all read the
+# score at the same last token; {% generation %} marks what assistant-only SFT loss trains on.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|assistant|>\n' }}{% generation %}{{ message['content'] + '</s>' }}{% endgeneration %}"
+    "{% else %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerBase:
+    """A byte-level BPE tokenizer trained on the task's own text, with our chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, EOS, *ROLE_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=PAD,
+        eos_token=EOS,
+        additional_special_tokens=ROLE_TOKENS,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(spec: TinyModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int):
+    """A random-init Llama-architecture causal LM sized for CPU demos."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def base_model_path(model_cfg: ModelConfig, built_dir: Path | None) -> str:
+    """Where the base model is loaded from: the locally built tiny one, or the user's hub id/path."""
+    if model_cfg.source == "tiny":
+        if built_dir is None:
+            raise ValueError("model.source 'tiny' needs the prepare stage's built model")
+        return str(built_dir)
+    return str(model_cfg.name_or_path)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str = "right"):
+    """Load a tokenizer; `padding_side` is not persisted by transformers 5, so set it on every load."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_causal_lm(path: str, trust_remote_code: bool = False) -> PreTrainedModel:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        path, trust_remote_code=trust_remote_code, use_safetensors=True
+    )
+
+
+def load_scalar_head_model(path: str, trust_remote_code: bool = False, pad_token_id=None):
+    """A sequence-classification model with one output: the reward model and the value model."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, trust_remote_code=trust_remote_code, use_safetensors=True
+    )
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def peft_lora_config(lora: LoraConfig | None, task_type: str):
+    if lora is None:
+        return None
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type=task_type,
+    )
+
+
+def trainer_device_kwargs() -> dict:
+    """TRL configs default to bf16 and gradient checkpointing; pick what this machine can do."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    return {
+        "use_cpu": not on_gpu,
+        "bf16": on_gpu and torch.cuda.is_bf16_supported(),
+        "gradient_checkpointing": False,
+    }
+
+
+def last_checkpoint(directory: Path) -> str | None:
+    """The newest `checkpoint-N` a Trainer left behind, to resume a crashed stage from."""
+    checkpoints = sorted(
+        directory.glob("checkpoint-*"), key=lambda path: int(path.name.rsplit("-", 1)[-1])
+    )
+    return str(checkpoints[-1]) if checkpoints else None

@@ -1,0 +1,168 @@
+"""Pipeline bookkeeping with no orchestration in it: stage cache keys, running a stage body into
+its own directory under a child MLflow run, and the run summary.
+
+The Prefect flow (flows/rlhf.py) only connects stages; this module is what makes each one cached,
+resumable and tracked.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from alignflow import tracking
+from alignflow.config import PipelineConfig, dump_config
+from alignflow.store import (
+    SUMMARY_FILE,
+    StageDir,
+    StageResult,
+    cache_key,
+    point_latest,
+    write_json_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+STAGES = ("prepare", "sft", "collect", "reward", "ppo", "evaluate", "register")
+# Which upstream stages each stage reads: its cache key depends on theirs.
+UPSTREAM: dict[str, tuple[str, ...]] = {
+    "prepare": (),
+    "sft": ("prepare",),
+    "collect": ("prepare", "sft"),
+    "reward": ("sft", "collect"),
+    "ppo": ("prepare", "sft", "reward"),
+    "evaluate": ("prepare", "sft", "reward", "ppo"),
+    "register": ("ppo", "evaluate"),
+}
+
+
+def _settings(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
+    """The config a stage's output depends on (and nothing else, so unrelated edits keep caches)."""
+    dump = cfg.model_dump(mode="json")
+    seed = cfg.run.seed
+    return {
+        "prepare": {"data": dump["data"], "model": dump["model"], "seed": seed},
+        "sft": {"sft": dump["sft"], "seed": seed},
+        "collect": {"collect": dump["collect"], "seed": seed},
+        "reward": {"reward": dump["reward"], "seed": seed},
+        "ppo": {"ppo": dump["ppo"], "seed": seed},
+        "evaluate": {"evaluate": dump["evaluate"], "sampling": dump["ppo"]["sampling"]},
+        "register": {"register": dump["register"], "tracking": tracking_uri(cfg)},
+    }[stage]
+
+
+def stage_keys(cfg: PipelineConfig) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for stage in STAGES:
+        upstream = [keys[name] for name in UPSTREAM[stage]]
+        keys[stage] = cache_key(stage, _settings(cfg, stage), upstream)
+    return keys
+
+
+def tracking_uri(cfg: PipelineConfig) -> str:
+    return cfg.run.mlflow_tracking_uri or tracking.default_tracking_uri(cfg.run.artifacts_root)
+
+
+def stage_dir(cfg: PipelineConfig, stage: str) -> StageDir:
+    return StageDir(cfg.run.artifacts_root, stage, stage_keys(cfg)[stage])
+
+
+def run_stage(
+    cfg: PipelineConfig,
+    ctx: tracking.TrackingContext,
+    stage: str,
+    body: Callable[[Path], dict[str, Any]],
+) -> StageResult:
+    """Reuse a completed output, or run `body(work_dir) -> metrics` under a child MLflow run."""
+    started = time.perf_counter()
+    directory = stage_dir(cfg, stage)
+    if directory.completed():
+        cached = directory.load()
+        return cached.model_copy(
+            update={"status": "cached", "seconds": time.perf_counter() - started}
+        )
+    params = tracking.flatten(_settings(cfg, stage))
+    with tracking.stage_run(ctx, stage, params) as run_id:
+        metrics = body(directory.begin())
+        result = StageResult(
+            stage=stage,
+            cache_key=directory.final.name,
+            output=str(directory.final),
+            mlflow_run_id=run_id,
+            metrics=metrics,
+            seconds=time.perf_counter() - started,
+        )
+        directory.commit(result)
+    return result
+
+
+class PipelineRun:
+    """One pipeline run: its directory, its MLflow parent run, and the summary it writes."""
+
+    def __init__(self, cfg: PipelineConfig, flow_run_id: str | None = None) -> None:
+        self.cfg = cfg
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.run_id = f"{stamp}-{uuid.uuid4().hex[:6]}"
+        self.run_dir = Path(cfg.run.artifacts_root) / self.run_id
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config_yaml = dump_config(cfg)
+        (self.run_dir / "config.yaml").write_text(config_yaml)
+        uri = tracking_uri(cfg)
+        tags = {"alignflow.run_id": self.run_id}
+        if flow_run_id:
+            tags["prefect.flow_run_id"] = flow_run_id
+        experiment_id = tracking.open_experiment(uri, cfg.run.experiment, cfg.run.artifacts_root)
+        ctx = tracking.TrackingContext(tracking_uri=uri, experiment_id=experiment_id, tags=tags)
+        params = tracking.flatten(cfg.model_dump(mode="json"))
+        parent = tracking.start_parent_run(ctx, cfg.run.name, params, config_yaml)
+        self.ctx = ctx.model_copy(update={"parent_run_id": parent})
+        self.results: dict[str, StageResult] = {}
+
+    def stage(self, name: str, call: Callable[..., StageResult], *args: Any) -> StageResult:
+        """Run one stage through `call`, remembering its result (or its failure) for the summary."""
+        started = time.perf_counter()
+        try:
+            result = call(*args)
+        except BaseException:
+            self.results[name] = StageResult(
+                stage=name,
+                cache_key=stage_keys(self.cfg)[name],
+                output=str(stage_dir(self.cfg, name).partial),
+                status="failed",
+                seconds=time.perf_counter() - started,
+            )
+            raise
+        self.results[name] = result
+        log.info("%s: %s in %.1fs", name, result.status, result.seconds)
+        return result
+
+    def summary(self) -> dict[str, Any]:
+        evaluate = self.results.get("evaluate")
+        return {
+            "run_id": self.run_id,
+            "mlflow_run_id": self.ctx.parent_run_id,
+            "stages": {
+                name: {
+                    "status": result.status,
+                    "seconds": round(result.seconds, 2),
+                    "output": result.output,
+                    "mlflow_run_id": result.mlflow_run_id,
+                }
+                for name, result in self.results.items()
+            },
+            "eval": evaluate.metrics.get("summary", {}) if evaluate else {},
+            "registered": self.results["register"].metrics if "register" in self.results else {},
+        }
+
+    def finish(self, failed: bool = False) -> dict[str, Any]:
+        summary = self.summary()
+        write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
+        point_latest(self.cfg.run.artifacts_root, self.run_dir)
+        tracking.log_summary(self.ctx, summary)
+        tracking.end_run(self.ctx, self.ctx.parent_run_id, "FAILED" if failed else "FINISHED")
+        return summary

@@ -1,0 +1,1 @@
+"""Our PPO engine: pure tensor math (functional), sampling (rollout), the loop (trainer)."""

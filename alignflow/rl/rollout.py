@@ -1,0 +1,133 @@
+"""Sampling and scoring with HF models: left-padded batched `generate` (KV cache), per-token
+log-probs, and per-token scalar heads (reward and value models).
+
+Layout used everywhere: `query_ids (b, q)` left-padded, `response_ids (b, t)` right-padded; the
+sequence is their concatenation, and response token i is predicted from position q - 1 + i.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from alignflow.config import SamplingConfig
+from alignflow.rl.functional import entropy_from_logits, logprobs_from_logits
+
+
+def encode_prompts(tokenizer, prompts: Sequence[list[dict]], max_length: int | None = None):
+    """Chat-format prompts, tokenized and left-padded for generation. Returns (ids, mask)."""
+    texts = [
+        tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        for messages in prompts
+    ]
+    tokenizer.padding_side = "left"
+    batch = tokenizer(
+        texts,
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+        truncation=max_length is not None,
+        max_length=max_length,
+    )
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions that skip left padding, matching what `generate` uses. (b, L) -> (b, L)."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def response_mask(response_ids: Tensor, eos_token_id: int) -> Tensor:
+    """1 for response tokens up to and including the first EOS, 0 after. (b, t) -> (b, t) long."""
+    is_eos = (response_ids == eos_token_id).long()
+    after_eos = (is_eos.cumsum(-1) - is_eos) > 0
+    return (~after_eos).long()
+
+
+@torch.no_grad()
+def generate(
+    model, query_ids: Tensor, query_mask: Tensor, sampling: SamplingConfig, greedy: bool = False
+) -> Tensor:
+    """Sample responses; returns response_ids (b, t) with everything after EOS set to pad."""
+    config = model.generation_config
+    output = model.generate(
+        input_ids=query_ids,
+        attention_mask=query_mask,
+        max_new_tokens=sampling.max_new_tokens,
+        do_sample=not greedy,
+        temperature=None if greedy else sampling.temperature,
+        top_k=None if greedy else sampling.top_k,
+        top_p=None if greedy else sampling.top_p,
+        pad_token_id=config.pad_token_id,
+        eos_token_id=config.eos_token_id,
+        use_cache=True,
+    )
+    response = output[:, query_ids.shape[1] :]
+    eos_id = config.eos_token_id if isinstance(config.eos_token_id, int) else config.eos_token_id[0]
+    mask = response_mask(response, eos_id)
+    return response.masked_fill(mask == 0, config.pad_token_id)
+
+
+def response_logprobs(
+    model, sequence: Tensor, attention_mask: Tensor, query_len: int, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """Log-probs and entropies of the response tokens under `model`, at sampling temperature.
+
+    Args: sequence, attention_mask (b, q + t). Returns (logprobs, entropy), each (b, t).
+    """
+    logits = model(
+        input_ids=sequence,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        use_cache=False,
+    ).logits
+    logits = logits[:, query_len - 1 : -1] / temperature
+    response = sequence[:, query_len:]
+    return logprobs_from_logits(logits, response), entropy_from_logits(logits)
+
+
+def token_scores(scalar_model, sequence: Tensor, attention_mask: Tensor) -> Tensor:
+    """A sequence-classification model's scalar head applied at every position. (b, L) -> (b, L).
+
+    The reward model's score for a response is the entry at its last token (EOS); the value of the
+    state before response token i is the entry at position q - 1 + i.
+    """
+    backbone = getattr(scalar_model, scalar_model.base_model_prefix)
+    hidden = backbone(
+        input_ids=sequence,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        use_cache=False,
+    ).last_hidden_state
+    return scalar_model.score(hidden).squeeze(-1).float()
+
+
+def decode(tokenizer, response_ids: Tensor, mask: Tensor) -> list[str]:
+    return [
+        tokenizer.decode(ids[m.bool()], skip_special_tokens=True).strip()
+        for ids, m in zip(response_ids, mask, strict=True)
+    ]
+
+
+def sample_texts(
+    model,
+    tokenizer,
+    prompts: Sequence[list[dict]],
+    sampling: SamplingConfig,
+    batch_size: int,
+    greedy: bool = False,
+    desc: str = "generating",
+) -> list[str]:
+    """Generate one response per prompt, in batches, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    eos_id = model.generation_config.eos_token_id
+    eos_id = eos_id if isinstance(eos_id, int) else eos_id[0]
+    texts: list[str] = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+        ids, mask = encode_prompts(tokenizer, prompts[start : start + batch_size])
+        response = generate(model, ids, mask, sampling, greedy=greedy)
+        texts.extend(decode(tokenizer, response, response_mask(response, eos_id)))
+    return texts

@@ -1,0 +1,287 @@
+"""The PPO rollout/update loop on top of transformers models.
+
+Per update: sample responses from the policy (HF `generate`, KV cache), score them with the reward
+model at the last token, penalise per-token KL to the frozen reference, estimate advantages with GAE,
+then run several epochs of clipped policy and value updates over minibatches. Every update logs the
+standard PPO metrics and the seconds spent generating vs. training. Checkpoints hold everything needed
+to resume exactly: weights, optimizer, KL controller, sampling RNG and the metric history.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from alignflow.config import PPOConfig
+from alignflow.rl import functional as F
+from alignflow.rl.rollout import (
+    encode_prompts,
+    generate,
+    response_logprobs,
+    response_mask,
+    token_scores,
+)
+
+log = logging.getLogger(__name__)
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass
+class Rollout:
+    """One batch of experience; every (b, t) tensor is aligned with the response tokens."""
+
+    sequence: Tensor  # (b, q + t)
+    attention_mask: Tensor  # (b, q + t)
+    query_len: int
+    mask: Tensor  # (b, t) response tokens up to and including EOS
+    logprobs: Tensor  # (b, t)
+    values: Tensor  # (b, t)
+    advantages: Tensor  # (b, t)
+    returns: Tensor  # (b, t)
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+class PPOTrainer:
+    def __init__(
+        self,
+        cfg: PPOConfig,
+        policy,
+        reference,
+        reward_model,
+        value_model,
+        tokenizer,
+        prompts: Sequence[list[dict]],
+        seed: int,
+        output_dir: Path,
+        log_metrics: Callable[[dict, int], None] = lambda metrics, step: None,
+    ) -> None:
+        self.cfg, self.tokenizer, self.prompts = cfg, tokenizer, list(prompts)
+        self.policy, self.reference, self.reward_model, self.value_model = (
+            policy,
+            reference,
+            reward_model,
+            value_model,
+        )
+        for frozen in (reference, reward_model):
+            frozen.eval().requires_grad_(False)
+        policy.eval()  # no dropout: the rollout and update distributions must match
+        value_model.eval()
+        self.optimizer = torch.optim.AdamW(
+            [
+                {
+                    "params": [p for p in policy.parameters() if p.requires_grad],
+                    "lr": cfg.learning_rate,
+                },
+                {
+                    "params": [p for p in value_model.parameters() if p.requires_grad],
+                    "lr": cfg.value_learning_rate,
+                },
+            ],  # fmt: skip
+            eps=1e-5,
+        )
+        self.kl_ctl = (
+            F.AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon)
+            if cfg.kl.adaptive
+            else F.FixedKLController(cfg.kl.coef)
+        )
+        self.seed, self.output_dir, self.log_metrics = seed, Path(output_dir), log_metrics
+        self.eos_id = tokenizer.eos_token_id
+        self.update_index = 0
+        self.history: list[dict] = []
+
+    # ---- experience -------------------------------------------------------------------------
+
+    def _prompt_batch(self, update: int) -> list[list[dict]]:
+        """Prompts for an update: an epoch-wise shuffle, reproducible from (seed, update)."""
+        n, size = len(self.prompts), self.cfg.rollout_batch_size
+        start = update * size
+        epoch = start // n
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
+        picks = [(start + i) % n for i in range(size)]
+        return [self.prompts[order[i]] for i in picks]
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[list[dict]], update: int) -> tuple[Rollout, dict]:
+        cfg = self.cfg
+        query_ids, query_mask = encode_prompts(self.tokenizer, prompts)
+        torch.manual_seed(self.seed * 100_003 + update)  # sampling is a function of (seed, update)
+        response = generate(self.policy, query_ids, query_mask, cfg.sampling)
+        mask = response_mask(response, self.eos_id)
+        sequence = torch.cat([query_ids, response], dim=1)
+        attention = torch.cat([query_mask, mask], dim=1)
+        q = query_ids.shape[1]
+        temperature = cfg.sampling.temperature
+        logprobs, _ = response_logprobs(self.policy, sequence, attention, q, temperature)
+        ref_logprobs, _ = response_logprobs(self.reference, sequence, attention, q, temperature)
+        values = token_scores(self.value_model, sequence, attention)[:, q - 1 : -1]
+        last = F.last_token_index(mask)
+        rows = torch.arange(len(prompts))
+        scores = token_scores(self.reward_model, sequence, attention)[:, q:][rows, last]
+        has_eos = (response[rows, last] == self.eos_id) & (mask.sum(-1) > 0)
+        if cfg.missing_eos_score is not None:
+            scores = torch.where(has_eos, scores, torch.full_like(scores, cfg.missing_eos_score))
+
+        maskf = mask.float()
+        logprobs, ref_logprobs, values = logprobs * maskf, ref_logprobs * maskf, values * maskf
+        kl = F.kl_per_token(logprobs, ref_logprobs, cfg.kl.estimator) * maskf
+        rewards = F.penalized_rewards(scores, kl, maskf, self.kl_ctl.value)
+        if cfg.whiten_rewards:
+            rewards = F.masked_whiten(rewards, maskf, shift_mean=False)
+        advantages, returns = F.gae_advantages(values, rewards, maskf, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = F.masked_whiten(advantages, maskf)
+        kl_k1_seq = ((logprobs - ref_logprobs) * maskf).sum(-1)
+        stats = {
+            "reward": scores.mean().item(),
+            "rlhf_reward": rewards.sum(-1).mean().item(),
+            "kl": kl_k1_seq.mean().item(),
+            "kl_per_token": (kl_k1_seq.sum() / maskf.sum().clamp(min=1)).item(),
+            "kl_coef": self.kl_ctl.value,
+            "response_length": maskf.sum(-1).mean().item(),
+            "eos_rate": has_eos.float().mean().item(),
+        }
+        batch = Rollout(sequence, attention, q, mask, logprobs, values, advantages, returns)
+        return batch, stats
+
+    # ---- optimisation -----------------------------------------------------------------------
+
+    def _minibatch_step(self, batch: Rollout, idx: Tensor) -> dict[str, float]:
+        cfg = self.cfg
+        seq, attn, mask = batch.sequence[idx], batch.attention_mask[idx], batch.mask[idx].float()
+        logprobs, entropy = response_logprobs(
+            self.policy, seq, attn, batch.query_len, cfg.sampling.temperature
+        )
+        values = token_scores(self.value_model, seq, attn)[:, batch.query_len - 1 : -1]
+        pg_loss, clipfrac, approx_kl = F.policy_loss(
+            logprobs, batch.logprobs[idx], batch.advantages[idx], mask, cfg.clip_range
+        )
+        vf_loss, vf_clipfrac = F.value_loss(
+            values, batch.values[idx], batch.returns[idx], mask, cfg.value_clip_range
+        )
+        mean_entropy = F.masked_mean(entropy, mask)
+        loss = pg_loss + cfg.value_coef * vf_loss - cfg.entropy_coef * mean_entropy
+        if not torch.isfinite(loss):
+            raise NonFiniteError(
+                f"PPO loss is {loss.item()} at update {self.update_index} "
+                f"(policy {pg_loss.item()}, value {vf_loss.item()}); lower ppo.learning_rate"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        self.optimizer.step()
+        return {
+            "policy_loss": pg_loss.item(),
+            "value_loss": vf_loss.item(),
+            "clipfrac": clipfrac.item(),
+            "value_clipfrac": vf_clipfrac.item(),
+            "approx_kl": approx_kl.item(),
+            "entropy": mean_entropy.item(),
+        }
+
+    def optimise(self, batch: Rollout, update: int) -> dict[str, float]:
+        generator = torch.Generator().manual_seed(self.seed * 7919 + update)
+        n = batch.sequence.shape[0]
+        totals: dict[str, float] = {}
+        steps = 0
+        for _ in range(self.cfg.ppo_epochs):
+            for idx in torch.randperm(n, generator=generator).split(self.cfg.minibatch_size):
+                for key, value in self._minibatch_step(batch, idx).items():
+                    totals[key] = totals.get(key, 0.0) + value
+                steps += 1
+        return {key: value / steps for key, value in totals.items()}
+
+    def step(self) -> dict[str, float]:
+        """One PPO update: rollout, optimise, adapt the KL coefficient. Returns its metrics."""
+        update = self.update_index
+        started = time.perf_counter()
+        batch, stats = self.rollout(self._prompt_batch(update), update)
+        generated = time.perf_counter()
+        stats.update(self.optimise(batch, update))
+        trained = time.perf_counter()
+        if not math.isfinite(stats["reward"]):
+            raise NonFiniteError(f"reward is {stats['reward']} at update {update}")
+        self.kl_ctl.update(stats["kl"], self.cfg.rollout_batch_size)
+        stats.update(generation_seconds=generated - started, training_seconds=trained - generated)
+        self.update_index += 1
+        self.history.append(stats)
+        self.log_metrics(stats, update)
+        return stats
+
+    def train(self) -> list[dict]:
+        from tqdm.auto import tqdm
+
+        self.resume()
+        bar = tqdm(total=self.cfg.updates, initial=self.update_index, desc="ppo", leave=False)
+        while self.update_index < self.cfg.updates:
+            stats = self.step()
+            bar.update(1)
+            bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{stats['kl']:.2f}")
+            if self.update_index % self.cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        return self.history
+
+    # ---- checkpoints ------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        """Write update-N atomically, then drop older ones: a crash loses at most one interval."""
+        root = self.output_dir / CHECKPOINT_DIR
+        final = root / f"update-{self.update_index:06d}"
+        tmp = root / f".tmp-update-{self.update_index:06d}"
+        self.policy.save_pretrained(tmp / "policy")
+        self.value_model.save_pretrained(tmp / "value")
+        torch.save(
+            {
+                "update_index": self.update_index,
+                "optimizer": self.optimizer.state_dict(),
+                "kl_controller": self.kl_ctl.state_dict(),
+                "history": self.history,
+            },
+            tmp / "trainer_state.pt",
+        )
+        tmp.rename(final)
+        for old in root.glob("update-*"):
+            if old != final:
+                _rmtree(old)
+        return final
+
+    def resume(self) -> bool:
+        checkpoints = sorted((self.output_dir / CHECKPOINT_DIR).glob("update-*"))
+        if not checkpoints:
+            return False
+        latest = checkpoints[-1]
+        _load_weights(self.policy, latest / "policy")
+        _load_weights(self.value_model, latest / "value")
+        state = torch.load(latest / "trainer_state.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.update_index, self.history = state["update_index"], state["history"]
+        log.info("resumed PPO from %s (update %d)", latest, self.update_index)
+        return True
+
+
+def _load_weights(model, directory: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(directory / "model.safetensors"))
+    # Tied embeddings are stored once; strict=False lets the tied twin keep pointing at it.
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise RuntimeError(f"checkpoint {directory} has unexpected weights: {unexpected[:3]}")
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

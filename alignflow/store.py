@@ -1,0 +1,111 @@
+"""Where stage outputs live, their cache keys, and the write-then-rename that keeps them whole.
+
+`<artifacts_root>/stages/<stage>/<cache_key>/` holds a completed stage (with a `COMPLETE` marker and
+`result.json`); while it runs, the stage writes into `<cache_key>.partial/`, whose checkpoints a
+rerun resumes from. Nothing half-written is ever read by the next stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+COMPLETE_MARKER = "COMPLETE"
+RESULT_FILE = "result.json"
+SUMMARY_FILE = "summary.json"
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+_CODE_DIRS = ("alignflow", "tasks")
+
+
+class StageResult(BaseModel):
+    """What a stage hands the next one: paths on disk, never live objects."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str
+    cache_key: str
+    output: str
+    mlflow_run_id: str | None = None
+    status: Literal["completed", "cached", "failed"] = "completed"
+    seconds: float = 0.0
+    metrics: dict[str, Any] = {}
+
+    def path(self, *parts: str) -> Path:
+        return Path(self.output, *parts)
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Digest of the library and stage code: a code change invalidates cached stage outputs."""
+    digest = hashlib.sha256()
+    for folder in _CODE_DIRS:
+        for path in sorted((_PACKAGE_ROOT / folder).rglob("*.py")):
+            digest.update(str(path.relative_to(_PACKAGE_ROOT)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def cache_key(stage: str, settings: Any, upstream: list[str]) -> str:
+    payload = json.dumps(
+        {"stage": stage, "settings": settings, "upstream": upstream, "code": code_version()},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class StageDir:
+    def __init__(self, artifacts_root: str | Path, stage: str, key: str) -> None:
+        self.final = Path(artifacts_root) / "stages" / stage / key
+        self.partial = self.final.with_name(f"{key}.partial")
+
+    def completed(self) -> bool:
+        return (self.final / COMPLETE_MARKER).exists()
+
+    def load(self) -> StageResult:
+        return StageResult.model_validate_json((self.final / RESULT_FILE).read_text())
+
+    def begin(self) -> Path:
+        """The working directory; an existing one is kept so the stage can resume its checkpoints."""
+        self.partial.mkdir(parents=True, exist_ok=True)
+        return self.partial
+
+    def commit(self, result: StageResult) -> None:
+        (self.partial / RESULT_FILE).write_text(result.model_dump_json(indent=2))
+        if self.final.exists():  # a completed dir without its marker is debris from a crash
+            shutil.rmtree(self.final)
+        self.partial.rename(self.final)
+        (self.final / COMPLETE_MARKER).write_text("ok\n")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with path.open() as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def point_latest(artifacts_root: str | Path, run_dir: Path) -> None:
+    """Make `<artifacts_root>/latest` a symlink to the newest run directory."""
+    latest = Path(artifacts_root) / "latest"
+    tmp = latest.with_name("latest.tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(run_dir.name)
+    tmp.replace(latest)

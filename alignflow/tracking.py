@@ -1,0 +1,217 @@
+"""The only module that talks to MLflow: parent/child runs, metrics, artifacts, the model registry.
+
+One parent run per pipeline run and one nested child run per stage. Runs are addressed by id, never
+by MLflow's thread-local "active run", so stages can run in any worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+log = logging.getLogger(__name__)
+
+# MLflow caps a param value's length; longer ones are cut rather than failing the run.
+_MAX_PARAM_CHARS = 500
+_SECRET_HINTS = ("key", "token", "secret", "password")
+
+
+class TrackingContext(BaseModel):
+    """What a stage needs to log under its pipeline's parent run."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str | None = None
+    tags: dict[str, str] = {}
+
+
+def default_tracking_uri(artifacts_root: str | Path) -> str:
+    root = Path(artifacts_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def _client(uri: str):
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def open_experiment(tracking_uri: str, name: str, artifacts_root: str | Path) -> str:
+    """Get or create the experiment; artifacts go next to the runs for a local store."""
+    client = _client(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if tracking_uri.startswith("sqlite:"):
+        location = (Path(artifacts_root).resolve() / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _safe_params(params: dict[str, Any]) -> dict[str, str]:
+    """Params as strings, with anything that looks like a secret left out."""
+    return {
+        key: str(value)[:_MAX_PARAM_CHARS]
+        for key, value in params.items()
+        if not any(hint in key.lower().rsplit(".", 1)[-1] for hint in _SECRET_HINTS)
+    }
+
+
+def start_parent_run(
+    ctx: TrackingContext, run_name: str, params: dict[str, Any], config_yaml: str
+) -> str:
+    client = _client(ctx.tracking_uri)
+    run = client.create_run(ctx.experiment_id, run_name=run_name, tags=ctx.tags)
+    _log_params(client, run.info.run_id, params)
+    client.log_text(run.info.run_id, config_yaml, "config/resolved.yaml")
+    return run.info.run_id
+
+
+def _log_params(client, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in _safe_params(params).items()]
+    for start in range(0, len(items), 100):  # MLflow's batch limit
+        client.log_batch(run_id, params=items[start : start + 100])
+
+
+def end_run(ctx: TrackingContext, run_id: str, status: str = "FINISHED") -> None:
+    _client(ctx.tracking_uri).set_terminated(run_id, status=status)
+
+
+@contextlib.contextmanager
+def stage_run(ctx: TrackingContext, stage: str, params: dict[str, Any]) -> Iterator[str]:
+    """A child run of the pipeline's parent run, active in this thread while the stage works."""
+    import mlflow
+
+    client = _client(ctx.tracking_uri)
+    tags = dict(ctx.tags, stage=stage)
+    if ctx.parent_run_id:
+        tags["mlflow.parentRunId"] = ctx.parent_run_id
+    run = client.create_run(ctx.experiment_id, run_name=stage, tags=tags)
+    _log_params(client, run.info.run_id, params)
+    # The HF Trainer's own MLflow callback reads these; ours logs explicitly, so keep it off.
+    os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
+    with mlflow.start_run(run_id=run.info.run_id, nested=True) as active:
+        try:
+            yield active.info.run_id
+        finally:
+            mlflow.flush_async_logging()
+
+
+def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
+    """Log finite numeric values to the active stage run."""
+    import mlflow
+
+    numeric = {
+        key: float(value)
+        for key, value in metrics.items()
+        if isinstance(value, int | float) and math.isfinite(value)
+    }
+    if numeric:
+        # Asynchronous: a SQLite store takes a noticeable fraction of a second per call.
+        mlflow.log_metrics(numeric, step=step, synchronous=False)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.log_text(text, artifact_file)
+
+
+def log_dict(data: dict, artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.log_dict(data, artifact_file)
+
+
+def log_table(rows: list[dict], artifact_file: str) -> None:
+    import mlflow
+
+    if rows:
+        mlflow.log_table({key: [row[key] for row in rows] for key in rows[0]}, artifact_file)
+
+
+def trainer_callback():
+    """A transformers TrainerCallback logging the Trainer's logs to the active stage run."""
+    from transformers import TrainerCallback
+
+    class MlflowMetrics(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                log_metrics(logs, step=state.global_step)
+
+    return MlflowMetrics()
+
+
+def register_policy(model_dir: Path, model_name: str, pip_requirements: list[str]) -> dict:
+    """Log the policy as an MLflow transformers model and register it.
+
+    The first version ever registered becomes `champion`; later ones are `challenger` until the
+    operations flow promotes one.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    client = MlflowClient()
+    had_versions = bool(client.search_model_versions(f"name='{model_name}'"))
+    # mlflow 3.17 cannot log a checkpoint *path* under transformers 5, so pass the loaded parts.
+    components = {
+        "model": AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True),
+        "tokenizer": AutoTokenizer.from_pretrained(model_dir),
+    }
+    info = mlflow.transformers.log_model(
+        transformers_model=components,
+        name="policy",
+        task="text-generation",
+        pip_requirements=pip_requirements,
+        registered_model_name=model_name,
+    )
+    version = str(info.registered_model_version)
+    alias = "challenger" if had_versions else "champion"
+    client.set_registered_model_alias(model_name, alias, version)
+    return {
+        "model_name": model_name,
+        "version": version,
+        "alias": alias,
+        "model_uri": info.model_uri,
+    }
+
+
+def log_summary(ctx: TrackingContext, summary: dict[str, Any]) -> None:
+    """The run summary on the parent run: eval metrics as metrics, the whole thing as a file."""
+    from mlflow.entities import Metric
+
+    client = _client(ctx.tracking_uri)
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"eval.{key}", float(value), now, 0)
+        for key, value in flatten(summary.get("eval", {})).items()
+        if isinstance(value, int | float) and math.isfinite(value)
+    ]
+    if metrics:
+        client.log_batch(ctx.parent_run_id, metrics=metrics)
+    client.log_dict(ctx.parent_run_id, summary, "summary.json")

@@ -1,0 +1,39 @@
+"""The full RLHF pipeline as one Prefect flow: prepare -> sft -> collect -> reward -> ppo ->
+evaluate -> register. Each stage is a task; they hand each other paths, never live objects."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, runtime
+
+from alignflow.config import PipelineConfig
+from alignflow.pipeline import PipelineRun
+from tasks.collect import collect_task
+from tasks.evaluate import evaluate_task
+from tasks.ppo import ppo_task
+from tasks.prepare import prepare_task
+from tasks.register import register_task
+from tasks.reward import reward_task
+from tasks.sft import sft_task
+
+# Frozen, so one shared default instance is safe; the Prefect UI shows it as the form's defaults.
+DEFAULT_CONFIG = PipelineConfig()
+
+
+@flow(name="rlhf")
+def rlhf(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
+    """Run every stage in order (cached stages are reused) and return the run summary."""
+    run = PipelineRun(config, flow_run_id=runtime.flow_run.id)
+    ctx = config, run.ctx
+    try:
+        prepared = run.stage("prepare", prepare_task, *ctx)
+        sft = run.stage("sft", sft_task, *ctx, prepared)
+        collected = run.stage("collect", collect_task, *ctx, prepared, sft)
+        reward = run.stage("reward", reward_task, *ctx, sft, collected)
+        policy = run.stage("ppo", ppo_task, *ctx, prepared, sft, reward)
+        evaluated = run.stage("evaluate", evaluate_task, *ctx, prepared, sft, reward, policy)
+        run.stage("register", register_task, *ctx, policy, evaluated)
+    except BaseException:
+        run.finish(failed=True)
+        raise
+    get_run_logger().info("held-out evaluation\n%s", evaluated.metrics["table"])
+    return run.finish()

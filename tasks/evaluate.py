@@ -1,0 +1,118 @@
+"""Stage 6: base vs SFT vs PPO on held-out prompts: oracle, reward model, refusals, KL, win-rate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from alignflow import pipeline, tracking
+from alignflow.config import PipelineConfig
+from alignflow.store import StageResult, read_jsonl, write_json_atomic, write_jsonl
+from alignflow.tracking import TrackingContext
+from tasks.ppo import POLICY_DIR
+from tasks.prepare import base_model
+from tasks.sft import MODEL_DIR
+
+SAMPLES_FILE = "samples.jsonl"
+TABLE_FILE = "eval.md"
+
+
+def _sample_rows(rows, samples, oracle) -> list[dict]:
+    """One row per held-out prompt with every policy's greedy and sampled responses."""
+    out = []
+    for i, row in enumerate(rows):
+        record = dict(row)
+        for name, policy in samples.items():
+            record[f"{name}_greedy"] = policy.greedy[i]
+            record[f"{name}_samples"] = [texts[i] for texts in policy.samples]
+            record[f"{name}_oracle"] = [scores[i] for scores in oracle[name]]
+        out.append(record)
+    return out
+
+
+def run_evaluate(
+    cfg: PipelineConfig,
+    ctx: TrackingContext,
+    prepared: StageResult,
+    sft: StageResult,
+    reward: StageResult,
+    ppo: StageResult,
+) -> StageResult:
+    def body(work: Path) -> dict:
+        from alignflow import evaluation
+        from alignflow.judges import oracle_scores
+        from alignflow.models import load_causal_lm, load_scalar_head_model, load_tokenizer
+
+        trust = cfg.model.trust_remote_code
+        sft_dir = str(sft.path(MODEL_DIR))
+        tokenizer = load_tokenizer(sft_dir, trust)
+        reference = load_causal_lm(sft_dir, trust).eval()
+        reward_model = load_scalar_head_model(
+            str(reward.path(MODEL_DIR)), trust, pad_token_id=tokenizer.pad_token_id
+        ).eval()
+        rows = read_jsonl(prepared.path("heldout.jsonl"))
+        prompts = [row["prompt"] for row in rows]
+        sources = {
+            "base": base_model(cfg, prepared),
+            "sft": sft_dir,
+            "ppo": str(ppo.path(POLICY_DIR)),
+        }
+        ev = cfg.evaluate
+        samples, per_policy, oracle = {}, {}, {}
+        for name, source in sources.items():
+            model = reference if name == "sft" else load_causal_lm(source, trust)
+            samples[name] = evaluation.sample_policy(
+                model, reference, tokenizer, prompts, cfg.ppo.sampling,
+                ev.samples_per_prompt, ev.seed, ev.batch_size,
+            )  # fmt: skip
+            rm = evaluation.score_with_reward_model(
+                reward_model, tokenizer, rows, samples[name], ev.batch_size
+            )
+            per_policy[name] = evaluation.policy_metrics(rows, samples[name], rm)
+            oracle[name] = [oracle_scores(rows, texts) for texts in samples[name].samples]
+        wins = evaluation.win_rate(rows, samples["ppo"], samples["sft"])
+        rm_accuracy = {
+            family.removeprefix("accuracy_"): value
+            for family, value in reward.metrics.items()
+            if family.startswith("accuracy_") and family != "accuracy_all"
+        }
+        summary = evaluation.summarize(per_policy, wins, rm_accuracy)
+        table = evaluation.markdown_table(summary)
+        write_jsonl(work / SAMPLES_FILE, _sample_rows(rows, samples, oracle))
+        write_json_atomic(work / "eval.json", summary)
+        (work / TABLE_FILE).write_text(table + "\n")
+        tracking.log_metrics(tracking.flatten(summary))
+        tracking.log_text(table, TABLE_FILE)
+        tracking.log_table(
+            [
+                {
+                    "prompt": r["prompt"][0]["content"],
+                    "sft": r["sft_greedy"],
+                    "ppo": r["ppo_greedy"],
+                }
+                for r in _sample_rows(rows, samples, oracle)
+            ],  # fmt: skip
+            "greedy_samples.json",
+        )
+        return {"summary": summary, "table": table}
+
+    return pipeline.run_stage(cfg, ctx, "evaluate", body)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(
+    cfg: PipelineConfig,
+    ctx: TrackingContext,
+    prepared: StageResult,
+    sft: StageResult,
+    reward: StageResult,
+    ppo: StageResult,
+) -> StageResult:
+    result = run_evaluate(cfg, ctx, prepared, sft, reward, ppo)
+    create_markdown_artifact(
+        key="alignflow-eval", markdown=result.metrics["table"], description="held-out evaluation"
+    )
+    return result

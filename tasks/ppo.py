@@ -1,0 +1,80 @@
+"""Stage 5: PPO against the reward model, KL-anchored to the frozen SFT policy (alignflow.rl)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from alignflow import pipeline, tracking
+from alignflow.config import PipelineConfig
+from alignflow.store import StageResult, read_jsonl
+from alignflow.tracking import TrackingContext
+from tasks.sft import MODEL_DIR
+
+POLICY_DIR = "policy"
+
+
+def _window_mean(history: list[dict], key: str, first: bool, width: int = 5) -> float:
+    window = history[:width] if first else history[-width:]
+    return sum(entry[key] for entry in window) / len(window)
+
+
+def run_ppo(
+    cfg: PipelineConfig,
+    ctx: TrackingContext,
+    prepared: StageResult,
+    sft: StageResult,
+    reward: StageResult,
+) -> StageResult:
+    def body(work: Path) -> dict:
+        import torch
+
+        from alignflow.models import load_causal_lm, load_scalar_head_model, load_tokenizer
+        from alignflow.rl.trainer import CHECKPOINT_DIR, PPOTrainer
+
+        torch.manual_seed(cfg.run.seed)
+        trust = cfg.model.trust_remote_code
+        sft_dir, rm_dir = str(sft.path(MODEL_DIR)), str(reward.path(MODEL_DIR))
+        tokenizer = load_tokenizer(sft_dir, trust)
+        pad = tokenizer.pad_token_id
+        trainer = PPOTrainer(
+            cfg.ppo,
+            policy=load_causal_lm(sft_dir, trust),
+            reference=load_causal_lm(sft_dir, trust),
+            reward_model=load_scalar_head_model(rm_dir, trust, pad_token_id=pad),
+            # The critic starts from the reward model: it already reads this task's features.
+            value_model=load_scalar_head_model(rm_dir, trust, pad_token_id=pad),
+            tokenizer=tokenizer,
+            prompts=[row["prompt"] for row in read_jsonl(prepared.path("rl_prompts.jsonl"))],
+            seed=cfg.run.seed,
+            output_dir=work,
+            log_metrics=lambda metrics, step: tracking.log_metrics(metrics, step=step),
+        )
+        history = trainer.train()
+        trainer.policy.save_pretrained(work / POLICY_DIR)
+        tokenizer.save_pretrained(work / POLICY_DIR)
+        shutil.rmtree(work / CHECKPOINT_DIR, ignore_errors=True)
+        return {
+            "updates": len(history),
+            "reward_first": _window_mean(history, "reward", first=True),
+            "reward_last": _window_mean(history, "reward", first=False),
+            "kl_last": _window_mean(history, "kl", first=False),
+            "generation_seconds": sum(entry["generation_seconds"] for entry in history),
+            "training_seconds": sum(entry["training_seconds"] for entry in history),
+        }
+
+    return pipeline.run_stage(cfg, ctx, "ppo", body)
+
+
+@task(name="ppo", cache_policy=NO_CACHE)
+def ppo_task(
+    cfg: PipelineConfig,
+    ctx: TrackingContext,
+    prepared: StageResult,
+    sft: StageResult,
+    reward: StageResult,
+) -> StageResult:
+    return run_ppo(cfg, ctx, prepared, sft, reward)

@@ -1,0 +1,39 @@
+"""Stage 7: log the PPO policy as an MLflow model and register it as `alignflow-policy`."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from alignflow import pipeline, tracking
+from alignflow.config import PipelineConfig
+from alignflow.store import StageResult
+from alignflow.tracking import TrackingContext
+from tasks.ppo import POLICY_DIR
+
+# What serving the logged model needs: pinned to what trained it.
+SERVING_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "accelerate")
+
+
+def run_register(
+    cfg: PipelineConfig, ctx: TrackingContext, ppo: StageResult, evaluated: StageResult
+) -> StageResult:
+    def body(work: Path) -> dict:
+        requirements = [f"{name}=={version(name).split('+')[0]}" for name in SERVING_PACKAGES]
+        tracking.log_metrics(tracking.flatten(evaluated.metrics["summary"]))
+        registered = tracking.register_policy(
+            ppo.path(POLICY_DIR), cfg.register.model_name, requirements
+        )
+        return registered
+
+    return pipeline.run_stage(cfg, ctx, "register", body)
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register_task(
+    cfg: PipelineConfig, ctx: TrackingContext, ppo: StageResult, evaluated: StageResult
+) -> StageResult:
+    return run_register(cfg, ctx, ppo, evaluated)

@@ -1,0 +1,84 @@
+"""Stage 2: supervised fine-tuning with TRL's SFTTrainer, loss on assistant tokens only."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from alignflow import pipeline, tracking
+from alignflow.config import PipelineConfig
+from alignflow.store import StageResult, read_jsonl
+from alignflow.tracking import TrackingContext
+from tasks.prepare import base_model
+
+MODEL_DIR = "model"
+
+
+def loss_trend(log_history: list[dict], key: str = "loss") -> dict[str, float]:
+    """First and last logged training loss: the evidence that something was learned."""
+    losses = [entry[key] for entry in log_history if key in entry]
+    return {"first_loss": losses[0], "final_loss": losses[-1]} if losses else {}
+
+
+def run_sft(cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult) -> StageResult:
+    def body(work: Path) -> dict:
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+
+        from alignflow.models import (
+            last_checkpoint,
+            load_causal_lm,
+            load_tokenizer,
+            peft_lora_config,
+            trainer_device_kwargs,
+        )
+
+        source, trust = base_model(cfg, prepared), cfg.model.trust_remote_code
+        tokenizer = load_tokenizer(source, trust)
+        model = load_causal_lm(source, trust)
+        rows = read_jsonl(prepared.path("sft.jsonl"))
+        dataset = Dataset.from_list([{"messages": row["messages"]} for row in rows])
+        checkpoints = work / "checkpoints"
+        args = SFTConfig(
+            output_dir=str(checkpoints),
+            num_train_epochs=cfg.sft.epochs,
+            per_device_train_batch_size=cfg.sft.batch_size,
+            learning_rate=cfg.sft.learning_rate,
+            lr_scheduler_type="cosine",
+            warmup_steps=cfg.sft.warmup_ratio,
+            max_length=cfg.sft.max_length,
+            assistant_only_loss=True,
+            logging_steps=10,
+            save_strategy="steps",
+            save_steps=cfg.sft.save_steps,
+            save_total_limit=1,
+            report_to="none",
+            seed=cfg.run.seed,
+            **trainer_device_kwargs(),
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=peft_lora_config(cfg.sft.lora, "CAUSAL_LM"),
+            callbacks=[tracking.trainer_callback()],
+        )
+        trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
+        trained = trainer.model
+        if cfg.sft.lora is not None:  # later stages load a plain model
+            trained = trained.merge_and_unload()
+        trained.save_pretrained(work / MODEL_DIR)
+        tokenizer.save_pretrained(work / MODEL_DIR)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        return {"train_rows": len(dataset), **loss_trend(trainer.state.log_history)}
+
+    return pipeline.run_stage(cfg, ctx, "sft", body)
+
+
+@task(name="sft", cache_policy=NO_CACHE)
+def sft_task(cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult) -> StageResult:
+    return run_sft(cfg, ctx, prepared)
