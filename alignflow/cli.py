@@ -47,6 +47,12 @@ def run(
     """Run the whole RLHF pipeline as a Prefect flow; completed stages are reused."""
     cfg = _load(config, set_)
     _quiet_defaults()
+    from alignflow.models import check_base_model
+
+    try:
+        check_base_model(cfg.model)
+    except ValueError as error:
+        _fail(f"{config}: {error}", 2)
     from flows.rlhf import rlhf
 
     try:

@@ -6,6 +6,7 @@ Prefect UI renders it as a form.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +40,7 @@ class DemoTaskConfig(_Section):
     preference_prompts: int = 384
     rl_prompts: int = 512
     heldout_review_prompts: int = 48
-    heldout_unsafe_prompts: int = 24
+    heldout_unsafe_prompts: int = 20
     heldout_product_fraction: float = Field(0.2, gt=0.0, lt=1.0)
 
 
@@ -163,7 +164,7 @@ class EvaluateConfig(_Section):
     batch_size: int = Field(64, gt=0)
 
 
-class RegisterConfig(_Section):
+class RegistryConfig(_Section):
     model_name: str = "alignflow-policy"
 
 
@@ -176,7 +177,7 @@ class PipelineConfig(_Section):
     reward: RewardConfig = RewardConfig()
     ppo: PPOConfig = PPOConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
-    register: RegisterConfig = RegisterConfig()
+    registry: RegistryConfig = RegistryConfig()
 
 
 def _format_errors(error: ValidationError, source: str) -> str:
@@ -186,8 +187,8 @@ def _format_errors(error: ValidationError, source: str) -> str:
         if item["type"] == "extra_forbidden":
             problem = "unknown key"
         else:
-            problem = item["msg"]
-            if "input" in item and item["type"] != "missing":
+            problem = item["msg"].removeprefix("Value error, ")
+            if "input" in item and item["type"] not in ("missing", "value_error"):
                 problem += f" (got {item['input']!r})"
         lines.append(f"{source}: {key}: {problem}")
     return "\n".join(lines)
@@ -204,6 +205,17 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+_EXPONENT_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _scalar(raw: str) -> Any:
+    """A YAML scalar, except that 1e-5 is a float (YAML 1.1 wants a dot: 1.0e-5)."""
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if isinstance(value, str) and _EXPONENT_FLOAT.match(value):
+        return float(value)
+    return value
+
+
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     """Parse `section.key=value` strings; values are read as YAML scalars (1e-5, true, null)."""
     parsed = []
@@ -211,7 +223,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected section.key=value")
-        parsed.append((key.strip(), yaml.safe_load(raw) if raw.strip() else ""))
+        parsed.append((key.strip(), _scalar(raw)))
     return parsed
 
 

@@ -89,7 +89,9 @@ COMPLIANCE = [
 # (behaviour, weight) mixes for the SFT data: good behaviour is a minority on purpose.
 REVIEW_MIX = [("good", 0.35), ("negative", 0.2), ("nameless", 0.15), ("rambling", 0.15),
               ("refusal", 0.15)]  # fmt: skip
-UNSAFE_MIX = [("refusal", 0.4), ("comply", 0.6)]
+# "offtopic" (a cheerful review in answer to an unsafe request) is in the mix so the reward model
+# sees it rejected; without it, RL finds that the reward model overrates reviews on unsafe prompts.
+UNSAFE_MIX = [("refusal", 0.4), ("comply", 0.45), ("offtopic", 0.15)]
 
 BREVITY_WORDS = 12
 _APOLOGY = re.compile(r"\b(sorry|apologi[sz]e)\b", re.IGNORECASE)
@@ -122,8 +124,11 @@ def unsafe_split(seed: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]
     pairs = [(t, a) for t in UNSAFE_PROMPTS for a in UNSAFE_ACTIONS]
     rng = random.Random(seed + 1)
     rng.shuffle(pairs)
-    n_heldout = len(pairs) // 4
-    return pairs[n_heldout:], pairs[:n_heldout]
+    n_heldout = len(pairs) // 3
+    heldout, train = pairs[:n_heldout], pairs[n_heldout:]
+    known = {part for pair in train for part in pair}
+    moved = [pair for pair in heldout if not set(pair) <= known]
+    return train + moved, [pair for pair in heldout if pair not in moved]
 
 
 def review_prompt(rng: random.Random, products: list[str]) -> Prompt:
@@ -141,8 +146,10 @@ def _pick(rng: random.Random, mix: list[tuple[str, float]]) -> str:
     return rng.choices(names, weights=weights)[0]
 
 
-def demo_response(rng: random.Random, prompt: Prompt, behaviour: str) -> str:
+def demo_response(rng: random.Random, prompt: Prompt, behaviour: str, products: list[str]) -> str:
     """A response of the given behaviour for the prompt (used to build the SFT data)."""
+    if behaviour == "offtopic":
+        return rng.choice(GOOD_REVIEWS).format(p=rng.choice(products))
     pools = {
         "good": GOOD_REVIEWS, "negative": NEGATIVE_REVIEWS, "nameless": NAMELESS_REVIEWS,
         "rambling": RAMBLING_REVIEWS, "refusal": REFUSALS, "comply": COMPLIANCE,
@@ -168,10 +175,13 @@ def heldout_prompts(
     rng = random.Random(seed + 2)
     _, products = product_split(seed, heldout_fraction)
     _, pairs = unsafe_split(seed)
-    reviews = [
-        Prompt("review", REVIEW_PROMPTS[i % len(REVIEW_PROMPTS)].format(p=p), p)
-        for i, p in enumerate(rng.sample(products, min(n_review, len(products))))
-    ]
+    review_pool = [(t, p) for p in products for t in REVIEW_PROMPTS]
+    if n_review > len(review_pool) or n_unsafe > len(pairs):
+        raise ValueError(
+            f"data.demo: asked for {n_review} held-out review and {n_unsafe} unsafe prompts, "
+            f"but the split has {len(review_pool)} and {len(pairs)}"
+        )
+    reviews = [Prompt("review", t.format(p=p), p) for t, p in rng.sample(review_pool, n_review)]
     unsafe = [Prompt("unsafe", t.format(a=a), a) for t, a in pairs[:n_unsafe]]
     return reviews + unsafe
 
@@ -186,7 +196,7 @@ def sft_rows(seed: int, n: int, unsafe_fraction: float, heldout_fraction: float)
         yield {
             "messages": [
                 {"role": "user", "content": prompt.text},
-                {"role": "assistant", "content": demo_response(rng, prompt, behaviour)},
+                {"role": "assistant", "content": demo_response(rng, prompt, behaviour, products)},
             ],
             "family": prompt.family,
             "subject": prompt.subject,

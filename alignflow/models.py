@@ -90,6 +90,23 @@ def base_model_path(model_cfg: ModelConfig, built_dir: Path | None) -> str:
     return str(model_cfg.name_or_path)
 
 
+def check_base_model(model_cfg: ModelConfig) -> None:
+    """Fail in seconds, before any training, when a pretrained base model cannot be found."""
+    if model_cfg.source != "pretrained":
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(
+            model_cfg.name_or_path, trust_remote_code=model_cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"model.name_or_path: cannot load {model_cfg.name_or_path!r}: not a local model "
+            f"folder, nor a hub id that can be reached ({type(error).__name__})"
+        ) from None
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str = "right"):
     """Load a tokenizer; `padding_side` is not persisted by transformers 5, so set it on every load."""
     from transformers import AutoTokenizer

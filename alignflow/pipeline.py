@@ -52,7 +52,7 @@ def _settings(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
         "reward": {"reward": dump["reward"], "seed": seed},
         "ppo": {"ppo": dump["ppo"], "seed": seed},
         "evaluate": {"evaluate": dump["evaluate"], "sampling": dump["ppo"]["sampling"]},
-        "register": {"register": dump["register"], "tracking": tracking_uri(cfg)},
+        "register": {"registry": dump["registry"], "tracking": tracking_uri(cfg)},
     }[stage]
 
 
@@ -88,7 +88,13 @@ def run_stage(
         )
     params = tracking.flatten(_settings(cfg, stage))
     with tracking.stage_run(ctx, stage, params) as run_id:
-        metrics = body(directory.begin())
+        work = directory.begin()
+        try:
+            metrics = body(work)
+        except BaseException:
+            if not any(work.iterdir()):  # nothing to resume from: leave no trace
+                work.rmdir()
+            raise
         result = StageResult(
             stage=stage,
             cache_key=directory.final.name,

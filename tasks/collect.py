@@ -107,3 +107,9 @@ def collect_task(
     cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult, sft: StageResult
 ) -> StageResult:
     return run_collect(cfg, ctx, prepared, sft)
+
+
+if __name__ == "__main__":
+    from tasks._standalone import main
+
+    raise SystemExit(main("collect", run_collect))

@@ -116,3 +116,9 @@ def evaluate_task(
         key="alignflow-eval", markdown=result.metrics["table"], description="held-out evaluation"
     )
     return result
+
+
+if __name__ == "__main__":
+    from tasks._standalone import main
+
+    raise SystemExit(main("evaluate", run_evaluate))

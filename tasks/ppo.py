@@ -78,3 +78,9 @@ def ppo_task(
     reward: StageResult,
 ) -> StageResult:
     return run_ppo(cfg, ctx, prepared, sft, reward)
+
+
+if __name__ == "__main__":
+    from tasks._standalone import main
+
+    raise SystemExit(main("ppo", run_ppo))

@@ -60,6 +60,9 @@ def _build_tiny(cfg: PipelineConfig, work: Path) -> dict[str, int]:
 
 def run_prepare(cfg: PipelineConfig, ctx: TrackingContext) -> StageResult:
     def body(work: Path) -> dict:
+        from alignflow.models import check_base_model
+
+        check_base_model(cfg.model)
         metrics = _write_demo_data(cfg, work)
         if cfg.model.source == "tiny":
             metrics.update(_build_tiny(cfg, work))
@@ -74,3 +77,9 @@ def run_prepare(cfg: PipelineConfig, ctx: TrackingContext) -> StageResult:
 @task(name="prepare", cache_policy=NO_CACHE)
 def prepare_task(cfg: PipelineConfig, ctx: TrackingContext) -> StageResult:
     return run_prepare(cfg, ctx)
+
+
+if __name__ == "__main__":
+    from tasks._standalone import main
+
+    raise SystemExit(main("prepare", run_prepare))

@@ -25,7 +25,7 @@ def run_register(
         requirements = [f"{name}=={version(name).split('+')[0]}" for name in SERVING_PACKAGES]
         tracking.log_metrics(tracking.flatten(evaluated.metrics["summary"]))
         registered = tracking.register_policy(
-            ppo.path(POLICY_DIR), cfg.register.model_name, requirements
+            ppo.path(POLICY_DIR), cfg.registry.model_name, requirements
         )
         return registered
 
@@ -37,3 +37,9 @@ def register_task(
     cfg: PipelineConfig, ctx: TrackingContext, ppo: StageResult, evaluated: StageResult
 ) -> StageResult:
     return run_register(cfg, ctx, ppo, evaluated)
+
+
+if __name__ == "__main__":
+    from tasks._standalone import main
+
+    raise SystemExit(main("register", run_register))

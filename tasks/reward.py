@@ -106,3 +106,9 @@ def reward_task(
     cfg: PipelineConfig, ctx: TrackingContext, sft: StageResult, collected: StageResult
 ) -> StageResult:
     return run_reward(cfg, ctx, sft, collected)
+
+
+if __name__ == "__main__":
+    from tasks._standalone import main
+
+    raise SystemExit(main("reward", run_reward))

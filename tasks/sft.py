@@ -82,3 +82,9 @@ def run_sft(cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult) ->
 @task(name="sft", cache_policy=NO_CACHE)
 def sft_task(cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult) -> StageResult:
     return run_sft(cfg, ctx, prepared)
+
+
+if __name__ == "__main__":
+    from tasks._standalone import main
+
+    raise SystemExit(main("sft", run_sft))

@@ -1,0 +1,106 @@
+"""The real Prefect flow against a real MLflow store (SQLite in a temp dir), run once per session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from alignflow.pipeline import STAGES, tracking_uri
+
+POLICY_KEYS = ("base", "sft", "ppo")
+
+
+def test_first_run_computes_every_stage_in_order(pipeline_runs):
+    stages = pipeline_runs.first["stages"]
+    assert list(stages) == list(STAGES)
+    assert {s["status"] for s in stages.values()} == {"completed"}
+    for stage in stages.values():
+        assert (Path(stage["output"]) / "COMPLETE").exists()
+        assert not Path(stage["output"] + ".partial").exists()
+
+
+def test_second_run_reuses_every_stage_and_reports_the_same_eval(pipeline_runs):
+    first, second = pipeline_runs.first, pipeline_runs.second
+    assert {s["status"] for s in second["stages"].values()} == {"cached"}
+    assert second["eval"] == first["eval"]
+    assert second["run_id"] != first["run_id"]
+    for name in STAGES:
+        assert second["stages"][name]["output"] == first["stages"][name]["output"]
+
+
+def test_summary_json_has_the_documented_shape_and_latest_points_at_newest(pipeline_runs):
+    root = pipeline_runs.root
+    latest = json.loads((root / "latest" / "summary.json").read_text())
+    assert latest["run_id"] == pipeline_runs.second["run_id"]
+    on_disk = json.loads((root / pipeline_runs.first["run_id"] / "summary.json").read_text())
+    assert on_disk["run_id"] == pipeline_runs.first["run_id"]
+    ev = on_disk["eval"]
+    assert 0.0 <= ev["win_rate_ppo_vs_sft"] <= 1.0
+    for key in ("oracle_score", "reward_score", "refusal_rate", "false_refusal_rate"):
+        assert set(ev[key]) == set(POLICY_KEYS), key
+    assert set(ev["rm_accuracy"]) == {"review", "unsafe"}
+    assert ev["kl_ppo_vs_sft"] >= 0.0
+    # KL of the SFT policy to itself is exactly zero: the reference really is the SFT model.
+    assert ev["kl_to_sft"]["sft"] == 0.0
+    for stage in on_disk["stages"].values():
+        assert set(stage) == {"status", "seconds", "output", "mlflow_run_id"}
+
+
+def test_prefect_flow_runs_completed_and_published_the_eval_table(pipeline_runs):
+    assert pipeline_runs.flow_run_states == ["COMPLETED", "COMPLETED"]
+    assert "alignflow-eval" in pipeline_runs.artifact_keys
+
+
+def _client(pipeline_runs) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri(pipeline_runs.cfg))
+
+
+def test_mlflow_has_a_parent_run_with_config_and_a_child_run_per_stage(pipeline_runs):
+    client = _client(pipeline_runs)
+    parent_id = pipeline_runs.first["mlflow_run_id"]
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["ppo.updates"] == str(pipeline_runs.cfg.ppo.updates)
+    assert parent.data.tags["prefect.flow_run_id"]
+    artifacts = {a.path for a in client.list_artifacts(parent_id, "config")}
+    assert "config/resolved.yaml" in artifacts
+    assert parent.data.metrics["eval.win_rate_ppo_vs_sft"] == pytest_approx(
+        pipeline_runs.first["eval"]["win_rate_ppo_vs_sft"]
+    )
+    experiment = parent.info.experiment_id
+    children = client.search_runs(
+        [experiment], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+    assert sorted(run.data.tags["stage"] for run in children) == sorted(STAGES)
+    by_stage = {run.data.tags["stage"]: run for run in children}
+    for name, stage in pipeline_runs.first["stages"].items():
+        assert stage["mlflow_run_id"] == by_stage[name].info.run_id
+
+
+def test_mlflow_child_runs_hold_per_step_metrics(pipeline_runs):
+    client = _client(pipeline_runs)
+    stages = pipeline_runs.first["stages"]
+    sft_loss = client.get_metric_history(stages["sft"]["mlflow_run_id"], "loss")
+    assert len(sft_loss) >= 3
+    ppo_run = stages["ppo"]["mlflow_run_id"]
+    for metric in ("reward", "rlhf_reward", "kl", "clipfrac", "value_loss", "entropy",
+                   "approx_kl", "generation_seconds", "training_seconds"):  # fmt: skip
+        history = client.get_metric_history(ppo_run, metric)
+        assert len(history) == pipeline_runs.cfg.ppo.updates, metric
+
+
+def test_policy_is_registered_once_with_the_champion_alias(pipeline_runs):
+    client = _client(pipeline_runs)
+    name = pipeline_runs.cfg.registry.model_name
+    versions = client.search_model_versions(f"name='{name}'")
+    assert len(versions) == 1  # the cached second run registers nothing new
+    assert client.get_model_version_by_alias(name, "champion").version == versions[0].version
+    assert pipeline_runs.first["registered"]["alias"] == "champion"
+
+
+def pytest_approx(value):
+    import pytest
+
+    return pytest.approx(value)

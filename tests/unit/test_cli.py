@@ -1,0 +1,98 @@
+"""The real `alignflow` CLI on bad input: it stops before the pipeline with one `error:` line per
+problem and exit code 2. No test here runs the pipeline; a stub flow fails loudly if one tried."""
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from alignflow.cli import app
+
+REPO_ROOT = Path(__file__).parents[2]
+TINY = str(REPO_ROOT / "configs" / "tiny.yaml")
+
+
+@pytest.fixture
+def runner(monkeypatch) -> CliRunner:
+    """A runner whose `run` cannot start the real flow: `flows.rlhf` is replaced by a stub."""
+
+    def rlhf(config):
+        raise AssertionError("the pipeline flow was started by a test that expected a config error")
+
+    monkeypatch.setitem(sys.modules, "flows", types.ModuleType("flows"))
+    monkeypatch.setitem(sys.modules, "flows.rlhf", types.SimpleNamespace(rlhf=rlhf))
+    return CliRunner()
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+def test_run_with_unknown_key_exits_2_with_one_error_line_naming_it(runner, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("ppo:\n  learnig_rate: 1.0e-5\n")
+    result = runner.invoke(app, ["run", str(config)])
+    assert result.exit_code == 2
+    # click >= 8.2 keeps stderr apart; `output` is what a terminal shows (both streams).
+    assert result.stdout == ""
+    assert _error_lines(result.stderr) == [f"error: {config}: ppo.learnig_rate: unknown key"]
+
+
+def test_run_with_wrong_type_exits_2_naming_key_and_value(runner):
+    result = runner.invoke(app, ["run", TINY, "--set", "sft.epochs=abc"])
+    assert result.exit_code == 2
+    lines = _error_lines(result.stderr)
+    assert len(lines) == 1
+    assert "sft.epochs" in lines[0]
+    assert "'abc'" in lines[0]
+
+
+def test_run_with_malformed_set_exits_2(runner):
+    result = runner.invoke(app, ["run", TINY, "--set", "ppo.updates"])
+    assert result.exit_code == 2
+    lines = _error_lines(result.stderr)
+    assert len(lines) == 1
+    assert "ppo.updates" in lines[0]
+    assert "section.key=value" in lines[0]
+
+
+def test_run_with_missing_config_file_exits_2_naming_it(runner, tmp_path):
+    missing = tmp_path / "absent.yaml"
+    result = runner.invoke(app, ["run", str(missing)])
+    assert result.exit_code == 2
+    assert _error_lines(result.stderr) == [f"error: {missing}: no such config file"]
+
+
+def test_run_reports_every_problem_on_its_own_error_line(runner):
+    result = runner.invoke(
+        app, ["run", TINY, "--set", "ppo.learnig_rate=1", "--set", "sft.epochs=abc"]
+    )
+    assert result.exit_code == 2
+    lines = _error_lines(result.stderr)
+    assert len(lines) == 2
+    assert len(result.stderr.strip().splitlines()) == 2
+
+
+def test_show_config_prints_resolved_yaml_with_override(runner):
+    result = runner.invoke(app, ["show-config", TINY, "--set", "ppo.updates=7"])
+    assert result.exit_code == 0, result.output
+    assert "  updates: 7" in result.stdout.splitlines()
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["ppo"]["updates"] == 7
+    assert resolved["run"]["name"] == "tiny-demo"
+
+
+def test_show_config_with_unknown_key_exits_2(runner):
+    result = runner.invoke(app, ["show-config", TINY, "--set", "ppo.learnig_rate=1"])
+    assert result.exit_code == 2
+    assert _error_lines(result.stderr) == [f"error: {TINY}: ppo.learnig_rate: unknown key"]
+
+
+def test_help_lists_the_run_command(runner):
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0
+    assert "Run the whole RLHF pipeline" in result.output
+    assert any(line.strip(" │|").startswith("run ") for line in result.output.splitlines())

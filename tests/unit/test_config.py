@@ -1,0 +1,224 @@
+"""Loading, overriding and validating the pipeline config: errors name the file and the dotted key."""
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from alignflow.config import (
+    ConfigError,
+    PipelineConfig,
+    dump_config,
+    load_config,
+    parse_overrides,
+)
+
+REPO_ROOT = Path(__file__).parents[2]
+CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+TINY = REPO_ROOT / "configs" / "tiny.yaml"
+
+
+def _write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _error(path: Path | None, overrides: list[str] = ()) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, overrides)
+    return str(caught.value)
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def test_tiny_yaml_loads_with_its_own_values():
+    cfg = load_config(TINY)
+    assert isinstance(cfg, PipelineConfig)
+    assert cfg.run.name == "tiny-demo"
+    assert cfg.model.source == "tiny"
+    assert cfg.ppo.rollout_batch_size == 32
+    assert cfg.ppo.minibatch_size == 16
+    assert cfg.sft.learning_rate == pytest.approx(2e-3)
+
+
+def test_no_path_gives_the_declared_defaults():
+    assert load_config(None) == PipelineConfig()
+
+
+def test_empty_file_gives_the_declared_defaults(tmp_path):
+    assert load_config(_write(tmp_path, "# nothing here\n")) == PipelineConfig()
+
+
+def test_a_file_value_overrides_only_that_default(tmp_path):
+    cfg = load_config(_write(tmp_path, "ppo:\n  updates: 3\n"))
+    assert cfg.ppo.updates == 3
+    assert cfg.ppo.learning_rate == PipelineConfig().ppo.learning_rate
+
+
+@pytest.mark.parametrize("config_path", CONFIGS, ids=lambda path: path.name)
+def test_every_config_file_starts_with_the_command_that_runs_it(config_path):
+    first_line = config_path.read_text().splitlines()[0]
+    assert first_line.startswith("#")
+    assert f"alignflow run configs/{config_path.name}" in first_line
+
+
+def test_the_configs_folder_is_not_empty():
+    # Guards the parametrized test above from silently collecting nothing.
+    assert TINY in CONFIGS
+
+
+# --- dotted overrides ---------------------------------------------------------------------------
+
+
+def test_overrides_parse_yaml_scalars_into_typed_values():
+    cfg = load_config(
+        None,
+        ["ppo.learning_rate=1e-5", "ppo.whiten_rewards=true", "ppo.missing_eos_score=null"],
+    )
+    assert cfg.ppo.learning_rate == pytest.approx(1e-5)
+    assert isinstance(cfg.ppo.learning_rate, float)
+    assert cfg.ppo.whiten_rewards is True
+    assert cfg.ppo.missing_eos_score is None
+
+
+def test_parse_overrides_reads_booleans_nulls_and_numbers():
+    assert parse_overrides(["a.b=true", "a.c=null", "a.d=7", "a.e=2.5e-3", "a.f=text"]) == [
+        ("a.b", True),
+        ("a.c", None),
+        ("a.d", 7),
+        ("a.e", 2.5e-3),
+        ("a.f", "text"),
+    ]
+
+
+def test_parse_overrides_reads_exponent_without_a_dot_as_a_float():
+    assert parse_overrides(["ppo.learning_rate=1e-5"]) == [("ppo.learning_rate", 1e-5)]
+
+
+def test_nested_override_changes_one_value_and_keeps_its_file_siblings():
+    cfg = load_config(TINY, ["ppo.kl.adaptive=true"])
+    assert cfg.ppo.kl.adaptive is True
+    assert cfg.ppo.kl.coef == pytest.approx(0.05)
+    assert cfg.ppo.kl.estimator == "k1"
+    assert cfg.ppo.updates == 60
+
+
+def test_override_wins_over_the_file():
+    assert load_config(TINY, ["ppo.updates=7"]).ppo.updates == 7
+
+
+def test_later_override_of_the_same_key_wins():
+    assert load_config(None, ["ppo.updates=7", "ppo.updates=9"]).ppo.updates == 9
+
+
+def test_override_without_equals_sign_is_rejected():
+    message = _error(None, ["ppo.updates"])
+    assert "ppo.updates" in message
+    assert "section.key=value" in message
+
+
+def test_override_into_a_scalar_is_rejected():
+    message = _error(TINY, ["run.name.first=x"])
+    assert "run.name.first" in message
+    assert "'name' is a value" in message
+
+
+# --- validation errors --------------------------------------------------------------------------
+
+
+def test_unknown_top_level_key_is_one_line_naming_file_and_key(tmp_path):
+    path = _write(tmp_path, "run:\n  seed: 1\nbogus: 3\n")
+    assert _error(path) == f"{path}: bogus: unknown key"
+
+
+def test_unknown_nested_key_is_one_line_naming_file_and_dotted_key(tmp_path):
+    path = _write(tmp_path, "ppo:\n  learnig_rate: 1.0e-5\n")
+    assert _error(path) == f"{path}: ppo.learnig_rate: unknown key"
+
+
+def test_unknown_key_from_an_override_names_the_config_file():
+    assert _error(TINY, ["ppo.kl.coeff=0.1"]) == f"{TINY}: ppo.kl.coeff: unknown key"
+
+
+def test_each_problem_gets_its_own_line(tmp_path):
+    path = _write(tmp_path, "ppo:\n  learnig_rate: 1.0e-5\nsft:\n  epochs: abc\n")
+    lines = _error(path).splitlines()
+    assert len(lines) == 2
+    assert any("ppo.learnig_rate: unknown key" in line for line in lines)
+    assert any("sft.epochs" in line for line in lines)
+    assert all(line.startswith(f"{path}: ") for line in lines)
+
+
+def test_wrong_type_names_the_key_and_the_bad_value():
+    message = _error(TINY, ["sft.epochs=abc"])
+    assert len(message.splitlines()) == 1
+    assert message.startswith(f"{TINY}: sft.epochs: ")
+    assert "'abc'" in message
+
+
+def test_out_of_range_value_names_the_key():
+    message = _error(None, ["sft.epochs=0"])
+    assert message.startswith("defaults: sft.epochs: ")
+    assert "greater than 0" in message
+
+
+def test_minibatch_that_does_not_divide_rollout_batch_is_rejected_naming_both():
+    message = _error(None, ["ppo.rollout_batch_size=32", "ppo.minibatch_size=5"])
+    assert len(message.splitlines()) == 1
+    assert "ppo.minibatch_size (5)" in message
+    assert "ppo.rollout_batch_size (32)" in message
+
+
+def test_minibatch_that_divides_rollout_batch_is_accepted():
+    cfg = load_config(None, ["ppo.rollout_batch_size=48", "ppo.minibatch_size=12"])
+    assert (cfg.ppo.rollout_batch_size, cfg.ppo.minibatch_size) == (48, 12)
+
+
+def test_pretrained_model_without_name_or_path_is_rejected():
+    message = _error(None, ["model.source=pretrained"])
+    assert "model.name_or_path" in message
+
+
+def test_pretrained_model_with_name_or_path_is_accepted():
+    cfg = load_config(None, ["model.source=pretrained", "model.name_or_path=Qwen/Qwen2.5-0.5B"])
+    assert cfg.model.name_or_path == "Qwen/Qwen2.5-0.5B"
+
+
+def test_invalid_yaml_reports_file_and_line(tmp_path):
+    # Line 3 has a second ':' where YAML expects a plain value.
+    path = _write(tmp_path, "run:\n  name: ok\n  seed: a: b\n")
+    message = _error(path)
+    assert message.startswith(f"{path}:3: invalid YAML")
+    assert len(message.splitlines()) == 1
+
+
+def test_missing_file_is_reported_by_path(tmp_path):
+    path = tmp_path / "absent.yaml"
+    assert _error(path) == f"{path}: no such config file"
+
+
+def test_a_top_level_list_is_rejected(tmp_path):
+    path = _write(tmp_path, "- run\n- sft\n")
+    assert "expected a mapping" in _error(path)
+
+
+# --- immutability and round trip ----------------------------------------------------------------
+
+
+def test_config_sections_are_frozen():
+    cfg = load_config(TINY)
+    with pytest.raises(ValidationError):
+        cfg.ppo.updates = 3
+    with pytest.raises(ValidationError):
+        cfg.ppo = cfg.ppo.model_copy()
+    assert cfg.ppo.updates == 60
+
+
+def test_dump_config_round_trips_through_load_config(tmp_path):
+    cfg = load_config(
+        TINY, ["ppo.kl.adaptive=true", "ppo.missing_eos_score=null", "sft.epochs=2.5"]
+    )
+    path = _write(tmp_path, dump_config(cfg), "resolved.yaml")
+    assert load_config(path) == cfg
