@@ -129,6 +129,16 @@ class PipelineRun:
         self.ctx = ctx.model_copy(update={"parent_run_id": parent})
         self.results: dict[str, StageResult] = {}
 
+    def describe(self) -> str:
+        """Markdown pointing at this run's MLflow parent run and its directory."""
+        return (
+            f"**alignflow run** `{self.run_id}`\n\n"
+            f"- MLflow tracking URI: `{self.ctx.tracking_uri}`\n"
+            f"- MLflow experiment `{self.cfg.run.experiment}` (id {self.ctx.experiment_id}), "
+            f"parent run `{self.ctx.parent_run_id}`\n"
+            f"- run directory: `{self.run_dir.resolve()}`\n"
+        )
+
     def stage(self, name: str, call: Callable[..., StageResult], *args: Any) -> StageResult:
         """Run one stage through `call`, remembering its result (or its failure) for the summary."""
         started = time.perf_counter()

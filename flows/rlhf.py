@@ -4,6 +4,7 @@ evaluate -> register. Each stage is a task; they hand each other paths, never li
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, runtime
+from prefect.artifacts import create_markdown_artifact
 
 from alignflow.config import PipelineConfig
 from alignflow.pipeline import PipelineRun
@@ -23,6 +24,7 @@ DEFAULT_CONFIG = PipelineConfig()
 def rlhf(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
     """Run every stage in order (cached stages are reused) and return the run summary."""
     run = PipelineRun(config, flow_run_id=runtime.flow_run.id)
+    create_markdown_artifact(key="alignflow-run", markdown=run.describe(), description="MLflow run")
     ctx = config, run.ctx
     try:
         prepared = run.stage("prepare", prepare_task, *ctx)

@@ -59,6 +59,8 @@ def run_ppo(
         shutil.rmtree(work / CHECKPOINT_DIR, ignore_errors=True)
         return {
             "updates": len(history),
+            # Set when a killed run was picked up from its checkpoint (-1: ran from the start).
+            "resumed_from_update": -1 if trainer.resumed_from is None else trainer.resumed_from,
             "reward_first": _window_mean(history, "reward", first=True),
             "reward_last": _window_mean(history, "reward", first=False),
             "kl_last": _window_mean(history, "kl", first=False),

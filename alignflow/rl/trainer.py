@@ -97,6 +97,7 @@ class PPOTrainer:
         self.seed, self.output_dir, self.log_metrics = seed, Path(output_dir), log_metrics
         self.eos_id = tokenizer.eos_token_id
         self.update_index = 0
+        self.resumed_from: int | None = None
         self.history: list[dict] = []
 
     # ---- experience -------------------------------------------------------------------------
@@ -267,6 +268,7 @@ class PPOTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.update_index, self.history = state["update_index"], state["history"]
+        self.resumed_from = self.update_index
         log.info("resumed PPO from %s (update %d)", latest, self.update_index)
         return True
 
