@@ -82,5 +82,27 @@ def summary(artifacts_root: Path = Path("runs")) -> None:
     typer.echo()
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Inspect and validate datasets.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+def data_check(
+    path: Annotated[str, typer.Argument(help="A JSON/JSONL/CSV/Parquet file or a glob.")],
+    format_: Annotated[
+        str | None, typer.Option("--format", help="Skip detection and use this format.")
+    ] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option("--tokenizer", help="Tokenizer path/id for length percentiles.")
+    ] = None,
+) -> None:
+    """Lint a dataset: detected format, rows, token lengths, every bad record; exit 2 if any."""
+    from alignflow.data.check import check, render
+
+    report = check(path, format=format_, tokenizer=tokenizer)
+    typer.echo(render(report))
+    raise typer.Exit(report.exit_code)
+
+
 if __name__ == "__main__":
     app()

@@ -32,7 +32,7 @@ class PolicySamples:
 
 @torch.no_grad()
 def _sample_batch(model, reference, tokenizer, prompts, sampling: SamplingConfig, greedy: bool):
-    query_ids, query_mask = encode_prompts(tokenizer, prompts)
+    query_ids, query_mask = encode_prompts(tokenizer, prompts, model.device)
     response = generate(model, query_ids, query_mask, sampling, greedy=greedy)
     mask = response_mask(response, tokenizer.eos_token_id)
     sequence = torch.cat([query_ids, response], dim=1)

@@ -45,5 +45,6 @@ def reward_model_scores(
             padding=True,
             add_special_tokens=False,
         )
+        batch = batch.to(reward_model.device)
         scores.extend(reward_model(**batch).logits[:, 0].float().tolist())
     return scores

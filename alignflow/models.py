@@ -118,15 +118,27 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str
     return tokenizer
 
 
-def load_causal_lm(path: str, trust_remote_code: bool = False) -> PreTrainedModel:
+def default_device() -> str:
+    """Where stages that drive models themselves (collect, PPO, evaluate) put them."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_causal_lm(
+    path: str, trust_remote_code: bool = False, device: str | None = None
+) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         path, trust_remote_code=trust_remote_code, use_safetensors=True
     )
+    return model.to(device) if device else model
 
 
-def load_scalar_head_model(path: str, trust_remote_code: bool = False, pad_token_id=None):
+def load_scalar_head_model(
+    path: str, trust_remote_code: bool = False, pad_token_id=None, device: str | None = None
+):
     """A sequence-classification model with one output: the reward model and the value model."""
     from transformers import AutoModelForSequenceClassification
 
@@ -135,7 +147,7 @@ def load_scalar_head_model(path: str, trust_remote_code: bool = False, pad_token
     )
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
-    return model
+    return model.to(device) if device else model
 
 
 def peft_lora_config(lora: LoraConfig | None, task_type: str):

@@ -70,13 +70,13 @@ def run_collect(
     def body(work: Path) -> dict:
         import torch
 
-        from alignflow.models import load_causal_lm, load_tokenizer
+        from alignflow.models import default_device, load_causal_lm, load_tokenizer
         from alignflow.rl.rollout import sample_texts
 
         k = cfg.collect.samples_per_prompt
         policy_dir = str(sft.path(MODEL_DIR))
         tokenizer = load_tokenizer(policy_dir, cfg.model.trust_remote_code)
-        policy = load_causal_lm(policy_dir, cfg.model.trust_remote_code).eval()
+        policy = load_causal_lm(policy_dir, cfg.model.trust_remote_code, default_device()).eval()
         prompts = read_jsonl(prepared.path("preference_prompts.jsonl"))
         repeated = [row["prompt"] for row in prompts for _ in range(k)]
         torch.manual_seed(cfg.run.seed)

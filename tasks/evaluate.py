@@ -44,14 +44,19 @@ def run_evaluate(
     def body(work: Path) -> dict:
         from alignflow import evaluation
         from alignflow.judges import oracle_scores
-        from alignflow.models import load_causal_lm, load_scalar_head_model, load_tokenizer
+        from alignflow.models import (
+            default_device,
+            load_causal_lm,
+            load_scalar_head_model,
+            load_tokenizer,
+        )
 
-        trust = cfg.model.trust_remote_code
+        trust, device = cfg.model.trust_remote_code, default_device()
         sft_dir = str(sft.path(MODEL_DIR))
         tokenizer = load_tokenizer(sft_dir, trust)
-        reference = load_causal_lm(sft_dir, trust).eval()
+        reference = load_causal_lm(sft_dir, trust, device).eval()
         reward_model = load_scalar_head_model(
-            str(reward.path(MODEL_DIR)), trust, pad_token_id=tokenizer.pad_token_id
+            str(reward.path(MODEL_DIR)), trust, tokenizer.pad_token_id, device
         ).eval()
         rows = read_jsonl(prepared.path("heldout.jsonl"))
         prompts = [row["prompt"] for row in rows]
@@ -63,7 +68,7 @@ def run_evaluate(
         ev = cfg.evaluate
         samples, per_policy, oracle = {}, {}, {}
         for name, source in sources.items():
-            model = reference if name == "sft" else load_causal_lm(source, trust)
+            model = reference if name == "sft" else load_causal_lm(source, trust, device)
             samples[name] = evaluation.sample_policy(
                 model, reference, tokenizer, prompts, cfg.ppo.sampling,
                 ev.samples_per_prompt, ev.seed, ev.batch_size,

@@ -32,21 +32,26 @@ def run_ppo(
     def body(work: Path) -> dict:
         import torch
 
-        from alignflow.models import load_causal_lm, load_scalar_head_model, load_tokenizer
+        from alignflow.models import (
+            default_device,
+            load_causal_lm,
+            load_scalar_head_model,
+            load_tokenizer,
+        )
         from alignflow.rl.trainer import CHECKPOINT_DIR, PPOTrainer
 
         torch.manual_seed(cfg.run.seed)
         trust = cfg.model.trust_remote_code
         sft_dir, rm_dir = str(sft.path(MODEL_DIR)), str(reward.path(MODEL_DIR))
         tokenizer = load_tokenizer(sft_dir, trust)
-        pad = tokenizer.pad_token_id
+        pad, device = tokenizer.pad_token_id, default_device()
         trainer = PPOTrainer(
             cfg.ppo,
-            policy=load_causal_lm(sft_dir, trust),
-            reference=load_causal_lm(sft_dir, trust),
-            reward_model=load_scalar_head_model(rm_dir, trust, pad_token_id=pad),
+            policy=load_causal_lm(sft_dir, trust, device),
+            reference=load_causal_lm(sft_dir, trust, device),
+            reward_model=load_scalar_head_model(rm_dir, trust, pad, device),
             # The critic starts from the reward model: it already reads this task's features.
-            value_model=load_scalar_head_model(rm_dir, trust, pad_token_id=pad),
+            value_model=load_scalar_head_model(rm_dir, trust, pad, device),
             tokenizer=tokenizer,
             prompts=[row["prompt"] for row in read_jsonl(prepared.path("rl_prompts.jsonl"))],
             seed=cfg.run.seed,

@@ -16,7 +16,9 @@ from alignflow.config import SamplingConfig
 from alignflow.rl.functional import entropy_from_logits, logprobs_from_logits
 
 
-def encode_prompts(tokenizer, prompts: Sequence[list[dict]], max_length: int | None = None):
+def encode_prompts(
+    tokenizer, prompts: Sequence[list[dict]], device=None, max_length: int | None = None
+):
     """Chat-format prompts, tokenized and left-padded for generation. Returns (ids, mask)."""
     texts = [
         tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -31,7 +33,7 @@ def encode_prompts(tokenizer, prompts: Sequence[list[dict]], max_length: int | N
         truncation=max_length is not None,
         max_length=max_length,
     )
-    return batch["input_ids"], batch["attention_mask"]
+    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 
 def position_ids(attention_mask: Tensor) -> Tensor:
@@ -127,7 +129,7 @@ def sample_texts(
     eos_id = eos_id if isinstance(eos_id, int) else eos_id[0]
     texts: list[str] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
-        ids, mask = encode_prompts(tokenizer, prompts[start : start + batch_size])
+        ids, mask = encode_prompts(tokenizer, prompts[start : start + batch_size], model.device)
         response = generate(model, ids, mask, sampling, greedy=greedy)
         texts.extend(decode(tokenizer, response, response_mask(response, eos_id)))
     return texts

@@ -114,7 +114,7 @@ class PPOTrainer:
     @torch.no_grad()
     def rollout(self, prompts: list[list[dict]], update: int) -> tuple[Rollout, dict]:
         cfg = self.cfg
-        query_ids, query_mask = encode_prompts(self.tokenizer, prompts)
+        query_ids, query_mask = encode_prompts(self.tokenizer, prompts, self.policy.device)
         torch.manual_seed(self.seed * 100_003 + update)  # sampling is a function of (seed, update)
         response = generate(self.policy, query_ids, query_mask, cfg.sampling)
         mask = response_mask(response, self.eos_id)
@@ -126,7 +126,7 @@ class PPOTrainer:
         ref_logprobs, _ = response_logprobs(self.reference, sequence, attention, q, temperature)
         values = token_scores(self.value_model, sequence, attention)[:, q - 1 : -1]
         last = F.last_token_index(mask)
-        rows = torch.arange(len(prompts))
+        rows = torch.arange(len(prompts), device=query_ids.device)
         scores = token_scores(self.reward_model, sequence, attention)[:, q:][rows, last]
         has_eos = (response[rows, last] == self.eos_id) & (mask.sum(-1) > 0)
         if cfg.missing_eos_score is not None:

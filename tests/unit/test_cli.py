@@ -96,3 +96,23 @@ def test_help_lists_the_run_command(runner):
     assert result.exit_code == 0
     assert "Run the whole RLHF pipeline" in result.output
     assert any(line.strip(" │|").startswith("run ") for line in result.output.splitlines())
+
+
+def test_data_check_lints_a_fixture_and_exits_0():
+    fixture = (
+        Path(__file__).parents[3] / "shared" / "fixtures" / "llamafactory" / "dpo_en_demo.json"
+    )
+    if not fixture.exists():
+        pytest.skip(f"shared fixtures not found at {fixture}")
+    result = CliRunner().invoke(app, ["data", "check", str(fixture)])
+    assert result.exit_code == 0, result.output
+    assert "sharegpt_pairwise" in result.output
+    assert "300" in result.output
+
+
+def test_data_check_exits_2_and_names_the_bad_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "hi", "chosen": "a", "rejected": "b"}\n{"prompt": "hi", "chosen":\n')
+    result = CliRunner().invoke(app, ["data", "check", str(bad)])
+    assert result.exit_code == 2
+    assert f"{bad}:2" in result.output
