@@ -114,6 +114,7 @@ class RewardConfig(_Section):
     batch_size: int = Field(32, gt=0)
     max_length: int = Field(128, gt=0)
     eval_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    warmup_ratio: float = 0.05
     save_steps: int = Field(100, gt=0)
 
 

@@ -176,6 +176,26 @@ def trainer_device_kwargs() -> dict:
     }
 
 
+def trainer_kwargs(section, output_dir: Path, seed: int) -> dict:
+    """TrainingArguments shared by the TRL stages, from a stage's config section."""
+    return {
+        "output_dir": str(output_dir),
+        "num_train_epochs": section.epochs,
+        "per_device_train_batch_size": section.batch_size,
+        "learning_rate": section.learning_rate,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": section.warmup_ratio,  # a float below 1 is a fraction of all steps
+        "max_length": section.max_length,
+        "logging_steps": 10,
+        "save_strategy": "steps",
+        "save_steps": section.save_steps,
+        "save_total_limit": 1,  # a crash loses at most one save interval
+        "report_to": "none",  # tracking.trainer_callback logs to the stage's MLflow run
+        "seed": seed,
+        **trainer_device_kwargs(),
+    }
+
+
 def last_checkpoint(directory: Path) -> str | None:
     """The newest `checkpoint-N` a Trainer left behind, to resume a crashed stage from."""
     checkpoints = sorted(

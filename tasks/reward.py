@@ -46,7 +46,7 @@ def run_reward(
             last_checkpoint,
             load_scalar_head_model,
             load_tokenizer,
-            trainer_device_kwargs,
+            trainer_kwargs,
         )
 
         source, trust = str(sft.path(MODEL_DIR)), cfg.model.trust_remote_code
@@ -58,22 +58,7 @@ def run_reward(
         train = [{k: p[k] for k in columns} for p in pairs if p["split"] == "train"]
         heldout = [p for p in pairs if p["split"] == "eval"]
         checkpoints = work / "checkpoints"
-        args = RewardConfig(
-            output_dir=str(checkpoints),
-            num_train_epochs=cfg.reward.epochs,
-            per_device_train_batch_size=cfg.reward.batch_size,
-            learning_rate=cfg.reward.learning_rate,
-            lr_scheduler_type="cosine",
-            warmup_steps=0.05,
-            max_length=cfg.reward.max_length,
-            logging_steps=10,
-            save_strategy="steps",
-            save_steps=cfg.reward.save_steps,
-            save_total_limit=1,
-            report_to="none",
-            seed=cfg.run.seed,
-            **trainer_device_kwargs(),
-        )
+        args = RewardConfig(**trainer_kwargs(cfg.reward, checkpoints, cfg.run.seed))
         trainer = RewardTrainer(
             model=model,
             args=args,

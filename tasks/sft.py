@@ -33,7 +33,7 @@ def run_sft(cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult) ->
             load_causal_lm,
             load_tokenizer,
             peft_lora_config,
-            trainer_device_kwargs,
+            trainer_kwargs,
         )
 
         source, trust = base_model(cfg, prepared), cfg.model.trust_remote_code
@@ -43,21 +43,7 @@ def run_sft(cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult) ->
         dataset = Dataset.from_list([{"messages": row["messages"]} for row in rows])
         checkpoints = work / "checkpoints"
         args = SFTConfig(
-            output_dir=str(checkpoints),
-            num_train_epochs=cfg.sft.epochs,
-            per_device_train_batch_size=cfg.sft.batch_size,
-            learning_rate=cfg.sft.learning_rate,
-            lr_scheduler_type="cosine",
-            warmup_steps=cfg.sft.warmup_ratio,
-            max_length=cfg.sft.max_length,
-            assistant_only_loss=True,
-            logging_steps=10,
-            save_strategy="steps",
-            save_steps=cfg.sft.save_steps,
-            save_total_limit=1,
-            report_to="none",
-            seed=cfg.run.seed,
-            **trainer_device_kwargs(),
+            **trainer_kwargs(cfg.sft, checkpoints, cfg.run.seed), assistant_only_loss=True
         )
         trainer = SFTTrainer(
             model=model,

@@ -41,6 +41,15 @@ def position_ids(attention_mask: Tensor) -> Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def _forward_inputs(sequence: Tensor, attention_mask: Tensor) -> dict[str, Tensor | bool]:
+    return {
+        "input_ids": sequence,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids(attention_mask),
+        "use_cache": False,
+    }
+
+
 def response_mask(response_ids: Tensor, eos_token_id: int) -> Tensor:
     """1 for response tokens up to and including the first EOS, 0 after. (b, t) -> (b, t) long."""
     is_eos = (response_ids == eos_token_id).long()
@@ -79,12 +88,7 @@ def response_logprobs(
 
     Args: sequence, attention_mask (b, q + t). Returns (logprobs, entropy), each (b, t).
     """
-    logits = model(
-        input_ids=sequence,
-        attention_mask=attention_mask,
-        position_ids=position_ids(attention_mask),
-        use_cache=False,
-    ).logits
+    logits = model(**_forward_inputs(sequence, attention_mask)).logits
     logits = logits[:, query_len - 1 : -1] / temperature
     response = sequence[:, query_len:]
     return logprobs_from_logits(logits, response), entropy_from_logits(logits)
@@ -97,12 +101,7 @@ def token_scores(scalar_model, sequence: Tensor, attention_mask: Tensor) -> Tens
     state before response token i is the entry at position q - 1 + i.
     """
     backbone = getattr(scalar_model, scalar_model.base_model_prefix)
-    hidden = backbone(
-        input_ids=sequence,
-        attention_mask=attention_mask,
-        position_ids=position_ids(attention_mask),
-        use_cache=False,
-    ).last_hidden_state
+    hidden = backbone(**_forward_inputs(sequence, attention_mask)).last_hidden_state
     return scalar_model.score(hidden).squeeze(-1).float()
 
 
