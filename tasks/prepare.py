@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from alignflow import demo, pipeline
+from alignflow import demo, pipeline, tracking
 from alignflow.config import PipelineConfig
 from alignflow.store import StageResult, write_jsonl
 from alignflow.tracking import TrackingContext
@@ -66,8 +66,6 @@ def run_prepare(cfg: PipelineConfig, ctx: TrackingContext) -> StageResult:
         metrics = _write_demo_data(cfg, work)
         if cfg.model.source == "tiny":
             metrics.update(_build_tiny(cfg, work))
-        from alignflow import tracking
-
         tracking.log_metrics(metrics)
         return metrics
 

@@ -25,271 +25,35 @@ from pathlib import Path
 from typing import Any
 
 from alignflow.data.errors import DataError
+from alignflow.data.messages import (
+    Message,
+    Row,
+    as_list,
+    as_message_list,
+    as_messages,
+    as_text,
+    hh_transcript,
+    optional_field,
+    parse_tools,
+    preference_pair,
+    require_field,
+    sharegpt_turn,
+    sharegpt_turns,
+    split_shared_prefix,
+    with_system,
+)
 from alignflow.data.preferences import ranking_to_pairs, unique_candidates
 from alignflow.data.sources import expand_paths, read_records
 
-Message = dict[str, Any]
-Row = dict[str, Any]
-ROLES = ("system", "user", "assistant", "tool")
-# sharegpt speaker tags → canonical roles (function_call and observation handled specially).
-SHAREGPT_ROLES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "system": "system",
-    "function_call": "assistant",
-    "observation": "tool",
-}
 DETECT_SAMPLE = 100  # records read to detect a format; enough to see a mix, cheap on any file
-
-
-# ---- field checks -----------------------------------------------------------------------------
-
-
-def _require(record: Mapping[str, Any], name: str) -> Any:
-    if record.get(name) is None:
-        raise DataError(name, "is missing", f"a {name!r} field", reason="missing field")
-    return record[name]
-
-
-def _optional(record: Mapping[str, Any], name: str) -> Any:
-    """An optional field; None and "" (an empty CSV cell) both mean absent."""
-    value = record.get(name)
-    return None if value is None or value == "" else value
-
-
-def _text(value: Any, name: str, required: bool = True) -> str:
-    if not isinstance(value, str):
-        raise DataError(name, f"is a {type(value).__name__}", "a string", reason="wrong type")
-    if required and not value.strip():
-        problem = "is empty" if value == "" else "is whitespace-only"
-        raise DataError(name, problem, "non-empty text", reason="empty text")
-    return value
-
-
-def _list(value: Any, name: str, what: str) -> list:
-    if not isinstance(value, list) or not value:
-        problem = "is empty" if value == [] else f"is a {type(value).__name__}"
-        raise DataError(name, problem, f"a non-empty list of {what}", reason="wrong type")
-    return value
-
-
-def _content(value: Any, name: str, required: bool = True) -> str:
-    """A string, or a list of `{"type": "text", "text": ...}` parts (concatenated)."""
-    if isinstance(value, list):
-        texts = []
-        for i, part in enumerate(value):
-            if not isinstance(part, Mapping) or part.get("type") != "text":
-                raise DataError(
-                    f"{name}[{i}]",
-                    f"is {part!r:.60}",
-                    '{"type": "text", "text": ...}',
-                    reason="wrong type",
-                )
-            texts.append(_text(part.get("text"), f"{name}[{i}].text", required=False))
-        value = "".join(texts)
-    return _text(value, name, required)
-
-
-def _tool_calls(value: Any, name: str) -> list[dict]:
-    """Function calls as chat templates read them; accepts a JSON string, one call or a list."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as error:
-            raise DataError(
-                name,
-                f"is not valid JSON ({error.msg})",
-                '{"name": ..., "arguments": {...}}',
-                reason="bad function call",
-            ) from error
-    calls = value if isinstance(value, list) else [value]
-    parsed = []
-    for call in calls:
-        function = call.get("function", call) if isinstance(call, Mapping) else None
-        arguments = function.get("arguments") if isinstance(function, Mapping) else None
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments)
-            except json.JSONDecodeError:
-                arguments = None
-        if not (isinstance(function, Mapping) and isinstance(function.get("name"), str)) or not (
-            isinstance(arguments, Mapping)
-        ):
-            raise DataError(
-                name,
-                f"is {call!r:.60}",
-                '{"name": ..., "arguments": {...}}',
-                reason="bad function call",
-            )
-        parsed.append(
-            {
-                "type": "function",
-                "function": {"name": function["name"], "arguments": dict(arguments)},
-            }
-        )
-    return parsed
-
-
-def _tools(value: Any, name: str = "tools") -> list | None:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value) if value.strip() else []
-        except json.JSONDecodeError as error:
-            raise DataError(
-                name,
-                f"is not valid JSON ({error.msg})",
-                "a JSON list of tool schemas",
-                reason="bad tools",
-            ) from error
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(tool, Mapping) for tool in value):
-        raise DataError(name, f"is {value!r:.60}", "a list of tool schemas", reason="bad tools")
-    return list(value) or None
-
-
-# ---- messages ----------------------------------------------------------------------------------
-
-
-def _message(turn: Any, name: str) -> Message:
-    if not isinstance(turn, Mapping):
-        raise DataError(
-            name,
-            f"is a {type(turn).__name__}",
-            '{"role": ..., "content": ...}',
-            reason="wrong type",
-        )
-    role = turn.get("role")
-    if role not in ROLES:
-        raise DataError(
-            f"{name}.role",
-            f"unknown role {role!r}",
-            f"one of {', '.join(ROLES)}",
-            reason="unknown role",
-        )
-    if role == "assistant" and turn.get("tool_calls"):
-        calls = _tool_calls(turn["tool_calls"], f"{name}.tool_calls")
-        content = _content(turn.get("content") or "", f"{name}.content", required=False)
-        return {"role": role, "content": content, "tool_calls": calls}
-    return {"role": role, "content": _content(turn.get("content"), f"{name}.content")}
-
-
-def _messages(value: Any, name: str) -> list[Message]:
-    return [_message(turn, f"{name}[{i}]") for i, turn in enumerate(_list(value, name, "messages"))]
-
-
-def _as_messages(value: Any, name: str, role: str) -> list[Message]:
-    """A plain string becomes one `role` turn; a list is read as messages."""
-    if isinstance(value, str):
-        return [{"role": role, "content": _text(value, name)}]
-    return _messages(value, name)
-
-
-def _sharegpt_turn(turn: Any, name: str) -> Message:
-    if not isinstance(turn, Mapping):
-        raise DataError(
-            name, f"is a {type(turn).__name__}", '{"from": ..., "value": ...}', reason="wrong type"
-        )
-    speaker = turn.get("from")
-    if speaker not in SHAREGPT_ROLES:
-        raise DataError(
-            f"{name}.from",
-            f"unknown role {speaker!r}",
-            f"one of {', '.join(SHAREGPT_ROLES)}",
-            reason="unknown role",
-        )
-    value = _text(turn.get("value"), f"{name}.value")
-    if speaker == "function_call":
-        return {
-            "role": "assistant",
-            "content": "",
-            "tool_calls": _tool_calls(value, f"{name}.value"),
-        }
-    return {"role": SHAREGPT_ROLES[speaker], "content": value}
-
-
-def _sharegpt_turns(value: Any, name: str) -> list[Message]:
-    turns = _list(value, name, "{from, value} turns")
-    return [_sharegpt_turn(turn, f"{name}[{i}]") for i, turn in enumerate(turns)]
-
-
-def _with_system(record: Mapping[str, Any], messages: list[Message]) -> list[Message]:
-    system = _optional(record, "system")
-    if system is None:
-        return messages
-    return [{"role": "system", "content": _text(system, "system")}, *messages]
-
-
-def _pair(prompt: list[Message], chosen: list[Message], rejected: list[Message]) -> Row:
-    if chosen == rejected:
-        raise DataError(
-            "chosen",
-            "is identical to rejected",
-            "two different responses",
-            reason="chosen == rejected",
-        )
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-
-
-def _split_shared_prefix(chosen: list[Message], rejected: list[Message]) -> Row:
-    """Implicit prompt: the leading turns chosen and rejected share; the rest are the responses."""
-    shared = 0
-    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
-        shared += 1
-    if chosen == rejected:
-        return _pair(chosen, chosen, rejected)  # raises the identical-pair error
-    if shared == 0:
-        raise DataError(
-            "chosen",
-            "shares no leading turns with rejected",
-            "both to start with the same prompt",
-            reason="no shared prompt",
-        )
-    for name, side in (("chosen", chosen), ("rejected", rejected)):
-        if len(side) == shared:
-            raise DataError(
-                name,
-                "has nothing after the prompt it shares",
-                "a response after the shared prompt",
-                reason="no response",
-            )
-    return _pair(chosen[:shared], chosen[shared:], rejected[shared:])
-
-
-def _hh_transcript(value: Any, name: str) -> list[Message]:
-    """`"\\n\\nHuman: ...\\n\\nAssistant: ..."` → alternating user/assistant messages."""
-    text = "\n\n" + _text(value, name).lstrip("\n")
-    before, *chunks = text.split("\n\nHuman:")
-    if before.strip() or not chunks:
-        raise DataError(
-            name,
-            f"starts with {text.strip()!r:.40}",
-            'a transcript starting "\\n\\nHuman:"',
-            reason="bad transcript",
-        )
-    messages: list[Message] = []
-    for chunk in chunks:
-        user, *replies = chunk.split("\n\nAssistant:")
-        messages.append({"role": "user", "content": user.strip()})
-        messages.extend({"role": "assistant", "content": reply.strip()} for reply in replies)
-    for i, message in enumerate(messages):
-        if not message["content"]:
-            turn = "Human" if message["role"] == "user" else "Assistant"
-            raise DataError(
-                f"{name} (turn {i + 1}, {turn})", "is empty", "non-empty text", reason="empty text"
-            )
-    return messages
-
 
 # ---- normalizers: record → canonical rows -------------------------------------------------------
 
 
 def _alpaca(record: Mapping[str, Any], stats: Counter) -> list[Row]:
-    instruction = _text(_require(record, "instruction"), "instruction")
-    extra = _text(_optional(record, "input") or "", "input", required=False)
-    history = _optional(record, "history") or []
+    instruction = as_text(require_field(record, "instruction"), "instruction")
+    extra = as_text(optional_field(record, "input") or "", "input", required=False)
+    history = optional_field(record, "history") or []
     if not isinstance(history, list):
         raise DataError(
             "history",
@@ -303,67 +67,76 @@ def _alpaca(record: Mapping[str, Any], stats: Counter) -> list[Row]:
             raise DataError(
                 f"history[{i}]", f"is {pair!r:.60}", "a [user, assistant] pair", reason="wrong type"
             )
-        messages.append({"role": "user", "content": _text(pair[0], f"history[{i}][0]")})
-        messages.append({"role": "assistant", "content": _text(pair[1], f"history[{i}][1]")})
+        messages.append({"role": "user", "content": as_text(pair[0], f"history[{i}][0]")})
+        messages.append({"role": "assistant", "content": as_text(pair[1], f"history[{i}][1]")})
     # LLaMA-Factory joins instruction and input with one newline; so do we.
     user = f"{instruction}\n{extra}" if extra.strip() else instruction
     messages += [
         {"role": "user", "content": user},
-        {"role": "assistant", "content": _text(_require(record, "output"), "output")},
+        {"role": "assistant", "content": as_text(require_field(record, "output"), "output")},
     ]
-    return [{"messages": _with_system(record, messages)}]
+    return [{"messages": with_system(record, messages)}]
 
 
 def _sharegpt(record: Mapping[str, Any], stats: Counter) -> list[Row]:
-    messages = _with_system(
-        record, _sharegpt_turns(_require(record, "conversations"), "conversations")
+    messages = with_system(
+        record, sharegpt_turns(require_field(record, "conversations"), "conversations")
     )
-    tools = _tools(_optional(record, "tools"))
+    tools = parse_tools(optional_field(record, "tools"))
     return [{"messages": messages, **({"tools": tools} if tools else {})}]
 
 
 def _sharegpt_reply(value: Any, name: str) -> list[Message]:
     return (
-        [{"role": "assistant", "content": _text(value, name)}]
+        [{"role": "assistant", "content": as_text(value, name)}]
         if isinstance(value, str)
-        else [_sharegpt_turn(value, name)]
+        else [sharegpt_turn(value, name)]
     )
 
 
 def _sharegpt_pairwise(record: Mapping[str, Any], stats: Counter) -> list[Row]:
-    prompt = _with_system(
-        record, _sharegpt_turns(_require(record, "conversations"), "conversations")
+    prompt = with_system(
+        record, sharegpt_turns(require_field(record, "conversations"), "conversations")
     )
-    chosen = _sharegpt_reply(_require(record, "chosen"), "chosen")
-    return [_pair(prompt, chosen, _sharegpt_reply(_require(record, "rejected"), "rejected"))]
+    chosen = _sharegpt_reply(require_field(record, "chosen"), "chosen")
+    return [
+        preference_pair(
+            prompt, chosen, _sharegpt_reply(require_field(record, "rejected"), "rejected")
+        )
+    ]
 
 
 def _messages_sft(record: Mapping[str, Any], stats: Counter) -> list[Row]:
-    tools = _tools(_optional(record, "tools"))
+    tools = parse_tools(optional_field(record, "tools"))
     return [
         {
-            "messages": _messages(_require(record, "messages"), "messages"),
+            "messages": as_message_list(require_field(record, "messages"), "messages"),
             **({"tools": tools} if tools else {}),
         }
     ]
 
 
 def _prompt_completion(record: Mapping[str, Any], stats: Counter) -> list[Row]:
-    prompt = _as_messages(_require(record, "prompt"), "prompt", "user")
+    prompt = as_messages(require_field(record, "prompt"), "prompt", "user")
     return [
         {
             "messages": prompt
-            + _as_messages(_require(record, "completion"), "completion", "assistant")
+            + as_messages(require_field(record, "completion"), "completion", "assistant")
         }
     ]
 
 
 def _preference(record: Mapping[str, Any], stats: Counter) -> list[Row]:
-    chosen_value, rejected_value = _require(record, "chosen"), _require(record, "rejected")
-    if _optional(record, "prompt") is not None:
-        prompt = _as_messages(record["prompt"], "prompt", "user")
-        chosen = _as_messages(chosen_value, "chosen", "assistant")
-        return [_pair(prompt, chosen, _as_messages(rejected_value, "rejected", "assistant"))]
+    chosen_value, rejected_value = (
+        require_field(record, "chosen"),
+        require_field(record, "rejected"),
+    )
+    if optional_field(record, "prompt") is not None:
+        prompt = as_messages(record["prompt"], "prompt", "user")
+        chosen = as_messages(chosen_value, "chosen", "assistant")
+        return [
+            preference_pair(prompt, chosen, as_messages(rejected_value, "rejected", "assistant"))
+        ]
     if isinstance(chosen_value, str):
         raise DataError(
             "prompt",
@@ -372,15 +145,17 @@ def _preference(record: Mapping[str, Any], stats: Counter) -> list[Row]:
             reason="missing field",
         )
     return [
-        _split_shared_prefix(
-            _messages(chosen_value, "chosen"), _messages(rejected_value, "rejected")
+        split_shared_prefix(
+            as_message_list(chosen_value, "chosen"), as_message_list(rejected_value, "rejected")
         )
     ]
 
 
 def _hh_rlhf(record: Mapping[str, Any], stats: Counter) -> list[Row]:
-    chosen = _hh_transcript(_require(record, "chosen"), "chosen")
-    return [_split_shared_prefix(chosen, _hh_transcript(_require(record, "rejected"), "rejected"))]
+    chosen = hh_transcript(require_field(record, "chosen"), "chosen")
+    return [
+        split_shared_prefix(chosen, hh_transcript(require_field(record, "rejected"), "rejected"))
+    ]
 
 
 def _scores(record: Mapping[str, Any], count: int) -> list[float]:
@@ -411,9 +186,9 @@ def _scores(record: Mapping[str, Any], count: int) -> list[float]:
 
 
 def _ranking(record: Mapping[str, Any], stats: Counter) -> list[Row]:
-    prompt = _as_messages(_require(record, "prompt"), "prompt", "user")
-    raw = _list(_require(record, "responses"), "responses", "responses")
-    responses = [_as_messages(r, f"responses[{i}]", "assistant") for i, r in enumerate(raw)]
+    prompt = as_messages(require_field(record, "prompt"), "prompt", "user")
+    raw = as_list(require_field(record, "responses"), "responses", "responses")
+    responses = [as_messages(r, f"responses[{i}]", "assistant") for i, r in enumerate(raw)]
     if len(responses) < 2:
         raise DataError(
             "responses",
@@ -431,15 +206,15 @@ def _ranking(record: Mapping[str, Any], stats: Counter) -> list[Row]:
         )
     pairs, ties = ranking_to_pairs(_scores(record, len(responses)))
     stats["ties_skipped"] += ties
-    return [_pair(prompt, responses[better], responses[worse]) for better, worse in pairs]
+    return [preference_pair(prompt, responses[better], responses[worse]) for better, worse in pairs]
 
 
 def _unpaired(record: Mapping[str, Any], stats: Counter) -> list[Row]:
-    label = _require(record, "label")
+    label = require_field(record, "label")
     if not isinstance(label, bool):
         raise DataError("label", f"is {label!r:.40}", "true or false", reason="wrong type")
     if "messages" in record:
-        messages = _messages(record["messages"], "messages")
+        messages = as_message_list(record["messages"], "messages")
         last = len(messages) - 1
         if len(messages) < 2 or messages[-1]["role"] != "assistant":
             raise DataError(
@@ -450,13 +225,13 @@ def _unpaired(record: Mapping[str, Any], stats: Counter) -> list[Row]:
             )
         prompt, completion = messages[:-1], messages[-1:]
     else:
-        prompt = _as_messages(_require(record, "prompt"), "prompt", "user")
-        completion = _as_messages(_require(record, "completion"), "completion", "assistant")
+        prompt = as_messages(require_field(record, "prompt"), "prompt", "user")
+        completion = as_messages(require_field(record, "completion"), "completion", "assistant")
     return [{"prompt": prompt, "completion": completion, "label": label}]
 
 
 def _prompt_only(record: Mapping[str, Any], stats: Counter) -> list[Row]:
-    return [{"prompt": _as_messages(_require(record, "prompt"), "prompt", "user")}]
+    return [{"prompt": as_messages(require_field(record, "prompt"), "prompt", "user")}]
 
 
 # ---- detection by keys ---------------------------------------------------------------------------
