@@ -12,7 +12,12 @@ import typer
 
 from alignflow.config import ConfigError, dump_config, load_config
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="The RLHF loop (data, SFT, preferences, reward model, PPO, evaluation, registry) "
+    "as Prefect flows tracked in MLflow.",
+)
 
 SetOption = Annotated[
     list[str] | None,
