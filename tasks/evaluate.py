@@ -86,7 +86,8 @@ def run_evaluate(
         }
         summary = evaluation.summarize(per_policy, wins, rm_accuracy)
         table = evaluation.markdown_table(summary)
-        write_jsonl(work / SAMPLES_FILE, _sample_rows(rows, samples, oracle))
+        sample_rows = _sample_rows(rows, samples, oracle)
+        write_jsonl(work / SAMPLES_FILE, sample_rows)
         write_json_atomic(work / "eval.json", summary)
         (work / TABLE_FILE).write_text(table + "\n")
         tracking.log_metrics(tracking.flatten(summary))
@@ -98,7 +99,7 @@ def run_evaluate(
                     "sft": r["sft_greedy"],
                     "ppo": r["ppo_greedy"],
                 }
-                for r in _sample_rows(rows, samples, oracle)
+                for r in sample_rows
             ],  # fmt: skip
             "greedy_samples.json",
         )
