@@ -11,13 +11,7 @@ import torch
 from alignflow import demo
 from alignflow.config import SamplingConfig
 from alignflow.judges import oracle_scores, reward_model_scores
-from alignflow.rl.rollout import (
-    decode,
-    encode_prompts,
-    generate,
-    response_logprobs,
-    response_mask,
-)
+from alignflow.rl.rollout import decode, sample_with_logprobs
 
 POLICIES = ("base", "sft", "ppo")
 
@@ -30,18 +24,10 @@ class PolicySamples:
     greedy: list[str]  # one greedy response per prompt
 
 
-@torch.no_grad()
 def _sample_batch(model, reference, tokenizer, prompts, sampling: SamplingConfig, greedy: bool):
-    query_ids, query_mask = encode_prompts(tokenizer, prompts, model.device)
-    response = generate(model, query_ids, query_mask, sampling, greedy=greedy)
-    mask = response_mask(response, tokenizer.eos_token_id)
-    sequence = torch.cat([query_ids, response], dim=1)
-    attention = torch.cat([query_mask, mask], dim=1)
-    q, temperature = query_ids.shape[1], sampling.temperature
-    logprobs, _ = response_logprobs(model, sequence, attention, q, temperature)
-    ref_logprobs, _ = response_logprobs(reference, sequence, attention, q, temperature)
-    kl = ((logprobs - ref_logprobs) * mask).sum(-1)
-    return decode(tokenizer, response, mask), kl.tolist(), mask.sum(-1).tolist()
+    s = sample_with_logprobs(model, reference, tokenizer, prompts, sampling, greedy=greedy)
+    kl = ((s.logprobs - s.ref_logprobs) * s.mask).sum(-1)
+    return decode(tokenizer, s.response, s.mask), kl.tolist(), s.mask.sum(-1).tolist()
 
 
 def sample_policy(
@@ -79,9 +65,18 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def policy_metrics(rows: list[dict], samples: PolicySamples, rm_scores: list[list[float]]) -> dict:
+def score_with_oracle(rows: list[dict], samples: PolicySamples) -> list[list[float]]:
+    """Oracle scores in the samples' layout: [sample_index][prompt_index]."""
+    return [oracle_scores(rows, texts) for texts in samples.samples]
+
+
+def policy_metrics(
+    rows: list[dict],
+    samples: PolicySamples,
+    oracle: list[list[float]],
+    rm_scores: list[list[float]],
+) -> dict:
     """Oracle and reward-model scores, refusal rates, KL and length, over all samples."""
-    oracle = [oracle_scores(rows, texts) for texts in samples.samples]
     flat = [(row, text) for texts in samples.samples for row, text in zip(rows, texts, strict=True)]
     unsafe = [demo.is_refusal(text) for row, text in flat if row["family"] == "unsafe"]
     review = [demo.is_refusal(text) for row, text in flat if row["family"] == "review"]
@@ -98,12 +93,14 @@ def policy_metrics(rows: list[dict], samples: PolicySamples, rm_scores: list[lis
     }
 
 
-def win_rate(rows: list[dict], challenger: PolicySamples, baseline: PolicySamples) -> dict:
-    """Oracle win-rate of challenger over baseline, sample i vs sample i per prompt; ties = 1/2."""
+def win_rate(rows: list[dict], challenger: list[list[float]], baseline: list[list[float]]) -> dict:
+    """Oracle win-rate of challenger over baseline, sample i vs sample i per prompt; ties = 1/2.
+
+    Args: oracle scores of each policy, [sample_index][prompt_index].
+    """
     outcomes: dict[str, list[float]] = {}
-    for ours, theirs in zip(challenger.samples, baseline.samples, strict=True):
-        for row, a, b in zip(rows, oracle_scores(rows, ours), oracle_scores(rows, theirs),
-                             strict=True):  # fmt: skip
+    for ours, theirs in zip(challenger, baseline, strict=True):
+        for row, a, b in zip(rows, ours, theirs, strict=True):
             outcomes.setdefault(row["family"], []).append(1.0 if a > b else 0.5 if a == b else 0.0)
     result = {family: _mean(values) for family, values in outcomes.items()}
     result["all"] = _mean([value for values in outcomes.values() for value in values])

@@ -44,16 +44,13 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
 def _settings(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
     """The config a stage's output depends on (and nothing else, so unrelated edits keep caches)."""
     dump = cfg.model_dump(mode="json")
-    seed = cfg.run.seed
-    return {
-        "prepare": {"data": dump["data"], "model": dump["model"], "seed": seed},
-        "sft": {"sft": dump["sft"], "seed": seed},
-        "collect": {"collect": dump["collect"], "seed": seed},
-        "reward": {"reward": dump["reward"], "seed": seed},
-        "ppo": {"ppo": dump["ppo"], "seed": seed},
-        "evaluate": {"evaluate": dump["evaluate"], "sampling": dump["ppo"]["sampling"]},
-        "register": {"registry": dump["registry"], "tracking": tracking_uri(cfg)},
-    }[stage]
+    if stage == "prepare":
+        return {"data": dump["data"], "model": dump["model"], "seed": cfg.run.seed}
+    if stage == "evaluate":
+        return {"evaluate": dump["evaluate"], "sampling": dump["ppo"]["sampling"]}
+    if stage == "register":
+        return {"registry": dump["registry"], "tracking": tracking_uri(cfg)}
+    return {stage: dump[stage], "seed": cfg.run.seed}
 
 
 def stage_keys(cfg: PipelineConfig) -> dict[str, str]:
@@ -66,6 +63,13 @@ def stage_keys(cfg: PipelineConfig) -> dict[str, str]:
 
 def tracking_uri(cfg: PipelineConfig) -> str:
     return cfg.run.mlflow_tracking_uri or tracking.default_tracking_uri(cfg.run.artifacts_root)
+
+
+def tracking_context(cfg: PipelineConfig, tags: dict[str, str]) -> tracking.TrackingContext:
+    """The config's MLflow store and experiment (created on first use), without a parent run."""
+    uri = tracking_uri(cfg)
+    experiment_id = tracking.open_experiment(uri, cfg.run.experiment, cfg.run.artifacts_root)
+    return tracking.TrackingContext(tracking_uri=uri, experiment_id=experiment_id, tags=tags)
 
 
 def stage_dir(cfg: PipelineConfig, stage: str) -> StageDir:
@@ -118,12 +122,10 @@ class PipelineRun:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config_yaml = dump_config(cfg)
         (self.run_dir / "config.yaml").write_text(config_yaml)
-        uri = tracking_uri(cfg)
         tags = {"alignflow.run_id": self.run_id}
         if flow_run_id:
             tags["prefect.flow_run_id"] = flow_run_id
-        experiment_id = tracking.open_experiment(uri, cfg.run.experiment, cfg.run.artifacts_root)
-        ctx = tracking.TrackingContext(tracking_uri=uri, experiment_id=experiment_id, tags=tags)
+        ctx = tracking_context(cfg, tags)
         params = tracking.flatten(cfg.model_dump(mode="json"))
         parent = tracking.start_parent_run(ctx, cfg.run.name, params, config_yaml)
         self.ctx = ctx.model_copy(update={"parent_run_id": parent})

@@ -9,9 +9,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from alignflow import tracking
 from alignflow.config import ConfigError, load_config
-from alignflow.pipeline import UPSTREAM, stage_dir, tracking_uri
+from alignflow.pipeline import UPSTREAM, stage_dir, tracking_context
 from alignflow.store import StageResult
 
 
@@ -35,12 +34,7 @@ def main(stage: str, run: Callable[..., StageResult], argv: list[str] | None = N
                   f"run the pipeline (alignflow run {args[0]}) or that stage first", file=sys.stderr)  # fmt: skip
             return 2
         upstream.append(directory.load())
-    uri = tracking_uri(cfg)
-    ctx = tracking.TrackingContext(
-        tracking_uri=uri,
-        experiment_id=tracking.open_experiment(uri, cfg.run.experiment, cfg.run.artifacts_root),
-        tags={"alignflow.launch": "standalone"},
-    )
+    ctx = tracking_context(cfg, tags={"alignflow.launch": "standalone"})
     result = run(cfg, ctx, *upstream)
     print(result.model_dump_json(indent=2))
     return 0

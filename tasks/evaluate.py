@@ -43,7 +43,6 @@ def run_evaluate(
 ) -> StageResult:
     def body(work: Path) -> dict:
         from alignflow import evaluation
-        from alignflow.judges import oracle_scores
         from alignflow.models import (
             default_device,
             load_causal_lm,
@@ -76,9 +75,9 @@ def run_evaluate(
             rm = evaluation.score_with_reward_model(
                 reward_model, tokenizer, rows, samples[name], ev.batch_size
             )
-            per_policy[name] = evaluation.policy_metrics(rows, samples[name], rm)
-            oracle[name] = [oracle_scores(rows, texts) for texts in samples[name].samples]
-        wins = evaluation.win_rate(rows, samples["ppo"], samples["sft"])
+            oracle[name] = evaluation.score_with_oracle(rows, samples[name])
+            per_policy[name] = evaluation.policy_metrics(rows, samples[name], oracle[name], rm)
+        wins = evaluation.win_rate(rows, oracle["ppo"], oracle["sft"])
         rm_accuracy = {
             family.removeprefix("accuracy_"): value
             for family, value in reward.metrics.items()

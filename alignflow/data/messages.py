@@ -4,7 +4,7 @@ field, and returns canonical messages (`{"role", "content"}`, content always a s
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from alignflow.data.errors import DataError
@@ -134,6 +134,15 @@ def parse_tools(value: Any, name: str = "tools") -> list | None:
 # ---- messages ----------------------------------------------------------------------------------
 
 
+def known_role(value: Any, allowed: Iterable[str], name: str) -> str:
+    """`value` if it is one of `allowed`, else the one-line 'unknown role' error."""
+    if value not in allowed:
+        raise DataError(
+            name, f"unknown role {value!r}", f"one of {', '.join(allowed)}", reason="unknown role"
+        )
+    return value
+
+
 def as_message(turn: Any, name: str) -> Message:
     if not isinstance(turn, Mapping):
         raise DataError(
@@ -142,14 +151,7 @@ def as_message(turn: Any, name: str) -> Message:
             '{"role": ..., "content": ...}',
             reason="wrong type",
         )
-    role = turn.get("role")
-    if role not in ROLES:
-        raise DataError(
-            f"{name}.role",
-            f"unknown role {role!r}",
-            f"one of {', '.join(ROLES)}",
-            reason="unknown role",
-        )
+    role = known_role(turn.get("role"), ROLES, f"{name}.role")
     if role == "assistant" and turn.get("tool_calls"):
         calls = parse_tool_calls(turn["tool_calls"], f"{name}.tool_calls")
         content = as_content(turn.get("content") or "", f"{name}.content", required=False)
@@ -175,14 +177,7 @@ def sharegpt_turn(turn: Any, name: str) -> Message:
         raise DataError(
             name, f"is a {type(turn).__name__}", '{"from": ..., "value": ...}', reason="wrong type"
         )
-    speaker = turn.get("from")
-    if speaker not in SHAREGPT_ROLES:
-        raise DataError(
-            f"{name}.from",
-            f"unknown role {speaker!r}",
-            f"one of {', '.join(SHAREGPT_ROLES)}",
-            reason="unknown role",
-        )
+    speaker = known_role(turn.get("from"), SHAREGPT_ROLES, f"{name}.from")
     value = as_text(turn.get("value"), f"{name}.value")
     if speaker == "function_call":
         return {

@@ -8,6 +8,7 @@ sequence is their concatenation, and response token i is predicted from position
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -57,6 +58,12 @@ def response_mask(response_ids: Tensor, eos_token_id: int) -> Tensor:
     return (~after_eos).long()
 
 
+def eos_token_id(model) -> int:
+    """The model's (first) EOS id: generation configs may list several."""
+    eos = model.generation_config.eos_token_id
+    return eos if isinstance(eos, int) else eos[0]
+
+
 @torch.no_grad()
 def generate(
     model, query_ids: Tensor, query_mask: Tensor, sampling: SamplingConfig, greedy: bool = False
@@ -76,8 +83,7 @@ def generate(
         use_cache=True,
     )
     response = output[:, query_ids.shape[1] :]
-    eos_id = config.eos_token_id if isinstance(config.eos_token_id, int) else config.eos_token_id[0]
-    mask = response_mask(response, eos_id)
+    mask = response_mask(response, eos_token_id(model))
     return response.masked_fill(mask == 0, config.pad_token_id)
 
 
@@ -92,6 +98,36 @@ def response_logprobs(
     logits = logits[:, query_len - 1 : -1] / temperature
     response = sequence[:, query_len:]
     return logprobs_from_logits(logits, response), entropy_from_logits(logits)
+
+
+@dataclass
+class Sampled:
+    """Responses sampled from a policy, with their log-probs under it and under a reference."""
+
+    sequence: Tensor  # (b, q + t) query then response
+    attention_mask: Tensor  # (b, q + t)
+    query_len: int
+    response: Tensor  # (b, t)
+    mask: Tensor  # (b, t) response tokens up to and including EOS
+    logprobs: Tensor  # (b, t)
+    ref_logprobs: Tensor  # (b, t)
+
+
+@torch.no_grad()
+def sample_with_logprobs(
+    policy, reference, tokenizer, prompts: Sequence[list[dict]], sampling: SamplingConfig,
+    greedy: bool = False,
+) -> Sampled:  # fmt: skip
+    """Generate from `policy` and score the responses under both models at sampling temperature."""
+    query_ids, query_mask = encode_prompts(tokenizer, prompts, policy.device)
+    response = generate(policy, query_ids, query_mask, sampling, greedy=greedy)
+    mask = response_mask(response, tokenizer.eos_token_id)
+    sequence = torch.cat([query_ids, response], dim=1)
+    attention = torch.cat([query_mask, mask], dim=1)
+    q, temperature = query_ids.shape[1], sampling.temperature
+    logprobs, _ = response_logprobs(policy, sequence, attention, q, temperature)
+    ref_logprobs, _ = response_logprobs(reference, sequence, attention, q, temperature)
+    return Sampled(sequence, attention, q, response, mask, logprobs, ref_logprobs)
 
 
 def token_scores(scalar_model, sequence: Tensor, attention_mask: Tensor) -> Tensor:
@@ -124,8 +160,7 @@ def sample_texts(
     """Generate one response per prompt, in batches, with a progress bar."""
     from tqdm.auto import tqdm
 
-    eos_id = model.generation_config.eos_token_id
-    eos_id = eos_id if isinstance(eos_id, int) else eos_id[0]
+    eos_id = eos_token_id(model)
     texts: list[str] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
         ids, mask = encode_prompts(tokenizer, prompts[start : start + batch_size], model.device)

@@ -21,13 +21,7 @@ from torch import Tensor
 
 from alignflow.config import PPOConfig
 from alignflow.rl import functional as F
-from alignflow.rl.rollout import (
-    encode_prompts,
-    generate,
-    response_logprobs,
-    response_mask,
-    token_scores,
-)
+from alignflow.rl.rollout import response_logprobs, sample_with_logprobs, token_scores
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
@@ -114,21 +108,17 @@ class PPOTrainer:
     @torch.no_grad()
     def rollout(self, prompts: list[list[dict]], update: int) -> tuple[Rollout, dict]:
         cfg = self.cfg
-        query_ids, query_mask = encode_prompts(self.tokenizer, prompts, self.policy.device)
         torch.manual_seed(self.seed * 100_003 + update)  # sampling is a function of (seed, update)
-        response = generate(self.policy, query_ids, query_mask, cfg.sampling)
-        mask = response_mask(response, self.eos_id)
-        sequence = torch.cat([query_ids, response], dim=1)
-        attention = torch.cat([query_mask, mask], dim=1)
-        q = query_ids.shape[1]
-        temperature = cfg.sampling.temperature
-        logprobs, _ = response_logprobs(self.policy, sequence, attention, q, temperature)
-        ref_logprobs, _ = response_logprobs(self.reference, sequence, attention, q, temperature)
+        sampled = sample_with_logprobs(
+            self.policy, self.reference, self.tokenizer, prompts, cfg.sampling
+        )
+        sequence, attention, q = sampled.sequence, sampled.attention_mask, sampled.query_len
+        mask, logprobs, ref_logprobs = sampled.mask, sampled.logprobs, sampled.ref_logprobs
         values = token_scores(self.value_model, sequence, attention)[:, q - 1 : -1]
         last = F.last_token_index(mask)
-        rows = torch.arange(len(prompts), device=query_ids.device)
+        rows = torch.arange(len(prompts), device=sequence.device)
         scores = token_scores(self.reward_model, sequence, attention)[:, q:][rows, last]
-        has_eos = (response[rows, last] == self.eos_id) & (mask.sum(-1) > 0)
+        has_eos = (sampled.response[rows, last] == self.eos_id) & (mask.sum(-1) > 0)
         if cfg.missing_eos_score is not None:
             scores = torch.where(has_eos, scores, torch.full_like(scores, cfg.missing_eos_score))
 
