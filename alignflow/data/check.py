@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from alignflow.data.errors import DataError
-from alignflow.data.formats import Row, load_dataset_rows
+from alignflow.data.load import load_dataset_rows
+from alignflow.data.messages import Row
 
 PERCENTILES = (50, 90, 99)
 PREVIEW_CHARS = 200  # long contents are cut in the preview so one row fits on a screen

@@ -10,7 +10,7 @@ Function calls are parsed, not kept as text: a sharegpt `function_call` turn bec
 "arguments": {...}}}]}` (the shape transformers chat templates read), and `observation` becomes a `tool`
 turn. `tools` given as a JSON string is parsed into a list; an empty list is left out.
 
-Every problem raises `DataError` naming the field; `load_dataset_rows` adds file and line and either
+Every problem raises `DataError` naming the field; `alignflow.data.load` adds file and line and either
 raises or, with `on_error="skip"`, counts the record as skipped. Nothing is dropped silently.
 """
 
@@ -19,9 +19,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from itertools import chain, islice
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from alignflow.data.errors import DataError
@@ -43,9 +41,6 @@ from alignflow.data.messages import (
     with_system,
 )
 from alignflow.data.preferences import ranking_to_pairs, unique_candidates
-from alignflow.data.sources import expand_paths, read_records
-
-DETECT_SAMPLE = 100  # records read to detect a format; enough to see a mix, cheap on any file
 
 # ---- normalizers: record → canonical rows -------------------------------------------------------
 
@@ -396,79 +391,3 @@ def detect_format(records: Iterable[Mapping[str, Any]]) -> str:
             reason="unknown format",
         )
     return next(iter(seen))
-
-
-# ---- loading -------------------------------------------------------------------------------------
-
-
-@dataclass
-class LoadReport:
-    """What loading did: counts that add up, and every skipped record's one-line problem."""
-
-    format: str
-    kind: str
-    records_read: int = 0
-    rows_emitted: int = 0
-    ties_skipped: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)  # reason → records skipped
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def records_skipped(self) -> int:
-        return sum(self.skipped.values())
-
-    def skip(self, error: DataError) -> None:
-        self.skipped[error.reason] += 1
-        self.problems.append(str(error))
-
-
-def _position(path: str | Path) -> Callable[[DataError], tuple[int, int]]:
-    """Sort key putting errors in reading order: file (as globbed), then line or record index."""
-    order = {str(file): rank for rank, file in enumerate(expand_paths(path))}
-    return lambda error: (order.get(str(error.source), 0), int(str(error.location).split()[-1]))
-
-
-def load_dataset_rows(
-    path: str | Path, format: str | None = None, on_error: str = "raise"
-) -> tuple[list[Row], LoadReport]:
-    """Read a file or glob, detect (or take) its format, and normalize every record to canonical rows.
-
-    Args:
-        path: a JSON/JSONL/CSV/Parquet file or a glob of them.
-        format: a name from FORMATS to skip detection.
-        on_error: "raise" stops at the first bad record (nothing returned); "skip" counts and lists it.
-    Returns:
-        (canonical rows, LoadReport)
-    """
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error is {on_error!r}; expected 'raise' or 'skip'")
-    if format is not None and format not in FORMATS:
-        raise DataError("format", f"unknown format {format!r}", f"one of {', '.join(FORMATS)}").at(
-            str(path), None
-        )
-    bad_lines: list[DataError] | None = [] if on_error == "skip" else None
-    records = read_records(path, bad_lines)
-    head = list(islice(records, DETECT_SAMPLE))
-    if format is None:
-        try:
-            format = detect_format(record.data for record in head)
-        except DataError as error:
-            raise error.at(str(path), None) from None
-    spec, stats = FORMATS[format], Counter()
-    report, rows, errors = LoadReport(spec.name, spec.kind), [], []
-    for record in chain(head, records):
-        report.records_read += 1
-        try:
-            rows.extend(spec.normalize(record.data, stats))
-        except DataError as error:
-            located = error.at(record.source, record.location)
-            if on_error == "raise":
-                raise located from None
-            errors.append(located)
-    report.records_read += len(bad_lines or [])
-    for error in sorted(errors + (bad_lines or []), key=_position(path)):
-        report.skip(error)  # in file order: malformed lines were found while reading, not here
-    if report.records_read == 0:
-        raise DataError("records", "none found", "at least one record").at(str(path), None)
-    report.rows_emitted, report.ties_skipped = len(rows), stats["ties_skipped"]
-    return rows, report

@@ -48,7 +48,7 @@ def expand_paths(path_or_glob: str | Path) -> list[Path]:
 
 
 def read_records(
-    path_or_glob: str | Path, bad_lines: list[DataError] | None = None
+    path_or_glob: str | Path, bad_lines: list[DataError] | None = None, *, split: str = "train"
 ) -> Iterator[Record]:
     """Yield every record of every file the path or glob names.
 

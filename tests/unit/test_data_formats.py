@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from alignflow.data.errors import DataError
-from alignflow.data.formats import FORMATS, detect_format, load_dataset_rows
+from alignflow.data.formats import FORMATS, detect_format
+from alignflow.data.load import load_dataset_rows
 
 LLAMAFACTORY = Path(__file__).parents[3] / "shared" / "fixtures" / "llamafactory"
 ROLES = {"system", "user", "assistant", "tool"}

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from alignflow.data.errors import DataError
-from alignflow.data.formats import load_dataset_rows
+from alignflow.data.load import load_dataset_rows
 from alignflow.data.sources import read_records
 
 
