@@ -58,10 +58,13 @@ def run(
         check_base_model(cfg.model)
     except ValueError as error:
         _fail(f"{config}: {error}", 2)
+    from alignflow.data.errors import DataError
     from flows.rlhf import rlhf
 
     try:
         summary = rlhf(config=cfg)
+    except DataError as error:  # bad data: the one line that says where, and nothing written
+        _fail(str(error), 2)
     except Exception as error:  # a person reads this; the traceback is in the Prefect log above
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         _fail(f"{type(error).__name__}: {first_line}", 1)

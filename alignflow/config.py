@@ -44,9 +44,75 @@ class DemoTaskConfig(_Section):
     heldout_product_fraction: float = Field(0.2, gt=0.0, lt=1.0)
 
 
+class DatasetConfig(_Section):
+    """One dataset: where it is, which format, and how its names map to the canonical ones."""
+
+    # A JSON/JSONL/CSV/Parquet file, a glob, a `datasets.save_to_disk` folder, a folder of data
+    # files, or a hub dataset id.
+    path: str
+    format: str | None = None  # None: detected from the records' keys
+    split: str = "train"  # for folders and hub datasets with several splits
+    # `canonical name: name in your data`, as in LLaMA-Factory's dataset_info.json.
+    columns: dict[str, str] = {}
+    message_keys: dict[str, str] = {}
+    roles: dict[str, str] = {}
+    # format "classification": {prompt: "...{text}...", completion: "{label}"}; None = the default.
+    template: dict[str, str] | None = None
+    keep_columns: list[str] = []  # copied verbatim onto every row (e.g. metadata a labeler reads)
+    # Rows of this dataset in the training mix: 2.0 writes each twice, 0.5 keeps a fixed half
+    # (chosen by a hash of the row, so the same rows stay chosen as data grows).
+    weight: float = Field(1.0, gt=0)
+
+
+class CleanConfig(_Section):
+    """Cleaning applied to training datasets; each removal is counted per reason and logged."""
+
+    exact_dedup: bool = True
+    # Estimated Jaccard similarity of word 5-gram shingles at or above which a row is a near
+    # duplicate of an earlier one (MinHash LSH); null turns near dedup off.
+    near_dedup_threshold: float | None = Field(0.8, gt=0, le=1)
+    min_chars: int = Field(1, ge=0)  # in tokens when max_tokens is set
+    max_chars: int | None = Field(None, gt=0)
+    # Token length (the base model's tokenizer) above which a row is dropped (and counted) here,
+    # rather than truncated or silently dropped by a trainer later.
+    max_tokens: int | None = Field(None, gt=0)
+    # Training rows sharing a word n-gram with a held-out prompt are removed; null turns it off.
+    eval_overlap_ngram: int | None = Field(8, gt=0)
+
+    @model_validator(mode="after")
+    def _one_length_measure(self) -> CleanConfig:
+        if self.max_chars is not None and self.max_tokens is not None:
+            raise ValueError("set data.clean.max_chars or data.clean.max_tokens, not both")
+        return self
+
+
 class DataConfig(_Section):
-    source: Literal["demo"] = "demo"
+    """`demo` writes the synthetic task's files and reads them through the data layer;
+    `files` reads the datasets listed here."""
+
+    source: Literal["demo", "files"] = "demo"
     demo: DemoTaskConfig = DemoTaskConfig()
+    sft: list[DatasetConfig] = []
+    preference_prompts: list[DatasetConfig] = []  # prompts to sample and label pairs on
+    rl_prompts: list[DatasetConfig] = []  # prompts for PPO rollouts
+    heldout: list[DatasetConfig] = []  # evaluation prompts, never trained on
+    on_error: Literal["raise", "skip"] = "raise"  # skip: count and list bad records, go on
+    clean: CleanConfig = CleanConfig()
+    # Fraction of SFT rows held out for an eval loss, by a hash of each row's content.
+    eval_fraction: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _datasets_match_source(self) -> DataConfig:
+        roles = ("sft", "preference_prompts", "rl_prompts", "heldout")
+        given = [role for role in roles if getattr(self, role)]
+        if self.source == "demo" and given:
+            raise ValueError(
+                f"data.{given[0]} is set but data.source is 'demo'; set data.source: files"
+            )
+        missing = [role for role in roles if not getattr(self, role)]
+        if self.source == "files" and missing:
+            raise ValueError(f"data.source 'files' needs data.{missing[0]} (a list of datasets)")
+        return self
 
 
 class TinyModelConfig(_Section):

@@ -45,7 +45,14 @@ def _settings(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
     """The config a stage's output depends on (and nothing else, so unrelated edits keep caches)."""
     dump = cfg.model_dump(mode="json")
     if stage == "prepare":
-        return {"data": dump["data"], "model": dump["model"], "seed": cfg.run.seed}
+        settings = {"data": dump["data"], "model": dump["model"], "seed": cfg.run.seed}
+        if cfg.data.source == "files":  # the files' contents, not just their names
+            from alignflow.data.prepare import ROLES, fingerprint
+
+            settings["sources"] = {
+                role: [fingerprint(spec) for spec in getattr(cfg.data, role)] for role in ROLES
+            }
+        return settings
     if stage == "evaluate":
         return {"evaluate": dump["evaluate"], "sampling": dump["ppo"]["sampling"]}
     if stage == "register":

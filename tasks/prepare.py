@@ -1,18 +1,27 @@
-"""Stage 1: write the canonical datasets and, for `model.source: tiny`, build the base model."""
+"""Stage 1: load, validate, clean and split the datasets through `alignflow.data`, and for
+`model.source: tiny` build the base model (tokenizer + random init) locally."""
 
 from __future__ import annotations
 
+import logging
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from alignflow import demo, pipeline, tracking
-from alignflow.config import PipelineConfig
-from alignflow.store import StageResult, write_jsonl
+from alignflow.config import DatasetConfig, PipelineConfig
+from alignflow.data.errors import DataError
+from alignflow.data.prepare import ROLES, prepare_datasets, report_dict
+from alignflow.store import StageResult, write_json_atomic, write_jsonl
 from alignflow.tracking import TrackingContext
 
+log = logging.getLogger(__name__)
+
 BASE_MODEL_DIR = "base_model"
+DATA_REPORT = "data_report.json"
 
 
 def base_model(cfg: PipelineConfig, prepared: StageResult) -> str:
@@ -22,29 +31,63 @@ def base_model(cfg: PipelineConfig, prepared: StageResult) -> str:
     return str(cfg.model.name_or_path)
 
 
-def _write_demo_data(cfg: PipelineConfig, work: Path) -> dict[str, int]:
+DEMO_KEEP = ["family", "subject"]  # what the demo oracle reads to label a prompt's responses
+
+
+def _write_demo_sources(cfg: PipelineConfig, raw: Path) -> dict[str, list[DatasetConfig]]:
+    """Write the demo task's files, as a user would bring theirs, and the dataset list naming them."""
     task_cfg = cfg.data.demo
     seed, held = task_cfg.seed, task_cfg.heldout_product_fraction
     files = {
-        "sft.jsonl": list(
-            demo.sft_rows(seed, task_cfg.sft_examples, task_cfg.unsafe_fraction, held)
+        "sft": demo.sft_rows(seed, task_cfg.sft_examples, task_cfg.unsafe_fraction, held),
+        "preference_prompts": demo.prompt_rows(
+            seed, task_cfg.preference_prompts, task_cfg.unsafe_fraction, held, 1
         ),
-        "preference_prompts.jsonl": list(
-            demo.prompt_rows(seed, task_cfg.preference_prompts, task_cfg.unsafe_fraction, held, 1)
+        "rl_prompts": demo.prompt_rows(
+            seed, task_cfg.rl_prompts, task_cfg.unsafe_fraction, held, 2
         ),
-        "rl_prompts.jsonl": list(
-            demo.prompt_rows(seed, task_cfg.rl_prompts, task_cfg.unsafe_fraction, held, 2)
-        ),
-        "heldout.jsonl": [
+        "heldout": (
             demo.prompt_row(prompt)
             for prompt in demo.heldout_prompts(
                 seed, task_cfg.heldout_review_prompts, task_cfg.heldout_unsafe_prompts, held
             )
-        ],
+        ),
     }
-    for name, rows in files.items():
-        write_jsonl(work / name, rows)
-    return {f"rows_{name.split('.')[0]}": len(rows) for name, rows in files.items()}
+    raw.mkdir(parents=True, exist_ok=True)
+    datasets = {}
+    for role, rows in files.items():
+        write_jsonl(raw / f"{role}.jsonl", list(rows))
+        keep = [] if role == "sft" else DEMO_KEEP
+        datasets[role] = [DatasetConfig(path=str(raw / f"{role}.jsonl"), keep_columns=keep)]
+    return datasets
+
+
+def _length_fn(cfg: PipelineConfig, work: Path) -> Callable[[str], int] | None:
+    """Token counts by the base model's tokenizer, when data.clean.max_tokens asks for them."""
+    if cfg.data.clean.max_tokens is None:
+        return None
+    from alignflow.models import load_tokenizer
+
+    source = work / BASE_MODEL_DIR if cfg.model.source == "tiny" else cfg.model.name_or_path
+    tokenizer = load_tokenizer(str(source), cfg.model.trust_remote_code)
+    return lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def _prepare_data(cfg: PipelineConfig, work: Path) -> dict[str, float]:
+    data = cfg.data
+    if data.source == "demo":
+        datasets = _write_demo_sources(cfg, work / "raw")
+    else:
+        datasets = {role: getattr(data, role) for role in ROLES}
+    reports = prepare_datasets(data, datasets, work, _length_fn(cfg, work))
+    metrics: dict[str, float] = {}
+    for report in reports.values():
+        for line in report.lines():
+            log.info("%s", line)
+        metrics |= report.metrics()
+    write_json_atomic(work / DATA_REPORT, report_dict(reports))
+    tracking.log_dict(report_dict(reports), DATA_REPORT)
+    return metrics
 
 
 def _build_tiny(cfg: PipelineConfig, work: Path) -> dict[str, int]:
@@ -63,9 +106,13 @@ def run_prepare(cfg: PipelineConfig, ctx: TrackingContext) -> StageResult:
         from alignflow.models import check_base_model
 
         check_base_model(cfg.model)
-        metrics = _write_demo_data(cfg, work)
-        if cfg.model.source == "tiny":
-            metrics.update(_build_tiny(cfg, work))
+        metrics = _build_tiny(cfg, work) if cfg.model.source == "tiny" else {}
+        try:
+            metrics |= _prepare_data(cfg, work)
+        except DataError:
+            shutil.rmtree(work)  # nothing half-written: a data error leaves no stage output
+            work.mkdir()
+            raise
         tracking.log_metrics(metrics)
         return metrics
 

@@ -343,6 +343,70 @@ class CleanReport:
         return out
 
 
+class Cleaner:
+    """The cleaning pass one row at a time, so it runs over a stream of any length.
+
+    Each row goes through exact dedup → near dedup → length → eval overlap and is kept or removed
+    for the first reason that applies. The state that grows is one 16-byte digest per distinct row
+    and the near-duplicate index (~750 B per kept row at num_perm=64); rows themselves are not held.
+    One Cleaner shared by several datasets dedups across them.
+    """
+
+    def __init__(
+        self,
+        cfg: CleanSettings,
+        eval_rows: Iterable[Row | str] = (),
+        length_fn: Callable[[str], int] | None = None,
+    ) -> None:
+        self.cfg, self.length_fn = cfg, length_fn or len
+        self.report = CleanReport()
+        self._seen: set[bytes] = set()
+        self._near = (
+            NearDupIndex(cfg.near_threshold, cfg.num_perm, cfg.shingle)
+            if cfg.near_threshold is not None
+            else None
+        )
+        if cfg.overlap_n < 1:
+            raise ValueError(f"overlap_n is {cfg.overlap_n}; expected a positive n-gram length")
+        self._eval_grams = {
+            gram for row in eval_rows for gram in _ngrams(_eval_prompt_texts(row), cfg.overlap_n)
+        }
+
+    def removal_reason(self, row: Row) -> str | None:
+        """None to keep the row, else the reason (one of REASONS) it is removed; counts either way."""
+        reason = self._reason(row)
+        self.report.rows_in += 1
+        if reason is None:
+            self.report.rows_out += 1
+        else:
+            self.report.removed[reason] += 1
+        return reason
+
+    def _reason(self, row: Row) -> str | None:
+        if self.cfg.exact_dedup:
+            key = bytes.fromhex(row_digest(row))[:16]  # 128 bits: collisions negligible
+            if key in self._seen:
+                return "duplicate_exact"
+            self._seen.add(key)
+        text = row_text(row)
+        if self._near is not None and not self._near.add(text):
+            return "duplicate_near"
+        length = self.length_fn(text)
+        if length < self.cfg.min_chars:
+            return "too_short"
+        if self.cfg.max_chars is not None and length > self.cfg.max_chars:
+            return "too_long"
+        if self._eval_grams and any(
+            gram in self._eval_grams for gram in _ngrams(_contents(row), self.cfg.overlap_n)
+        ):
+            return "eval_overlap"
+        return None
+
+    def filter(self, rows: Iterable[Row]) -> Iterator[Row]:
+        """The rows kept, lazily."""
+        return (row for row in rows if self.removal_reason(row) is None)
+
+
 def clean(
     rows: Iterable[Row],
     cfg: CleanSettings,
@@ -359,20 +423,6 @@ def clean(
     Returns:
         (kept rows, CleanReport)
     """
-    kept = list(rows)
-    report = CleanReport(rows_in=len(kept))
-    if cfg.exact_dedup:
-        kept, report.removed["duplicate_exact"] = dedup_exact(kept)
-    if cfg.near_threshold is not None:
-        kept, report.removed["duplicate_near"] = dedup_near(
-            kept, cfg.near_threshold, cfg.num_perm, cfg.shingle
-        )
-    kept, report.removed["too_short"], report.removed["too_long"] = _by_length(
-        kept, cfg.max_chars, cfg.min_chars, length_fn
-    )
-    kept, report.removed["eval_overlap"] = overlap_filter(kept, eval_rows, cfg.overlap_n)
-    report.rows_out = len(kept)
-    assert report.rows_in == report.rows_out + sum(
-        report.removed.values()
-    )  # nothing dropped silently
-    return kept, report
+    cleaner = Cleaner(cfg, eval_rows, length_fn)
+    kept = list(cleaner.filter(rows))
+    return kept, cleaner.report

@@ -76,7 +76,10 @@ def _keep(record: Mapping[str, Any], columns: Sequence[str]) -> dict[str, Any]:
     for name in columns:
         if record.get(name) is None:
             raise DataError(
-                name, "is missing", f"a {name!r} field (listed in keep_columns)", "missing field"
+                name,
+                "is missing",
+                f"a {name!r} field (listed in keep_columns)",
+                reason="missing field",
             )
         kept[name] = record[name]
     return kept
