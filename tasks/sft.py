@@ -39,8 +39,10 @@ def run_sft(cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult) ->
         source, trust = base_model(cfg, prepared), cfg.model.trust_remote_code
         tokenizer = load_tokenizer(source, trust)
         model = load_causal_lm(source, trust)
-        rows = read_jsonl(prepared.path("sft.jsonl"))
-        dataset = Dataset.from_list([{"messages": row["messages"]} for row in rows])
+        dataset, held_out = (
+            Dataset.from_list([{"messages": row["messages"]} for row in read_jsonl(path)])
+            for path in (prepared.path("sft.jsonl"), prepared.path("sft_eval.jsonl"))
+        )
         checkpoints = work / "checkpoints"
         args = SFTConfig(
             **trainer_kwargs(cfg.sft, checkpoints, cfg.run.seed), assistant_only_loss=True
@@ -49,6 +51,7 @@ def run_sft(cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult) ->
             model=model,
             args=args,
             train_dataset=dataset,
+            eval_dataset=held_out if len(held_out) else None,
             processing_class=tokenizer,
             peft_config=peft_lora_config(cfg.sft.lora, "CAUSAL_LM"),
             callbacks=[tracking.trainer_callback()],
@@ -60,7 +63,10 @@ def run_sft(cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult) ->
         trained.save_pretrained(work / MODEL_DIR)
         tokenizer.save_pretrained(work / MODEL_DIR)
         shutil.rmtree(checkpoints, ignore_errors=True)
-        return {"train_rows": len(dataset), **loss_trend(trainer.state.log_history)}
+        metrics = {"train_rows": len(dataset), **loss_trend(trainer.state.log_history)}
+        if len(held_out):  # data.eval_fraction > 0: the loss on SFT rows never trained on
+            metrics |= {"eval_rows": len(held_out), "eval_loss": trainer.evaluate()["eval_loss"]}
+        return metrics
 
     return pipeline.run_stage(cfg, ctx, "sft", body)
 

@@ -1,0 +1,151 @@
+"""`data.source: files`: the whole pipeline on datasets a user brings, in several formats and file
+types, through `alignflow run` (real Prefect, real MLflow); and bad data stops it in one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from alignflow import demo
+
+REPO = Path(__file__).resolve().parents[2]
+DUPLICATES = 5
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "utf-8")
+
+
+def _user_files(root: Path) -> dict:
+    """The demo task's data as a user might bring it: alpaca JSONL (with duplicates and one broken
+    line), messages in Parquet under another column name, prompts in CSV, JSONL shards, a JSON array."""
+    root.mkdir()
+    sft = list(demo.sft_rows(0, 600, 0.3, 0.2))
+    alpaca = [
+        {
+            "instruction": r["messages"][0]["content"],
+            "input": "",
+            "output": r["messages"][1]["content"],
+        }
+        for r in sft[:400]
+    ]
+    lines = [json.dumps(r) for r in alpaca + alpaca[:DUPLICATES]]
+    lines.insert(10, '{"instruction": "broken')
+    (root / "sft_alpaca.jsonl").write_text("\n".join(lines) + "\n")
+    chat = pa.Table.from_pylist([{"dialog": r["messages"]} for r in sft[400:]])
+    pq.write_table(chat, root / "sft_chat.parquet")
+
+    prompts = list(demo.prompt_rows(0, 128, 0.3, 0.2, 1))
+    with (root / "pref.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, ["question", "family", "subject"])
+        writer.writeheader()
+        for p in prompts:
+            writer.writerow({"question": p["prompt"][0]["content"], "family": p["family"],
+                             "subject": p["subject"]})  # fmt: skip
+    rl = list(demo.prompt_rows(0, 128, 0.3, 0.2, 2))
+    _write_jsonl(root / "rl_0.jsonl", rl[:64])
+    _write_jsonl(root / "rl_1.jsonl", rl[64:])
+    heldout = [demo.prompt_row(p) for p in demo.heldout_prompts(0, 12, 6, 0.2)]
+    (root / "heldout.json").write_text(json.dumps(heldout))
+    keep = ["family", "subject"]
+    return {
+        "source": "files",
+        "on_error": "skip",
+        "clean": {"near_dedup_threshold": None, "eval_overlap_ngram": None},
+        "sft": [
+            {"path": str(root / "sft_alpaca.jsonl")},
+            {"path": str(root / "sft_chat.parquet"), "columns": {"messages": "dialog"}},
+        ],
+        "preference_prompts": [
+            {
+                "path": str(root / "pref.csv"),
+                "columns": {"prompt": "question"},
+                "keep_columns": keep,
+            }
+        ],
+        "rl_prompts": [{"path": str(root / "rl_*.jsonl"), "keep_columns": keep}],
+        "heldout": [{"path": str(root / "heldout.json"), "keep_columns": keep}],
+    }
+
+
+def _config(tmp_path: Path, data: dict) -> Path:
+    tree = yaml.safe_load((REPO / "configs" / "micro.yaml").read_text())
+    tree["data"] = data
+    tree["run"]["artifacts_root"] = str(tmp_path / "runs")
+    tree["sft"]["epochs"] = 1
+    tree["ppo"]["updates"] = 2
+    path = tmp_path / "files.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def _run(config: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run(
+        [sys.executable, "-m", "alignflow.cli", "run", str(config)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def files_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    tmp_path = tmp_path_factory.mktemp("files")
+    return tmp_path, _run(_config(tmp_path, _user_files(tmp_path / "data")))
+
+
+def test_pipeline_runs_on_user_files_and_counts_what_it_removed(files_run):
+    tmp_path, result = files_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "latest" / "summary.json").read_text())
+    assert {s["status"] for s in summary["stages"].values()} == {"completed"}
+    prepared = Path(summary["stages"]["prepare"]["output"])
+    report = json.loads((prepared / "data_report.json").read_text())
+    sft = report["sft"]
+    assert [d["format"] for d in sft["datasets"]] == ["alpaca", "messages"]
+    assert sft["datasets"][0]["skipped"] == {"bad JSON": 1}
+    assert sft["datasets"][0]["problems"][0].startswith(
+        f"{tmp_path}/data/sft_alpaca.jsonl:11: json:"
+    )
+    repeats = _repeats()  # alpaca and messages rows normalize alike, so repeats span both files
+    assert sft["removed"]["duplicate_exact"] == DUPLICATES + repeats
+    assert sft["train"] == 600 - repeats == len((prepared / "sft.jsonl").read_text().splitlines())
+    assert report["preference_prompts"]["datasets"][0]["format"] == "prompt"
+    assert report["rl_prompts"]["datasets"][0]["records_read"] == 128  # both shards of the glob
+    pref = [json.loads(line) for line in (prepared / "preference_prompts.jsonl").open()]
+    assert {"prompt", "family", "subject"} == set(pref[0])
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    run = client.get_run(summary["stages"]["prepare"]["mlflow_run_id"])
+    assert run.data.metrics["sft_removed_duplicate_exact"] == DUPLICATES
+    assert run.data.metrics["sft_skipped_bad_json"] == 1
+    assert "data_report.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
+def _repeats() -> int:
+    """Exact repeats inside the demo's own 600 SFT rows (templated text repeats by design)."""
+    raw = [json.dumps(r["messages"]) for r in demo.sft_rows(0, 600, 0.3, 0.2)]
+    return len(raw) - len(set(raw))
+
+
+def test_bad_record_stops_the_run_in_one_line_with_nothing_written(tmp_path):
+    root = tmp_path / "data"
+    data = _user_files(root)
+    data["on_error"] = "raise"
+    result = _run(_config(tmp_path, data))
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert errors[0].startswith(f"error: {root}/sft_alpaca.jsonl:11: json: invalid JSON:")
+    assert errors[0].endswith("expected one JSON object per line")
+    assert not list((tmp_path / "runs" / "stages").glob("*/*"))  # no stage output, not even partial
