@@ -127,7 +127,7 @@ def test_pipeline_runs_on_user_files_and_counts_what_it_removed(files_run):
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     run = client.get_run(summary["stages"]["prepare"]["mlflow_run_id"])
-    assert run.data.metrics["sft_removed_duplicate_exact"] == DUPLICATES
+    assert run.data.metrics["sft_removed_duplicate_exact"] == DUPLICATES + repeats
     assert run.data.metrics["sft_skipped_bad_json"] == 1
     assert "data_report.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
 
