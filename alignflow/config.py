@@ -246,6 +246,20 @@ class PipelineConfig(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
 
+    @model_validator(mode="after")
+    def _oracle_needs_demo_columns(self) -> PipelineConfig:
+        """The demo oracle (the only labeler so far) scores by the demo's family/subject columns."""
+        if self.collect.labeler != "oracle" or self.data.source != "files":
+            return self
+        for role in ("preference_prompts", "rl_prompts", "heldout"):
+            for index, dataset in enumerate(getattr(self.data, role)):
+                if not {"family", "subject"} <= set(dataset.keep_columns):
+                    raise ValueError(
+                        f"data.{role}[{index}]: collect.labeler 'oracle' scores by the demo "
+                        "task's columns; add keep_columns: [family, subject]"
+                    )
+        return self
+
 
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = []

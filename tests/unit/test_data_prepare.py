@@ -238,3 +238,24 @@ def test_fingerprint_changes_when_a_file_changes(tmp_path):
         "someone/some-dataset",
         "train",
     ]
+
+
+def test_readme_files_config_is_a_valid_config():
+    """The README's `data.source: files` example loads (with the keep_columns the oracle needs)."""
+    import re
+
+    import yaml
+
+    from alignflow.config import ConfigError, build_config
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "source: files" in b)
+    tree = yaml.safe_load(block)
+    with pytest.raises(ConfigError, match=r"data.preference_prompts\[0\]: .*keep_columns"):
+        build_config(tree)
+    for role in ("preference_prompts", "rl_prompts", "heldout"):
+        for dataset in tree["data"][role]:
+            dataset["keep_columns"] = ["family", "subject"]
+    cfg = build_config(tree)
+    assert cfg.data.sft[1].roles == {"human": "customer", "gpt": "agent"}
+    assert cfg.data.sft[2].format == "classification"
