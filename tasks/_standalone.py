@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 
 from alignflow.config import ConfigError, load_config
+from alignflow.data.errors import DataError
 from alignflow.pipeline import UPSTREAM, stage_dir, tracking_context
 from alignflow.store import StageResult
 
@@ -35,6 +36,10 @@ def main(stage: str, run: Callable[..., StageResult], argv: list[str] | None = N
             return 2
         upstream.append(directory.load())
     ctx = tracking_context(cfg, tags={"alignflow.launch": "standalone"})
-    result = run(cfg, ctx, *upstream)
+    try:
+        result = run(cfg, ctx, *upstream)
+    except DataError as error:  # bad data: one line naming file, line and field
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(result.model_dump_json(indent=2))
     return 0
