@@ -3,7 +3,13 @@
 Canonical rows (DESIGN.md): SFT `{"messages": [...], "tools"?: [...]}` · preference `{"prompt", "chosen",
 "rejected"}` (each a message list) · prompts `{"prompt"}` · unpaired `{"prompt", "completion", "label"}`.
 A message is `{"role", "content"}` with role system/user/assistant/tool and `content` always a string
-(a list of text parts is concatenated, as chat templates render it).
+(a list of text parts is concatenated, as chat templates render it), plus `tool_calls` and a
+per-turn `loss_weight` (0 = context only, not trained on) where the source has them.
+
+LLaMA-Factory v1 data (content as `[{"type": "text", "value": ...}]` parts, per-turn loss_weight)
+is told from the plain `messages` format by that part shape; its preference records have
+`chosen_messages`/`rejected_messages`. A classification record `{text, label}` becomes a
+user/assistant pair through a `{prompt, completion}` template (`classification_format`).
 
 Function calls are parsed, not kept as text: a sharegpt `function_call` turn becomes
 `{"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": ...,
@@ -16,218 +22,16 @@ raises or, with `on_error="skip"`, counts the record as skipped. Nothing is drop
 
 from __future__ import annotations
 
-import json
+import string
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from alignflow.data import normalizers as normalize
 from alignflow.data.errors import DataError
-from alignflow.data.messages import (
-    Message,
-    Row,
-    as_list,
-    as_message_list,
-    as_messages,
-    as_text,
-    hh_transcript,
-    optional_field,
-    parse_tools,
-    preference_pair,
-    require_field,
-    sharegpt_turn,
-    sharegpt_turns,
-    split_shared_prefix,
-    with_system,
-)
-from alignflow.data.preferences import ranking_to_pairs, unique_candidates
-
-# ---- normalizers: record → canonical rows -------------------------------------------------------
-
-
-def _alpaca(record: Mapping[str, Any], stats: Counter) -> list[Row]:
-    instruction = as_text(require_field(record, "instruction"), "instruction")
-    extra = as_text(optional_field(record, "input") or "", "input", required=False)
-    history = optional_field(record, "history") or []
-    if not isinstance(history, list):
-        raise DataError(
-            "history",
-            f"is a {type(history).__name__}",
-            "a list of [user, assistant] pairs",
-            reason="wrong type",
-        )
-    messages: list[Message] = []
-    for i, pair in enumerate(history):
-        if not (isinstance(pair, list | tuple) and len(pair) == 2):
-            raise DataError(
-                f"history[{i}]", f"is {pair!r:.60}", "a [user, assistant] pair", reason="wrong type"
-            )
-        messages.append({"role": "user", "content": as_text(pair[0], f"history[{i}][0]")})
-        messages.append({"role": "assistant", "content": as_text(pair[1], f"history[{i}][1]")})
-    # LLaMA-Factory joins instruction and input with one newline; so do we.
-    user = f"{instruction}\n{extra}" if extra.strip() else instruction
-    messages += [
-        {"role": "user", "content": user},
-        {"role": "assistant", "content": as_text(require_field(record, "output"), "output")},
-    ]
-    return [{"messages": with_system(record, messages)}]
-
-
-def _sharegpt(record: Mapping[str, Any], stats: Counter) -> list[Row]:
-    messages = with_system(
-        record, sharegpt_turns(require_field(record, "conversations"), "conversations")
-    )
-    tools = parse_tools(optional_field(record, "tools"))
-    return [{"messages": messages, **({"tools": tools} if tools else {})}]
-
-
-def _sharegpt_reply(value: Any, name: str) -> list[Message]:
-    return (
-        [{"role": "assistant", "content": as_text(value, name)}]
-        if isinstance(value, str)
-        else [sharegpt_turn(value, name)]
-    )
-
-
-def _sharegpt_pairwise(record: Mapping[str, Any], stats: Counter) -> list[Row]:
-    prompt = with_system(
-        record, sharegpt_turns(require_field(record, "conversations"), "conversations")
-    )
-    chosen = _sharegpt_reply(require_field(record, "chosen"), "chosen")
-    return [
-        preference_pair(
-            prompt, chosen, _sharegpt_reply(require_field(record, "rejected"), "rejected")
-        )
-    ]
-
-
-def _messages_sft(record: Mapping[str, Any], stats: Counter) -> list[Row]:
-    tools = parse_tools(optional_field(record, "tools"))
-    return [
-        {
-            "messages": as_message_list(require_field(record, "messages"), "messages"),
-            **({"tools": tools} if tools else {}),
-        }
-    ]
-
-
-def _prompt_completion(record: Mapping[str, Any], stats: Counter) -> list[Row]:
-    prompt = as_messages(require_field(record, "prompt"), "prompt", "user")
-    return [
-        {
-            "messages": prompt
-            + as_messages(require_field(record, "completion"), "completion", "assistant")
-        }
-    ]
-
-
-def _preference(record: Mapping[str, Any], stats: Counter) -> list[Row]:
-    chosen_value, rejected_value = (
-        require_field(record, "chosen"),
-        require_field(record, "rejected"),
-    )
-    if optional_field(record, "prompt") is not None:
-        prompt = as_messages(record["prompt"], "prompt", "user")
-        chosen = as_messages(chosen_value, "chosen", "assistant")
-        return [
-            preference_pair(prompt, chosen, as_messages(rejected_value, "rejected", "assistant"))
-        ]
-    if isinstance(chosen_value, str):
-        raise DataError(
-            "prompt",
-            "is missing and chosen is plain text",
-            "a prompt field, or chosen/rejected as message lists",
-            reason="missing field",
-        )
-    return [
-        split_shared_prefix(
-            as_message_list(chosen_value, "chosen"), as_message_list(rejected_value, "rejected")
-        )
-    ]
-
-
-def _hh_rlhf(record: Mapping[str, Any], stats: Counter) -> list[Row]:
-    chosen = hh_transcript(require_field(record, "chosen"), "chosen")
-    return [
-        split_shared_prefix(chosen, hh_transcript(require_field(record, "rejected"), "rejected"))
-    ]
-
-
-def _scores(record: Mapping[str, Any], count: int) -> list[float]:
-    """Per-response scores, higher = better; a rank (1 = best) is turned into its negation."""
-    if "rank" in record and "scores" in record:
-        raise DataError(
-            "rank",
-            "is given together with scores",
-            "either rank or scores",
-            reason="rank and scores",
-        )
-    name = "rank" if "rank" in record else "scores"
-    values = record[name]
-    if not isinstance(values, list) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in values
-    ):
-        raise DataError(
-            name, f"is {values!r:.60}", "a list of numbers, one per response", reason="wrong type"
-        )
-    if len(values) != count:
-        raise DataError(
-            name,
-            f"has {len(values)} entries but responses has {count}",
-            "one entry per response",
-            reason="ranking length mismatch",
-        )
-    return [-v for v in values] if name == "rank" else [float(v) for v in values]
-
-
-def _ranking(record: Mapping[str, Any], stats: Counter) -> list[Row]:
-    prompt = as_messages(require_field(record, "prompt"), "prompt", "user")
-    raw = as_list(require_field(record, "responses"), "responses", "responses")
-    responses = [as_messages(r, f"responses[{i}]", "assistant") for i, r in enumerate(raw)]
-    if len(responses) < 2:
-        raise DataError(
-            "responses",
-            "has one response",
-            "at least two responses to rank",
-            reason="too few responses",
-        )
-    keys = [json.dumps(r, sort_keys=True, ensure_ascii=False) for r in responses]
-    if len(unique_candidates(keys)) != len(keys):
-        raise DataError(
-            "responses",
-            "contains the same response twice",
-            "distinct responses",
-            reason="duplicate responses",
-        )
-    pairs, ties = ranking_to_pairs(_scores(record, len(responses)))
-    stats["ties_skipped"] += ties
-    return [preference_pair(prompt, responses[better], responses[worse]) for better, worse in pairs]
-
-
-def _unpaired(record: Mapping[str, Any], stats: Counter) -> list[Row]:
-    label = require_field(record, "label")
-    if not isinstance(label, bool):
-        raise DataError("label", f"is {label!r:.40}", "true or false", reason="wrong type")
-    if "messages" in record:
-        messages = as_message_list(record["messages"], "messages")
-        last = len(messages) - 1
-        if len(messages) < 2 or messages[-1]["role"] != "assistant":
-            raise DataError(
-                f"messages[{last}].role",
-                f"is {messages[-1]['role']!r} in a {len(messages)}-turn list",
-                "a prompt followed by a final assistant turn",
-                reason="no completion",
-            )
-        prompt, completion = messages[:-1], messages[-1:]
-    else:
-        prompt = as_messages(require_field(record, "prompt"), "prompt", "user")
-        completion = as_messages(require_field(record, "completion"), "completion", "assistant")
-    return [{"prompt": prompt, "completion": completion, "label": label}]
-
-
-def _prompt_only(record: Mapping[str, Any], stats: Counter) -> list[Row]:
-    return [{"prompt": as_messages(require_field(record, "prompt"), "prompt", "user")}]
-
+from alignflow.data.messages import Row, as_text, parse_json, require_field, with_article
+from alignflow.data.normalizers import Normalizer
 
 # ---- detection by keys ---------------------------------------------------------------------------
 
@@ -257,9 +61,23 @@ class Format:
     kind: str  # the canonical row it emits: sft | preference | prompt | unpaired
     keys: str  # what a record looks like, for error messages
     detect: Callable[[Mapping[str, Any]], bool]
-    normalize: Callable[[Mapping[str, Any], Counter], list[Row]]
+    normalize: Normalizer
 
 
+def _is_llamafactory_v1(record: Mapping[str, Any]) -> bool:
+    """Whether some turn's content is a list of `{"type", "value"}` parts (LLaMA-Factory v1);
+    OpenAI-style parts say `text`, not `value`, and plain content is a string."""
+    turns = parse_json(record.get("messages"), list)  # a CSV cell holds the list as JSON
+    return isinstance(turns, list) and any(
+        isinstance(turn, Mapping)
+        and isinstance(turn.get("content"), list)
+        and any(isinstance(part, Mapping) and "value" in part for part in turn["content"])
+        for turn in turns
+    )
+
+
+_NOT_SFT_MESSAGES = {"label", "chosen", "rejected", "chosen_messages", "rejected_messages"}
+_V1_PAIR = {"chosen_messages", "rejected_messages"}
 _PROMPT_ONLY_EXCLUDES = {
     "completion",
     "chosen",
@@ -268,7 +86,149 @@ _PROMPT_ONLY_EXCLUDES = {
     "label",
     "messages",
     "conversations",
+    *_V1_PAIR,
 }
+# Keys of other formats: a record with one of them and text/label is not a classification record.
+_CLASSIFICATION_EXCLUDES = _PROMPT_ONLY_EXCLUDES - {"label"} | {"prompt", "instruction"}
+
+
+def _is_messages(record: Mapping[str, Any]) -> bool:
+    keys = _keys(record)
+    return "messages" in keys and not keys & _NOT_SFT_MESSAGES
+
+
+def _is_classification(record: Mapping[str, Any]) -> bool:
+    keys = _keys(record)
+    return {"text", "label"} <= keys and not keys & _CLASSIFICATION_EXCLUDES
+
+
+# ---- classification: {text, label} through a template ------------------------------------------
+
+CLASSIFICATION_TEMPLATE = {
+    "prompt": "Classify the following text.\n\nText: {text}\nLabel:",
+    "completion": "{label}",
+}
+
+
+_TEMPLATE_SHAPE = (
+    'a "prompt" and a "completion", e.g. {"prompt": "Text: {text}", "completion": "{label}"}'
+)
+
+
+def _template_fields(template: Mapping[str, str]) -> list[str]:
+    """The record fields a classification template reads; raises DataError for a bad template."""
+    if not isinstance(template, Mapping):
+        raise DataError(
+            "template",
+            f"is {with_article(type(template).__name__)}",
+            _TEMPLATE_SHAPE,
+            reason="bad template",
+        )
+    missing = [key for key in CLASSIFICATION_TEMPLATE if key not in template]
+    unknown = sorted(set(template) - set(CLASSIFICATION_TEMPLATE))
+    if missing or unknown:
+        problem = f"lacks {' and '.join(missing)}" if missing else f"has unknown keys {unknown}"
+        raise DataError("template", problem, _TEMPLATE_SHAPE, reason="bad template")
+    fields: list[str] = []
+    for key in ("prompt", "completion"):
+        value = template[key]
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(
+                f"template.{key}", f"is {value!r:.40}", "non-empty text", reason="bad template"
+            )
+        try:
+            names = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+        except ValueError as error:
+            raise DataError(
+                f"template.{key}",
+                f"is not a format string ({error})",
+                "text with {column} fields; write a literal brace as {{ or }}",
+                reason="bad template",
+            ) from error
+        for name in names:
+            if not name.isidentifier():
+                raise DataError(
+                    f"template.{key}",
+                    f"has field {{{name}}}",
+                    "plain {column} fields naming a column of the record",
+                    reason="bad template",
+                )
+        fields += [name for name in names if name not in fields]
+    return fields
+
+
+def _class_label(value: Any) -> str | int:
+    if isinstance(value, str):
+        return as_text(value, "label")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise DataError(
+        "label",
+        f"is {value!r:.40}",
+        "a class name or number (a true/false label with prompt/completion is the unpaired format)",
+        reason="wrong type",
+    )
+
+
+def _classification(template: Mapping[str, str]) -> Normalizer:
+    """A normalizer turning `{text, label, ...}` into a user/assistant pair through `template`.
+
+    Any column may be referenced as `{column}`; a column the record lacks is a DataError.
+    """
+    fields = _template_fields(template)
+
+    def classify(record: Mapping[str, Any], stats: Counter) -> list[Row]:
+        as_text(require_field(record, "text"), "text")
+        values = {"label": _class_label(require_field(record, "label"))}
+        for name in fields:
+            value = values.get(name, record.get(name))
+            if value is None:
+                raise DataError(
+                    name,
+                    "is missing",
+                    f"{with_article(repr(name))} field "
+                    f"(the classification template reads {{{name}}})",
+                    reason="missing field",
+                )
+            values[name] = as_text(value, name) if isinstance(value, str) else value
+        try:
+            prompt, completion = (
+                template[key].format_map(values) for key in ("prompt", "completion")
+            )
+        except (KeyError, ValueError) as error:  # e.g. {text:d}: a spec the value does not take
+            raise DataError(
+                "template",
+                f"cannot be filled in ({error!r})",
+                "format specs that fit the values",
+                reason="bad template",
+            ) from error
+        return [
+            {
+                "messages": [
+                    {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": completion},
+                ]
+            }
+        ]
+
+    return classify
+
+
+def classification_format(template: Mapping[str, str]) -> Format:
+    """The "classification" format with `template` ({"prompt": ..., "completion": ...}, each a
+    str.format string over the record's columns, e.g. "{text}" and "{label}").
+
+    Raises DataError when the template lacks a key or is not a valid format string.
+    """
+    return Format(
+        "classification",
+        "sft",
+        "text, label (string or number) → a {prompt, completion} template",
+        _is_classification,
+        _classification(template),
+    )
+
+
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
@@ -277,56 +237,70 @@ FORMATS: dict[str, Format] = {
             "sft",
             "instruction, input, output[, system, history]",
             lambda r: {"instruction", "output"} <= _keys(r) and not _is_pair(_keys(r)),
-            _alpaca,
+            normalize.alpaca,
         ),
         Format(
             "sharegpt",
             "sft",
             "conversations[{from, value}][, system, tools]",
             lambda r: "conversations" in _keys(r) and not _is_pair(_keys(r)),
-            _sharegpt,
+            normalize.sharegpt,
         ),
         Format(
             "sharegpt_pairwise",
             "preference",
             "conversations + chosen/rejected {from, value}",
             lambda r: "conversations" in _keys(r) and _is_pair(_keys(r)),
-            _sharegpt_pairwise,
+            normalize.sharegpt_pairwise,
         ),
         Format(
             "messages",
             "sft",
             "messages[{role, content}][, tools]",
-            lambda r: "messages" in _keys(r) and not _keys(r) & {"label", "chosen", "rejected"},
-            _messages_sft,
+            lambda r: _is_messages(r) and not _is_llamafactory_v1(r),
+            normalize.messages_sft,
+        ),
+        Format(
+            "llamafactory_v1",
+            "sft",
+            'messages[{role, content: [{"type": "text", "value"}], loss_weight}]',
+            lambda r: _is_messages(r) and _is_llamafactory_v1(r),
+            normalize.messages_sft,
+        ),
+        Format(
+            "llamafactory_v1_pairwise",
+            "preference",
+            "chosen_messages, rejected_messages (whole conversations sharing a prompt)",
+            lambda r: bool(_keys(r) & _V1_PAIR),
+            normalize.llamafactory_v1_pairwise,
         ),
         Format(
             "prompt_completion",
             "sft",
             "prompt, completion",
             lambda r: {"prompt", "completion"} <= _keys(r) and "label" not in _keys(r),
-            _prompt_completion,
+            normalize.prompt_completion,
         ),
         Format(
             "preference",
             "preference",
             "[prompt,] chosen, rejected",
             lambda r: _is_pair(_keys(r)) and "conversations" not in _keys(r) and not _is_hh(r),
-            _preference,
+            normalize.preference,
         ),
         Format(
             "hh_rlhf",
             "preference",
             'chosen/rejected "\\n\\nHuman: ...\\n\\nAssistant: ..."',
             _is_hh,
-            _hh_rlhf,
+            normalize.hh_rlhf,
         ),
         Format(
             "ranking",
             "preference",
             "prompt, responses, rank (1 = best) or scores",
             lambda r: "responses" in _keys(r) and bool(_keys(r) & {"rank", "scores"}),
-            _ranking,
+            normalize.ranking,
         ),
         Format(
             "unpaired",
@@ -336,14 +310,15 @@ FORMATS: dict[str, Format] = {
                 "label" in _keys(r)
                 and ("messages" in _keys(r) or {"prompt", "completion"} <= _keys(r))
             ),
-            _unpaired,
+            normalize.unpaired,
         ),
+        classification_format(CLASSIFICATION_TEMPLATE),
         Format(
             "prompt",
             "prompt",
             "prompt only",
             lambda r: "prompt" in _keys(r) and not _keys(r) & _PROMPT_ONLY_EXCLUDES,
-            _prompt_only,
+            normalize.prompt_only,
         ),
     )
 }

@@ -2,7 +2,8 @@
 
 Each built-in wraps what the assistant must learn to produce, its end-of-turn token included, in
 `{% generation %}` markers, so assistant-only SFT loss also teaches the model to stop. Messages are
-`{"role", "content"}` with string content; roles are system, user, assistant and tool.
+`{"role", "content"}` with string content; roles are system, user, assistant and tool. An assistant
+turn with `"loss_weight": 0` is rendered the same but without the markers: context, not trained on.
 
 Templates without markers (a model's own) are not rewritten here: TRL's
 `trl.chat_template_utils.get_training_chat_template` patches the known model families.
@@ -16,6 +17,17 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+# `reply` inside generation markers unless the turn's loss_weight is 0 (LLaMA-Factory's per-turn
+# weight: 0 = context only). Built by concatenation: Jinja macros would hide the markers from
+# transformers' assistant-mask tracking.
+_TRAINED_IF_WEIGHTED = (
+    "{%- if message['loss_weight'] is defined and message['loss_weight'] == 0 %}"
+    "{{- reply }}"
+    "{%- else %}"
+    "{%- generation %}{{- reply }}{%- endgeneration %}"
+    "{%- endif %}"
+)
+
 # ChatML as Qwen2.5 writes it: tool results go back in a user turn as <tool_response> blocks, and
 # consecutive tool results share that turn. The "\n" after <|im_end|> is outside the generation
 # block: the model stops at <|im_end|>.
@@ -23,8 +35,7 @@ CHATML = (
     "{%- for message in messages %}"
     "{%- if message['role'] == 'assistant' %}"
     "{{- '<|im_start|>assistant\n' }}"
-    "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
-    "{{- '\n' }}"
+    "{%- set reply = message['content'] + '<|im_end|>' %}" + _TRAINED_IF_WEIGHTED + "{{- '\n' }}"
     "{%- elif message['role'] == 'tool' %}"
     "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}"
     "{{- '<|im_start|>user' }}"
@@ -48,8 +59,9 @@ LLAMA3 = (
     "{%- set role = 'ipython' if message['role'] == 'tool' else message['role'] %}"
     "{{- '<|start_header_id|>' + role + '<|end_header_id|>\n\n' }}"
     "{%- if message['role'] == 'assistant' %}"
-    "{%- generation %}{{- message['content'] | trim + '<|eot_id|>' }}{%- endgeneration %}"
-    "{%- else %}"
+    "{%- set reply = message['content'] | trim + '<|eot_id|>' %}"
+    + _TRAINED_IF_WEIGHTED
+    + "{%- else %}"
     "{{- message['content'] | trim + '<|eot_id|>' }}"
     "{%- endif %}"
     "{%- endfor %}"
@@ -75,8 +87,7 @@ CHATGLM = (
     "{%- if not after_assistant %}{{- role_tokens[message['role']] }}{%- endif %}"
     "{%- if message['role'] == 'assistant' %}"
     "{%- set stop = '</s>' if loop.last else role_tokens[messages[loop.index0 + 1]['role']] %}"
-    "{%- generation %}{{- '\n ' + message['content'] + stop }}{%- endgeneration %}"
-    "{%- else %}"
+    "{%- set reply = '\n ' + message['content'] + stop %}" + _TRAINED_IF_WEIGHTED + "{%- else %}"
     "{{- '\n ' + message['content'] }}"
     "{%- endif %}"
     "{%- endfor %}"

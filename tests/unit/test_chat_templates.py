@@ -191,3 +191,94 @@ def test_plain_template_has_no_generation_markers():
     assert not has_generation_markers(plain)
     assert not has_generation_markers(None)
     assert has_generation_markers(CHAT_TEMPLATE)
+
+
+# ---- per-turn loss_weight: a 0-weight assistant turn is context, not trained on ----------------
+
+WEIGHTED = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello there", "loss_weight": 0.0},
+    {"role": "user", "content": "Weather?"},
+    {"role": "assistant", "content": "It is sunny", "loss_weight": 1.0},
+]
+
+# Only the weighted reply (and its stop token) is trained; the 0-weight one is context.
+EXPECTED_WEIGHTED_MASKED = {
+    "chatml": "It is sunny<|im_end|>",
+    "llama3": "It is sunny<|eot_id|>",
+    "chatglm": "\n It is sunny</s>",
+}
+
+
+def assistant_masked_ids(tokenizer, messages) -> tuple[list[int], list[int]]:
+    output = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    return output["input_ids"], output["assistant_masks"]
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_zero_weight_assistant_turn_gets_mask_0_and_weighted_turn_mask_1(name):
+    tokenizer = templated(name)
+    ids, mask = assistant_masked_ids(tokenizer, WEIGHTED)
+    masked = [token for token, m in zip(ids, mask, strict=True) if m]
+    assert tokenizer.decode(masked) == EXPECTED_WEIGHTED_MASKED[name]
+    # The 0-weight reply's own tokens are all in the sequence, every one with mask 0.
+    reply = tokenizer.encode("Hello there", add_special_tokens=False)
+    start = next(i for i in range(len(ids)) if ids[i : i + len(reply)] == reply)
+    assert mask[start : start + len(reply)] == [0] * len(reply)
+    assert sum(mask) == len(masked) > 0
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_loss_weight_changes_the_mask_but_not_the_rendered_text(name):
+    tokenizer = templated(name)
+    plain = [{k: v for k, v in m.items() if k != "loss_weight"} for m in WEIGHTED]
+    text = tokenizer.apply_chat_template(WEIGHTED, tokenize=False)
+    assert text == tokenizer.apply_chat_template(plain, tokenize=False)
+    ids, mask = assistant_masked_ids(tokenizer, WEIGHTED)
+    plain_ids, plain_mask = assistant_masked_ids(tokenizer, plain)
+    assert ids == plain_ids and sum(mask) < sum(plain_mask)
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.5, 2])
+def test_any_nonzero_loss_weight_keeps_the_turn_trained(weight):
+    tokenizer = templated("chatml")
+    messages = [WEIGHTED[0], {**WEIGHTED[1], "loss_weight": weight}]
+    ids, mask = assistant_masked_ids(tokenizer, messages)
+    assert tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if m]) == (
+        "Hello there<|im_end|>"
+    )
+
+
+def test_all_zero_weight_turns_leave_nothing_to_train():
+    tokenizer = templated("llama3")
+    messages = [WEIGHTED[0], WEIGHTED[1]]
+    _, mask = assistant_masked_ids(tokenizer, messages)
+    assert sum(mask) == 0
+
+
+def test_loaded_llamafactory_v1_rows_mask_by_their_loss_weight(tmp_path):
+    import json
+
+    from alignflow.data.load import load_dataset_rows
+
+    def turn(role: str, text: str, weight: float) -> dict:
+        return {"role": role, "content": [{"type": "text", "value": text}], "loss_weight": weight}
+
+    record = {
+        "messages": [
+            turn("user", "Hi", 0.0),
+            turn("assistant", "Hello there", 0.0),
+            turn("user", "Weather?", 0.0),
+            turn("assistant", "It is sunny", 1.0),
+        ]
+    }
+    path = tmp_path / "v1.jsonl"
+    path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    rows, _ = load_dataset_rows(path)
+    tokenizer = templated("chatml")
+    ids, mask = assistant_masked_ids(tokenizer, rows[0]["messages"])
+    assert tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if m]) == (
+        "It is sunny<|im_end|>"
+    )

@@ -28,7 +28,7 @@ def assert_messages(messages: list[dict]) -> None:
     for m in messages:
         assert isinstance(m["content"], str)
         assert m["content"].strip() or m.get("tool_calls"), m
-        assert set(m) <= {"role", "content", "tool_calls"}
+        assert set(m) <= {"role", "content", "tool_calls", "loss_weight"}
 
 
 def assert_canonical(row: dict, kind: str) -> None:
@@ -302,6 +302,11 @@ def test_every_hand_written_format_is_detected_by_exactly_one_detector(tmp_path)
         "ranking": {"prompt": "p", "responses": [], "rank": []},
         "unpaired": {"messages": [], "label": True},
         "prompt": {"prompt": "p"},
+        "classification": {"text": "t", "label": "spam"},
+        "llamafactory_v1": {
+            "messages": [{"role": "user", "content": [{"type": "text", "value": "q"}]}]
+        },
+        "llamafactory_v1_pairwise": {"chosen_messages": [], "rejected_messages": []},
     }
     assert set(samples) == set(FORMATS)
     for name, record in samples.items():
