@@ -58,6 +58,8 @@ def _position(path: str | Path) -> Callable[[DataError], tuple[int, int]]:
 
 
 def _format_spec(format: str | None, template: Mapping[str, str] | None) -> Format | None:
+    if format is None and template is not None:
+        format = "classification"  # a template only means something to that format
     if format is None:
         return None
     if format not in FORMATS:

@@ -20,16 +20,16 @@ from typing import Any
 ROLE_KEYS = ("role", "from")  # where a message keeps its speaker: messages format, sharegpt
 
 
-def _decoded(value: Any) -> Any:
-    """A CSV cell holding a JSON list or object of messages, decoded so its keys can be renamed;
-    anything else (plain text included) unchanged."""
+def _decoded(value: Any, message_keys: set[str]) -> Any:
+    """A CSV cell holding a JSON list or object of messages (objects with a key the mapping renames),
+    decoded so its keys can be renamed; anything else (plain text included) unchanged."""
     if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
         try:
             decoded = json.loads(value)
         except json.JSONDecodeError:
             return value
         items = decoded if isinstance(decoded, list) else [decoded]
-        if items and all(isinstance(item, Mapping) for item in items):
+        if items and all(isinstance(item, Mapping) and message_keys & set(item) for item in items):
             return decoded
     return value
 
@@ -61,7 +61,7 @@ class ColumnMapping:
         return out
 
     def _messages(self, value: Any) -> Any:
-        value = _decoded(value)
+        value = _decoded(value, {*self.message_keys.values(), *ROLE_KEYS})
         if isinstance(value, list):
             return [self._message(item) if isinstance(item, Mapping) else item for item in value]
         return self._message(value) if isinstance(value, Mapping) else value

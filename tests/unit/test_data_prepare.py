@@ -259,3 +259,25 @@ def test_readme_files_config_is_a_valid_config():
     cfg = build_config(tree)
     assert cfg.data.sft[1].roles == {"human": "customer", "gpt": "agent"}
     assert cfg.data.sft[2].format == "classification"
+
+
+def test_mapping_decodes_json_message_cells_but_leaves_json_looking_text(tmp_path):
+    from alignflow.data.mapping import ColumnMapping
+
+    mapping = ColumnMapping(message_keys={"role": "speaker", "content": "text"})
+    cell = json.dumps([{"speaker": "user", "text": "hi"}])
+    reply = json.dumps([{"name": "Bob"}])  # a reply that happens to be JSON: not messages
+    mapped = mapping.apply({"messages": cell, "answer": reply})
+    assert mapped["messages"] == [{"role": "user", "content": "hi"}]
+    assert mapped["answer"] == reply
+
+
+def test_a_template_alone_selects_the_classification_format(tmp_path):
+    from alignflow.data.load import load_dataset_rows
+
+    path = write_jsonl(tmp_path / "c.jsonl", [{"text": "great phone", "label": "positive"}])
+    rows, report = load_dataset_rows(
+        path, template={"prompt": "Sentiment? {text}", "completion": "{label}"}
+    )
+    assert report.format == "classification"
+    assert rows[0]["messages"][0]["content"] == "Sentiment? great phone"
