@@ -132,6 +132,9 @@ class ModelConfig(_Section):
     name_or_path: str | None = None
     tiny: TinyModelConfig = TinyModelConfig()
     trust_remote_code: bool = False
+    # A built-in template name (alignflow.data.templates.TEMPLATES) to use instead of the model's
+    # own; None = the model's own, and an error if it has none.
+    chat_template: Literal["chatml", "llama3", "chatglm"] | None = None
 
     @model_validator(mode="after")
     def _pretrained_needs_path(self) -> ModelConfig:

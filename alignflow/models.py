@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alignflow.config import LoraConfig, ModelConfig, TinyModelConfig
+from alignflow.data import templates
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -17,17 +18,26 @@ if TYPE_CHECKING:
 PAD, EOS = "<pad>", "</s>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]
 
-# The assistant turn ends exactly at EOS, so the reward model, the value head and PPO all read the
-# score at the same last token; {% generation %} marks what assistant-only SFT loss trains on.
+# The tiny model's own format: role tokens, and the assistant turn ends exactly at EOS, so the
+# reward model, the value head and PPO all read the score at the same last token. Function calls
+# and the tools list are written as ChatML writes them; a loss_weight-0 turn is context only.
 CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{{ '<|assistant|>\n' }}{% generation %}{{ message['content'] + '</s>' }}{% endgeneration %}"
-    "{% else %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '\n' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+    "{%- if tools %}"
+    "{{- '<|system|>\n' }}" + templates.QWEN_TOOLS_SYSTEM + "{{- '\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if tools and loop.first and message['role'] == 'system' %}"
+    "{#- already written in the tools block #}"
+    "{%- elif message['role'] == 'assistant' %}"
+    "{{- '<|assistant|>\n' }}"
+    + templates.QWEN_REPLY
+    + "{%- set reply = reply + '</s>' %}"
+    + templates.TRAINED_IF_WEIGHTED
+    + "{%- else %}"
+    "{{- '<|' + message['role'] + '|>\n' + message['content'] + '\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|assistant|>\n' }}{%- endif %}"
 )
 
 
@@ -91,29 +101,66 @@ def base_model_path(model_cfg: ModelConfig, built_dir: Path | None) -> str:
 
 
 def check_base_model(model_cfg: ModelConfig) -> None:
-    """Fail in seconds, before any training, when a pretrained base model cannot be found."""
+    """Fail in seconds, before any training, when the base model or its chat template won't do."""
     if model_cfg.source != "pretrained":
+        if model_cfg.chat_template is not None:
+            raise ValueError(
+                "model.chat_template is for model.source 'pretrained'; the tiny model has its own "
+                "template (remove model.chat_template)"
+            )
         return
     from transformers import AutoConfig
 
+    path, trust = model_cfg.name_or_path, model_cfg.trust_remote_code
     try:
-        AutoConfig.from_pretrained(
-            model_cfg.name_or_path, trust_remote_code=model_cfg.trust_remote_code
-        )
+        AutoConfig.from_pretrained(path, trust_remote_code=trust)
     except (OSError, ValueError) as error:
         raise ValueError(
-            f"model.name_or_path: cannot load {model_cfg.name_or_path!r}: not a local model "
+            f"model.name_or_path: cannot load {path!r}: not a local model "
             f"folder, nor a hub id that can be reached ({type(error).__name__})"
+        ) from None
+    if model_cfg.chat_template is None:
+        _check_own_chat_template(path, trust)
+
+
+def _check_own_chat_template(path: str, trust_remote_code: bool) -> None:
+    try:
+        tokenizer = load_tokenizer(path, trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"model.name_or_path: cannot load a tokenizer from {path!r} ({type(error).__name__})"
+        ) from None
+    try:
+        templates.resolve_chat_template(tokenizer)
+    except ValueError:
+        raise ValueError(
+            f"model.chat_template: {path!r} has no chat template of its own; set "
+            f"model.chat_template to one of the built-in ones: {', '.join(templates.TEMPLATES)}"
         ) from None
 
 
-def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str = "right"):
-    """Load a tokenizer; `padding_side` is not persisted by transformers 5, so set it on every load."""
+def load_tokenizer(
+    path: str,
+    trust_remote_code: bool = False,
+    padding_side: str = "right",
+    chat_template: str | None = None,
+):
+    """Load a tokenizer, with built-in template `chat_template` (model.chat_template) when named.
+
+    A built-in template's special tokens are added and its end-of-turn token becomes EOS, so
+    generation stops where a reply ends: load the model with `load_causal_lm(..., tokenizer=)`
+    to match. `padding_side` is not persisted by transformers 5, so it is set on every load.
+    """
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    # Padding stays the original token: a scalar head reads the last non-pad token, which must be
+    # the end-of-turn token, not the one before it.
+    pad = tokenizer.pad_token or tokenizer.eos_token
+    if chat_template is not None:
+        templates.apply_template(tokenizer, chat_template)
+        tokenizer.eos_token = templates.end_of_turn_token(chat_template)
+    tokenizer.pad_token = pad or tokenizer.eos_token
     tokenizer.padding_side = padding_side
     return tokenizer
 
@@ -125,14 +172,36 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def fit_to_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give `model` rows for tokens a chat template added, and stop its generation at their EOS."""
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    text_config, generation = model.config.get_text_config(), model.generation_config
+    text_config.pad_token_id = generation.pad_token_id = tokenizer.pad_token_id
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        return
+    text_config.eos_token_id = eos
+    stops = generation.eos_token_id
+    stops = [] if stops is None else [stops] if isinstance(stops, int) else list(stops)
+    if stops[:1] != [eos]:  # first: rollout.eos_token_id reads the first as the model's EOS
+        generation.eos_token_id = [eos, *(stop for stop in stops if stop != eos)]
+
+
 def load_causal_lm(
-    path: str, trust_remote_code: bool = False, device: str | None = None
+    path: str,
+    trust_remote_code: bool = False,
+    device: str | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> PreTrainedModel:
+    """Load a causal LM; with `tokenizer`, fitted to it (see `fit_to_tokenizer`)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
         path, trust_remote_code=trust_remote_code, use_safetensors=True
     )
+    if tokenizer is not None:
+        fit_to_tokenizer(model, tokenizer)
     return model.to(device) if device else model
 
 

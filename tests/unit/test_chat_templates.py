@@ -282,3 +282,203 @@ def test_loaded_llamafactory_v1_rows_mask_by_their_loss_weight(tmp_path):
     assert tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if m]) == (
         "It is sunny<|im_end|>"
     )
+
+
+# ---- function calling: the call is what the model must learn to emit ----------------------------
+
+CALL = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+TOOLS = [
+    {
+        "name": "get_weather",
+        "description": "Current weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+]
+
+# Glaive-like: user → assistant function call (no text) → tool result → assistant answer.
+TOOL_CONVERSATION = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": "", "tool_calls": [CALL]},
+    {"role": "tool", "content": '{"temp": 22}'},
+    {"role": "assistant", "content": "It is 22 C."},
+]
+
+# Written by hand from Qwen2.5's template, Llama 3.1's JSON tool calling and ChatGLM3's PROMPT.md.
+EXPECTED_CALL_TURN = {
+    "chatml": "<|im_start|>assistant\n<tool_call>\n"
+    '{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\n'
+    '<|im_start|>user\n<tool_response>\n{"temp": 22}\n</tool_response><|im_end|>\n',
+    "llama3": "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    '{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>'
+    '<|start_header_id|>ipython<|end_header_id|>\n\n{"temp": 22}<|eot_id|>',
+    "chatglm": '<|assistant|>get_weather\n ```python\ntool_call(city="Paris")\n```'
+    '<|observation|>\n {"temp": 22}<|assistant|>',
+}
+
+EXPECTED_CALL_MASKED = {
+    "chatml": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+    "</tool_call><|im_end|>It is 22 C.<|im_end|>",
+    "llama3": '{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>'
+    "It is 22 C.<|eot_id|>",
+    "chatglm": 'get_weather\n ```python\ntool_call(city="Paris")\n```<|observation|>'
+    "\n It is 22 C.</s>",
+}
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_function_call_turn_renders_the_call_and_the_tool_result(name):
+    text = templated(name).apply_chat_template(TOOL_CONVERSATION, tokenize=False)
+    assert EXPECTED_CALL_TURN[name] in text
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_assistant_mask_covers_the_function_call_and_its_stop_token(name):
+    tokenizer = templated(name)
+    ids, mask = assistant_masked_ids(tokenizer, TOOL_CONVERSATION)
+    assert (
+        tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if m])
+        == (EXPECTED_CALL_MASKED[name])
+    )
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_zero_weight_function_call_is_context_only(name):
+    tokenizer = templated(name)
+    messages = [TOOL_CONVERSATION[0], {**TOOL_CONVERSATION[1], "loss_weight": 0.0}]
+    ids, mask = assistant_masked_ids(tokenizer, messages)
+    assert "get_weather" in tokenizer.decode(ids)
+    assert sum(mask) == 0
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_null_tool_calls_from_a_datasets_table_render_like_none_at_all(name):
+    tokenizer = templated(name)
+    # `datasets` gives every message every key: tool_calls and loss_weight None where absent.
+    nulled = [{"tool_calls": None, "loss_weight": None, **m} for m in CONVERSATION]
+    assert assistant_masked_ids(tokenizer, nulled) == assistant_masked_ids(tokenizer, CONVERSATION)
+
+
+def test_chatml_writes_text_then_each_call_on_its_own_line():
+    second = {"type": "function", "function": {"name": "get_time", "arguments": {}}}
+    messages = [{"role": "assistant", "content": "Checking.", "tool_calls": [CALL, second]}]
+    assert templated("chatml").apply_chat_template(messages, tokenize=False) == (
+        "<|im_start|>assistant\nChecking.\n<tool_call>\n"
+        '{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call><|im_end|>\n'
+    )
+
+
+def test_chatml_and_llama3_write_json_string_arguments_as_they_are():
+    call = {"type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
+    messages = [{"role": "assistant", "content": "", "tool_calls": [call]}]
+    assert '{"name": "f", "arguments": {"x": 1}}' in templated("chatml").apply_chat_template(
+        messages, tokenize=False
+    )
+    assert '{"name": "f", "parameters": {"x": 1}}' in templated("llama3").apply_chat_template(
+        messages, tokenize=False
+    )
+
+
+def test_chatglm_rejects_arguments_it_cannot_write_as_keywords():
+    from jinja2.exceptions import TemplateError
+
+    call = {"type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
+    with pytest.raises(TemplateError, match="arguments must be a JSON object"):
+        templated("chatglm").apply_chat_template(
+            [{"role": "assistant", "content": "", "tool_calls": [call]}], tokenize=False
+        )
+
+
+def test_chatml_lists_tools_in_the_system_turn_after_the_system_prompt():
+    messages = [{"role": "system", "content": "Be brief."}, *TOOL_CONVERSATION]
+    text = templated("chatml").apply_chat_template(messages, tools=TOOLS, tokenize=False)
+    assert text.startswith(
+        "<|im_start|>system\nBe brief.\n\n# Tools\n\nYou may call one or more functions"
+    )
+    assert '<tools>\n{"name": "get_weather", "description": "Current weather", ' in text
+    assert text.count("Be brief.") == 1  # the system prompt is not repeated as its own turn
+    assert text.index("</tools>") < text.index("<|im_start|>user\nWeather in Paris?")
+
+
+def test_llama3_lists_tools_in_the_first_user_turn_with_the_ipython_environment():
+    text = templated("llama3").apply_chat_template(TOOL_CONVERSATION, tools=TOOLS, tokenize=False)
+    assert text.startswith(
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+        "Environment: ipython\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+        "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n"
+        "Given the following functions, please respond with a JSON for a function call"
+    )
+    assert '{\n    "name": "get_weather",\n' in text
+    assert "}\n\nWeather in Paris?<|eot_id|>" in text
+    assert text.count("Given the following functions") == 1
+
+
+def test_chatglm_lists_tools_in_a_system_turn_of_their_own_first():
+    text = templated("chatglm").apply_chat_template(TOOL_CONVERSATION, tools=TOOLS, tokenize=False)
+    assert text.startswith(
+        "[gMASK]sop<|system|>\n Answer the following questions as best as you can. "
+        'You have access to the following tools:\n[\n    {\n        "name": "get_weather",'
+    )
+    assert text.index("]<|user|>\n Weather in Paris?") > 0
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_tools_do_not_change_what_is_trained(name):
+    tokenizer = templated(name)
+    plain = assistant_masked_ids(tokenizer, TOOL_CONVERSATION)
+    output = tokenizer.apply_chat_template(
+        TOOL_CONVERSATION,
+        tools=TOOLS,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+    )
+    with_tools = (output["input_ids"], output["assistant_masks"])
+    assert [t for t, m in zip(*plain, strict=True) if m] == [
+        t for t, m in zip(*with_tools, strict=True) if m
+    ]
+
+
+def masked_runs(mask: list[int]) -> list[tuple[int, int]]:
+    """(start, end) of each run of 1s in an assistant mask."""
+    runs, start = [], None
+    for i, m in enumerate([*mask, 0]):
+        if m and start is None:
+            start = i
+        elif not m and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_glaive_rows_train_every_assistant_turn_on_something_it_says(name):
+    from alignflow.data.load import load_dataset_rows
+    from tests.conftest import FIXTURES
+
+    fixture = FIXTURES / "llamafactory" / "glaive_toolcall_en_demo.json"
+    if not fixture.exists():
+        pytest.skip(f"shared fixtures not found at {fixture}")
+    rows, _ = load_dataset_rows(fixture)
+    calling = [r for r in rows if any(m.get("tool_calls") for m in r["messages"])][:12]
+    plain = [r for r in rows if not any(m.get("tool_calls") for m in r["messages"])][:3]
+    assert len(calling) == 12
+    tokenizer = templated(name)
+    for row in calling + plain:
+        output = tokenizer.apply_chat_template(
+            row["messages"],
+            tools=row.get("tools"),
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+        )
+        ids, runs = output["input_ids"], masked_runs(output["assistant_masks"])
+        replies = [m for m in row["messages"] if m["role"] == "assistant"]
+        assert len(runs) == len(replies)
+        for (start, end), reply in zip(runs, replies, strict=True):
+            said = tokenizer.decode(ids[start:end], skip_special_tokens=True).strip()
+            assert said, f"an empty trained assistant turn in {row['messages'][0]['content']!r}"
+            for call in reply.get("tool_calls") or []:
+                assert call["function"]["name"] in said
+                for key in call["function"]["arguments"]:
+                    assert key in said
