@@ -271,3 +271,34 @@ def last_checkpoint(directory: Path) -> str | None:
         directory.glob("checkpoint-*"), key=lambda path: int(path.name.rsplit("-", 1)[-1])
     )
     return str(checkpoints[-1]) if checkpoints else None
+
+
+def tokenize_conversations(tokenizer: PreTrainedTokenizerBase, rows: list[dict]):
+    """SFT rows → a `datasets.Dataset` of `input_ids` + `assistant_masks`, rendered by the chat
+    template with each row's own `tools`.
+
+    Tokenized here, row by row, rather than by TRL from a `messages` column: an Arrow column would
+    merge every row's tool-call `arguments` into one struct (each call gaining every other call's
+    keys as nulls) and drop `tools`. Rows whose template marks no token for training (every reply
+    has loss_weight 0) are left out and counted.
+
+    Returns:
+        (dataset, rows left out)
+    """
+    from datasets import Dataset
+
+    ids, masks, untrained = [], [], 0
+    for row in rows:
+        encoded = tokenizer.apply_chat_template(
+            row["messages"],
+            tools=row.get("tools"),
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+        )
+        if 1 not in encoded["assistant_masks"]:
+            untrained += 1
+            continue
+        ids.append(list(encoded["input_ids"]))
+        masks.append(list(encoded["assistant_masks"]))
+    return Dataset.from_dict({"input_ids": ids, "assistant_masks": masks}), untrained

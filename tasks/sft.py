@@ -1,4 +1,5 @@
-"""Stage 2: supervised fine-tuning with TRL's SFTTrainer, loss on assistant tokens only."""
+"""Stage 2: supervised fine-tuning with TRL's SFTTrainer, loss on assistant tokens only (the chat
+template's generation markers give the mask)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ def loss_trend(log_history: list[dict], key: str = "loss") -> dict[str, float]:
 
 def run_sft(cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult) -> StageResult:
     def body(work: Path) -> dict:
-        from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
         from alignflow.models import (
@@ -33,20 +33,21 @@ def run_sft(cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult) ->
             load_causal_lm,
             load_tokenizer,
             peft_lora_config,
+            tokenize_conversations,
             trainer_kwargs,
         )
 
         source, trust = base_model(cfg, prepared), cfg.model.trust_remote_code
-        tokenizer = load_tokenizer(source, trust)
-        model = load_causal_lm(source, trust)
-        dataset, held_out = (
-            Dataset.from_list([{"messages": row["messages"]} for row in read_jsonl(path)])
+        tokenizer = load_tokenizer(source, trust, chat_template=cfg.model.chat_template)
+        model = load_causal_lm(source, trust, tokenizer=tokenizer)
+        (dataset, untrained), (held_out, _) = (
+            tokenize_conversations(tokenizer, read_jsonl(path))
             for path in (prepared.path("sft.jsonl"), prepared.path("sft_eval.jsonl"))
         )
         checkpoints = work / "checkpoints"
         args = SFTConfig(
-            **trainer_kwargs(cfg.sft, checkpoints, cfg.run.seed), assistant_only_loss=True
-        )
+            **trainer_kwargs(cfg.sft, checkpoints, cfg.run.seed)
+        )  # masks: tokenize_conversations
         trainer = SFTTrainer(
             model=model,
             args=args,
@@ -63,7 +64,14 @@ def run_sft(cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult) ->
         trained.save_pretrained(work / MODEL_DIR)
         tokenizer.save_pretrained(work / MODEL_DIR)
         shutil.rmtree(checkpoints, ignore_errors=True)
-        metrics = {"train_rows": len(dataset), **loss_trend(trainer.state.log_history)}
+        metrics = {
+            "train_rows": len(trainer.train_dataset),
+            # Rows TRL drops after truncating to sft.max_length (no trained token left) and rows
+            # with no trained token at all: counted, never silent.
+            "rows_dropped_by_truncation": len(dataset) - len(trainer.train_dataset),
+            "rows_without_trained_tokens": untrained,
+            **loss_trend(trainer.state.log_history),
+        }
         if len(held_out):  # data.eval_fraction > 0: the loss on SFT rows never trained on
             metrics |= {"eval_rows": len(held_out), "eval_loss": trainer.evaluate()["eval_loss"]}
         return metrics
