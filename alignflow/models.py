@@ -5,6 +5,7 @@ Security defaults: `trust_remote_code` only when the config opts in, and weights
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -137,6 +138,34 @@ def _check_own_chat_template(path: str, trust_remote_code: bool) -> None:
             f"model.chat_template: {path!r} has no chat template of its own; set "
             f"model.chat_template to one of the built-in ones: {', '.join(templates.TEMPLATES)}"
         ) from None
+    if not _has_generation_markers(tokenizer.chat_template):
+        raise ValueError(
+            f"model.chat_template: {path!r}'s own chat template has no {{% generation %}} markers "
+            "(needed for assistant-only loss) and TRL cannot patch it; set model.chat_template to "
+            f"one of the built-in ones: {', '.join(templates.TEMPLATES)}"
+        )
+
+
+_GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def _has_generation_markers(template: str | None) -> bool:
+    return bool(template) and bool(_GENERATION.search(template))
+
+
+def _with_training_markers(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give a model's own template `{% generation %}` markers where TRL knows its family (Qwen,
+    Llama-3, Gemma, ...): TRL's patched version renders the same text, with the markers added."""
+    if not tokenizer.chat_template or _has_generation_markers(tokenizer.chat_template):
+        return
+    from trl.chat_template_utils import get_training_chat_template
+
+    try:
+        patched = get_training_chat_template(tokenizer)
+    except ValueError:
+        return  # left as is; check_base_model reports it before any training
+    if patched is not None:
+        tokenizer.chat_template = patched
 
 
 def load_tokenizer(
@@ -160,6 +189,8 @@ def load_tokenizer(
     if chat_template is not None:
         templates.apply_template(tokenizer, chat_template)
         tokenizer.eos_token = templates.end_of_turn_token(chat_template)
+    else:
+        _with_training_markers(tokenizer)
     tokenizer.pad_token = pad or tokenizer.eos_token
     tokenizer.padding_side = padding_side
     return tokenizer

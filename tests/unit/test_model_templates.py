@@ -166,3 +166,45 @@ def test_trl_sees_the_tiny_templates_stop_token_trained():
     from trl.chat_template_utils import is_chat_template_stop_token_trained
 
     assert is_chat_template_stop_token_trained(train_tokenizer(TEXTS, 300))
+
+
+def _save_with_template(directory, template: str) -> str:
+    path = save_model(directory, own_template=True)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_a_known_family_template_without_markers_is_patched_by_trl(tmp_path):
+    from importlib.resources import files
+
+    stock = (files("trl") / "chat_templates" / "qwen2_5.jinja").read_text()
+    assert "{% generation %}" not in stock and "{%- generation %}" not in stock
+    path = _save_with_template(tmp_path, stock)
+    check_base_model(pretrained(path))
+    tokenizer = load_tokenizer(path)
+    assert "{% generation %}" in tokenizer.chat_template or "{%- generation %}" in (
+        tokenizer.chat_template
+    )
+    messages = [
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "It is sunny."},
+    ]
+    encoded = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    trained = [
+        t for t, m in zip(encoded["input_ids"], encoded["assistant_masks"], strict=True) if m
+    ]
+    assert "sunny" in tokenizer.decode(trained) and "Hello" not in tokenizer.decode(trained)
+
+
+def test_an_unknown_template_without_markers_fails_before_any_work(tmp_path):
+    path = _save_with_template(tmp_path, "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    with pytest.raises(
+        ValueError, match=r"has no \{% generation %\} markers .* TRL cannot patch it"
+    ):
+        check_base_model(pretrained(path))
