@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -44,6 +45,8 @@ def _quiet_defaults() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Our own log lines (stage timings, what data preparation removed) in the console and Prefect UI.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "alignflow,tasks")
+    for name in ("alignflow", "tasks"):  # Prefect adds its handlers to them, not a level
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 @app.command()

@@ -84,11 +84,8 @@ class RoleReport:
                 f"(skipped: {skipped}; weight {d.weight:g})"
             )
         removed = ", ".join(f"{n} {reason}" for reason, n in self.removed.items() if n) or "none"
-        split = f", {self.eval} eval" if self.role == "sft" else ""
-        out.append(
-            f"{self.role}: {self.rows_in} rows in, removed: {removed}; wrote {self.train} "
-            f"train{split}"
-        )
+        written = f"{self.train} train, {self.eval} eval" if self.role == "sft" else self.train
+        out.append(f"{self.role}: {self.rows_in} rows in, removed: {removed}; wrote {written}")
         return out
 
 
