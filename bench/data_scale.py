@@ -103,7 +103,9 @@ def main() -> None:
         results.append((size, result))
         print(f"{size} rows: {json.dumps(result)}", flush=True)
     base = results[0][1]["seconds"] / results[0][0]
-    print(f"\n{'rows':>10} {'seconds':>9} {'us/row':>8} {'peak RSS MiB':>13} {'us/row vs base':>15}")
+    print(
+        f"\n{'rows':>10} {'seconds':>9} {'us/row':>8} {'peak RSS MiB':>13} {'us/row vs base':>15}"
+    )
     for size, result in results:
         per_row = result["seconds"] / size
         print(
