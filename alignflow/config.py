@@ -185,6 +185,38 @@ class RewardConfig(_Section):
     eval_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     warmup_ratio: float = 0.05
     save_steps: int = Field(100, gt=0)
+    # Reward models trained (seeds run.seed, run.seed + 1, ...); with more than one, the policy
+    # stages score with the ensemble combined as rewards.ensemble says.
+    ensemble_size: int = Field(1, ge=1)
+
+
+class RuleRewardConfig(_Section):
+    """A rule reward: `package.module:function`, called as
+    `function(prompts, completions, **columns) -> list[float]` (see alignflow.rl.rewards)."""
+
+    function: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    weight: float = 1.0
+
+
+class RewardsConfig(_Section):
+    """What PPO, RLOO, GRPO and rejection sampling maximise: a weighted sum of a reward-model
+    (ensemble) score, rule rewards, and a length penalty."""
+
+    model_weight: float = Field(1.0, ge=0)  # 0: rules only, no reward model loaded
+    # How the ensemble's scores combine: mean, min, or mean - ensemble_std_coef * std.
+    ensemble: Literal["mean", "min", "mean_minus_std"] = "mean"
+    ensemble_std_coef: float = Field(1.0, ge=0)
+    # More reward models (local folders or hub ids with a one-output head) joining the ensemble
+    # next to the ones this pipeline trains.
+    extra_models: list[str] = []
+    rules: list[RuleRewardConfig] = []
+    length_penalty: float = Field(0.0, ge=0)  # subtracted per response token
+
+    @model_validator(mode="after")
+    def _something_to_maximise(self) -> RewardsConfig:
+        if self.model_weight == 0 and not self.rules:
+            raise ValueError("rewards.model_weight is 0 and rewards.rules is empty: no reward")
+        return self
 
 
 class KLConfig(_Section):
@@ -215,8 +247,18 @@ class PPOConfig(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     # Score given instead of the reward model's when a response never emits EOS; None = no penalty.
     missing_eos_score: float | None = -1.0
+    # Scores standardised by a running mean/std over all rollouts so far, then clipped to
+    # [-reward_clip, reward_clip] (None: no clipping).
+    reward_normalization: bool = False
+    reward_clip: float | None = Field(None, gt=0)
+    # Stop early (and keep the policy) when the mean KL per sequence exceeds this many nats.
+    kl_stop: float | None = Field(None, gt=0)
+    lr_schedule: Literal["constant", "linear"] = "constant"  # linear: decays to 0 at `updates`
     sampling: SamplingConfig = SamplingConfig()
     checkpoint_every: int = Field(10, gt=0)
+    # Every N updates, a table of prompts, completions and rewards goes to MLflow (0: never).
+    log_samples_every: int = Field(10, ge=0)
+    samples_logged: int = Field(8, gt=0)
 
     @model_validator(mode="after")
     def _minibatch_divides_rollout(self) -> PPOConfig:
@@ -226,6 +268,12 @@ class PPOConfig(_Section):
                 f"ppo.rollout_batch_size ({self.rollout_batch_size})"
             )
         return self
+
+
+class PolicyConfig(_Section):
+    """Which algorithm turns the SFT model into the aligned policy."""
+
+    algorithm: Literal["ppo"] = "ppo"
 
 
 class EvaluateConfig(_Section):
@@ -245,6 +293,8 @@ class PipelineConfig(_Section):
     sft: SFTConfig = SFTConfig()
     collect: CollectConfig = CollectConfig()
     reward: RewardConfig = RewardConfig()
+    rewards: RewardsConfig = RewardsConfig()
+    policy: PolicyConfig = PolicyConfig()
     ppo: PPOConfig = PPOConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
