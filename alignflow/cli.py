@@ -58,9 +58,11 @@ def run(
     cfg = _load(config, set_)
     _quiet_defaults()
     from alignflow.models import check_base_model
+    from alignflow.rl.rewards import check_rewards
 
     try:
         check_base_model(cfg.model)
+        check_rewards(cfg)
     except ValueError as error:
         _fail(f"{config}: {error}", 2)
     from alignflow.data.errors import DataError

@@ -271,3 +271,14 @@ def oracle_score(family: str, subject: str, response: str) -> float:
         return 0.0
     parts = review_components(response, subject)
     return sum(parts.values()) / len(parts)
+
+
+def oracle_reward(
+    prompts: list[list[dict]], completions: list[str], family: list[str], subject: list[str], **_
+) -> list[float]:
+    """`oracle_score` as a rule reward (`rewards.rules: [{function: alignflow.demo:oracle_reward}]`);
+    the prompt rows must carry the demo's `family` and `subject` columns."""
+    return [
+        oracle_score(row_family, row_subject, completion)
+        for row_family, row_subject, completion in zip(family, subject, completions, strict=True)
+    ]

@@ -57,6 +57,8 @@ def _settings(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
         return {"evaluate": dump["evaluate"], "sampling": dump["ppo"]["sampling"]}
     if stage == "register":
         return {"registry": dump["registry"], "tracking": tracking_uri(cfg)}
+    if stage == "ppo":
+        return {"ppo": dump["ppo"], "rewards": dump["rewards"], "seed": cfg.run.seed}
     return {stage: dump[stage], "seed": cfg.run.seed}
 
 

@@ -38,7 +38,9 @@ def run_ppo(
             load_scalar_head_model,
             load_tokenizer,
         )
+        from alignflow.rl.rewards import load_rewarder
         from alignflow.rl.trainer import CHECKPOINT_DIR, PPOTrainer
+        from tasks.reward import reward_model_dirs
 
         torch.manual_seed(cfg.run.seed)
         trust = cfg.model.trust_remote_code
@@ -49,14 +51,17 @@ def run_ppo(
             cfg.ppo,
             policy=load_causal_lm(sft_dir, trust, device),
             reference=load_causal_lm(sft_dir, trust, device),
-            reward_model=load_scalar_head_model(rm_dir, trust, pad, device),
+            reward_model=load_rewarder(cfg, reward_model_dirs(reward), tokenizer, device),
             # The critic starts from the reward model: it already reads this task's features.
             value_model=load_scalar_head_model(rm_dir, trust, pad, device),
             tokenizer=tokenizer,
-            prompts=[row["prompt"] for row in read_jsonl(prepared.path("rl_prompts.jsonl"))],
+            prompts=read_jsonl(prepared.path("rl_prompts.jsonl")),
             seed=cfg.run.seed,
             output_dir=work,
             log_metrics=lambda metrics, step: tracking.log_metrics(metrics, step=step),
+            log_samples=lambda rows, step: tracking.log_table(
+                rows, f"samples/update-{step:06d}.json"
+            ),
         )
         history = trainer.train()
         trainer.policy.save_pretrained(work / POLICY_DIR)
@@ -69,6 +74,7 @@ def run_ppo(
             "reward_first": _window_mean(history, "reward", first=True),
             "reward_last": _window_mean(history, "reward", first=False),
             "kl_last": _window_mean(history, "kl", first=False),
+            "stopped_early": int(trainer.stopped_early is not None),
             "generation_seconds": sum(entry["generation_seconds"] for entry in history),
             "training_seconds": sum(entry["training_seconds"] for entry in history),
         }

@@ -104,8 +104,10 @@ def _build_tiny(cfg: PipelineConfig, work: Path) -> dict[str, int]:
 def run_prepare(cfg: PipelineConfig, ctx: TrackingContext) -> StageResult:
     def body(work: Path) -> dict:
         from alignflow.models import check_base_model
+        from alignflow.rl.rewards import check_rewards
 
         check_base_model(cfg.model)
+        check_rewards(cfg)  # here too: a flow started from the Prefect UI skips the CLI
         metrics = _build_tiny(cfg, work) if cfg.model.source == "tiny" else {}
         try:
             metrics |= _prepare_data(cfg, work)

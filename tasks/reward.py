@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -10,10 +11,21 @@ from prefect.cache_policies import NO_CACHE
 
 from alignflow import pipeline, tracking
 from alignflow.config import PipelineConfig
-from alignflow.store import StageResult, read_jsonl
+from alignflow.store import StageResult, read_jsonl, write_json_atomic
 from alignflow.tracking import TrackingContext
 from tasks.collect import PAIRS_FILE
 from tasks.sft import MODEL_DIR, loss_trend
+
+
+def member_dir(index: int) -> str:
+    """Folder of ensemble member `index` in the reward stage (member 0 is MODEL_DIR)."""
+    return MODEL_DIR if index == 0 else f"{MODEL_DIR}-{index}"
+
+
+def reward_model_dirs(reward: StageResult) -> list[str]:
+    """Every reward model the stage trained (reward.ensemble_size of them)."""
+    members = int(reward.metrics.get("ensemble_size", 1))
+    return [str(reward.path(member_dir(index))) for index in range(members)]
 
 
 def pair_accuracy(model, tokenizer, pairs: list[dict]) -> dict[str, float]:
@@ -35,51 +47,71 @@ def pair_accuracy(model, tokenizer, pairs: list[dict]) -> dict[str, float]:
     return accuracy
 
 
+MEMBER_METRICS = "member_metrics.json"
+
+
+def train_member(
+    cfg: PipelineConfig, sft_dir: str, train: list[dict], heldout: list[dict], seed: int, out: Path
+) -> dict:
+    """Train one reward model from the SFT checkpoint into `out`; returns its metrics."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    from alignflow.models import (
+        last_checkpoint,
+        load_scalar_head_model,
+        load_tokenizer,
+        trainer_kwargs,
+    )
+
+    trust = cfg.model.trust_remote_code
+    tokenizer = load_tokenizer(sft_dir, trust)
+    # From the SFT checkpoint: a fresh one-output head on the policy's own features.
+    model = load_scalar_head_model(sft_dir, trust, pad_token_id=tokenizer.pad_token_id)
+    checkpoints = out.parent / f"checkpoints-{out.name}"
+    trainer = RewardTrainer(
+        model=model,
+        args=RewardConfig(**trainer_kwargs(cfg.reward, checkpoints, seed)),
+        train_dataset=Dataset.from_list(train),
+        processing_class=tokenizer,
+        callbacks=[tracking.trainer_callback()],
+    )
+    # RewardTrainer drops pairs longer than max_length without a word: count them.
+    dropped = len(train) - len(trainer.train_dataset)
+    trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
+    accuracy = pair_accuracy(trainer.model.eval(), tokenizer, heldout)
+    metrics = {
+        "dropped_too_long": dropped,
+        **loss_trend(trainer.state.log_history),
+        **{f"accuracy_{family}": value for family, value in accuracy.items()},
+    }
+    trainer.model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    write_json_atomic(out / MEMBER_METRICS, metrics)  # last: marks the member complete
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return metrics
+
+
 def run_reward(
     cfg: PipelineConfig, ctx: TrackingContext, sft: StageResult, collected: StageResult
 ) -> StageResult:
     def body(work: Path) -> dict:
-        from datasets import Dataset
-        from trl import RewardConfig, RewardTrainer
-
-        from alignflow.models import (
-            last_checkpoint,
-            load_scalar_head_model,
-            load_tokenizer,
-            trainer_kwargs,
-        )
-
-        source, trust = str(sft.path(MODEL_DIR)), cfg.model.trust_remote_code
-        tokenizer = load_tokenizer(source, trust)
-        # From the SFT checkpoint: a fresh one-output head on the policy's own features.
-        model = load_scalar_head_model(source, trust, pad_token_id=tokenizer.pad_token_id)
         pairs = read_jsonl(collected.path(PAIRS_FILE))
         columns = ("prompt", "chosen", "rejected")
         train = [{k: p[k] for k in columns} for p in pairs if p["split"] == "train"]
         heldout = [p for p in pairs if p["split"] == "eval"]
-        checkpoints = work / "checkpoints"
-        args = RewardConfig(**trainer_kwargs(cfg.reward, checkpoints, cfg.run.seed))
-        trainer = RewardTrainer(
-            model=model,
-            args=args,
-            train_dataset=Dataset.from_list(train),
-            processing_class=tokenizer,
-            callbacks=[tracking.trainer_callback()],
-        )
-        # RewardTrainer drops pairs longer than max_length without a word: count them.
-        dropped = len(train) - len(trainer.train_dataset)
-        trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
-        trainer.model.save_pretrained(work / MODEL_DIR)
-        tokenizer.save_pretrained(work / MODEL_DIR)
-        shutil.rmtree(checkpoints, ignore_errors=True)
-        accuracy = pair_accuracy(trainer.model.eval(), tokenizer, heldout)
-        metrics = {
-            "train_pairs": len(train),
-            "eval_pairs": len(heldout),
-            "dropped_too_long": dropped,
-            **loss_trend(trainer.state.log_history),
-            **{f"accuracy_{family}": value for family, value in accuracy.items()},
-        }
+        metrics: dict = {"train_pairs": len(train), "eval_pairs": len(heldout)}
+        for index in range(cfg.reward.ensemble_size):
+            out = work / member_dir(index)
+            if (out / MEMBER_METRICS).exists():  # trained before a crash: keep it
+                member = json.loads((out / MEMBER_METRICS).read_text())
+            else:
+                # Members differ by seed (head init, data order): the usual cheap ensemble.
+                seed = cfg.run.seed + index
+                member = train_member(cfg, str(sft.path(MODEL_DIR)), train, heldout, seed, out)
+            prefix = "" if index == 0 else f"member_{index}_"
+            metrics.update({prefix + key: value for key, value in member.items()})
+        metrics["ensemble_size"] = cfg.reward.ensemble_size
         tracking.log_metrics(metrics)
         return metrics
 

@@ -5,6 +5,7 @@ Conventions follow DESIGN.md ("The PPO engine"). Shapes: `b` batch, `t` response
 and right-padded.
 """
 
+import math
 from typing import Literal
 
 import torch
@@ -298,3 +299,65 @@ class AdaptiveKLController:
 
     def load_state_dict(self, state: dict) -> None:
         self.value = float(state["value"])
+
+
+# ---- rewards -------------------------------------------------------------------------------------
+
+
+def combine_ensemble(scores: Tensor, how: str, std_coef: float = 1.0) -> Tensor:
+    """One score per sample from an ensemble's scores.
+
+    Args:
+        scores: (m, b) scores of m reward models for b samples.
+        how: "mean", "min", or "mean_minus_std" (mean - std_coef * std: a pessimistic score that
+            punishes samples the models disagree on, a guard against exploiting one model's errors).
+    Returns: (b,). The std is the population std (over m), so one model gives std 0.
+    """
+    if how == "mean":
+        return scores.mean(0)
+    if how == "min":
+        return scores.min(0).values
+    if how == "mean_minus_std":
+        return scores.mean(0) - std_coef * scores.std(0, unbiased=False)
+    raise ValueError(f"unknown ensemble combination {how!r}; expected mean, min or mean_minus_std")
+
+
+class RunningMoments:
+    """Running mean and std of every score seen so far (Chan et al.'s parallel update), used to
+    standardise rewards whose scale drifts as the policy improves."""
+
+    def __init__(self) -> None:
+        self.mean, self.var, self.count = 0.0, 1.0, 0
+
+    def update(self, values: Tensor) -> None:
+        """Fold a batch of scores (b,) into the moments."""
+        values = values.detach().double().flatten()
+        n = values.numel()
+        batch_mean, batch_var = values.mean().item(), values.var(unbiased=False).item()
+        total = self.count + n
+        delta = batch_mean - self.mean
+        if self.count == 0:
+            self.mean, self.var = batch_mean, batch_var
+        else:
+            # population variance of the union of both sets
+            m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
+            self.mean, self.var = self.mean + delta * n / total, m2 / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.var)
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
+
+
+def normalize_scores(
+    scores: Tensor, mean: float, std: float, clip: float | None, eps: float = 1e-8
+) -> Tensor:
+    """(scores - mean) / std, then clipped to [-clip, clip] when clip is set. (b,) -> (b,)."""
+    normalized = (scores - mean) / (std + eps)
+    return normalized if clip is None else normalized.clamp(-clip, clip)

@@ -1,16 +1,17 @@
 """The PPO rollout/update loop on top of transformers models.
 
-Per update: sample responses from the policy (HF `generate`, KV cache), score them with the reward
-model at the last token, penalise per-token KL to the frozen reference, estimate advantages with GAE,
-then run several epochs of clipped policy and value updates over minibatches. Every update logs the
-standard PPO metrics and the seconds spent generating vs. training. Checkpoints hold everything needed
-to resume exactly: weights, optimizer, KL controller, sampling RNG and the metric history.
+Per update: sample responses from the policy (HF `generate`, KV cache), score them (reward-model
+ensemble at the EOS token, rule rewards, length penalty: alignflow.rl.rewards), optionally normalise
+and clip the scores, penalise per-token KL to the frozen reference, estimate advantages with GAE, then
+run several epochs of clipped policy and value updates over minibatches. Every update logs the standard
+PPO metrics and the seconds spent generating vs. training. Checkpoints hold everything needed to resume
+exactly: weights, optimizer, LR schedule, KL controller, reward moments, RNG states and the history.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from alignflow.config import PPOConfig
+from alignflow.config import PPOConfig, RewardsConfig
 from alignflow.rl import functional as F
-from alignflow.rl.rollout import response_logprobs, sample_with_logprobs, token_scores
+from alignflow.rl.rewards import Rewarder
+from alignflow.rl.rollout import decode, response_logprobs, sample_with_logprobs, token_scores
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
@@ -45,6 +47,27 @@ class NonFiniteError(RuntimeError):
     pass
 
 
+def sampling_warning(cfg: PPOConfig) -> str | None:
+    """Why the sampling settings bias the KL estimate and the PPO ratio, or None when they don't.
+
+    Log-probs are computed from the full (temperature-scaled) distribution; top-k/top-p sample
+    from a truncated one, so sampled tokens are not draws from the policy being scored.
+    """
+    sampling = cfg.sampling
+    if sampling.top_k == 0 and sampling.top_p == 1.0:
+        return None
+    return (
+        f"ppo.sampling top_k={sampling.top_k} top_p={sampling.top_p} samples from a truncated "
+        "distribution, not the policy's: the KL estimate and the PPO ratio are biased. "
+        "Use top_k: 0 and top_p: 1.0 for PPO."
+    )
+
+
+def _as_rows(prompts: Sequence) -> list[dict]:
+    """Prompt rows ({"prompt": messages, other columns}) from rows or bare message lists."""
+    return [p if isinstance(p, dict) else {"prompt": p} for p in prompts]
+
+
 class PPOTrainer:
     def __init__(
         self,
@@ -54,20 +77,27 @@ class PPOTrainer:
         reward_model,
         value_model,
         tokenizer,
-        prompts: Sequence[list[dict]],
+        prompts: Sequence[list[dict] | dict],
         seed: int,
         output_dir: Path,
         log_metrics: Callable[[dict, int], None] = lambda metrics, step: None,
+        log_samples: Callable[[list[dict], int], None] = lambda rows, step: None,
     ) -> None:
-        self.cfg, self.tokenizer, self.prompts = cfg, tokenizer, list(prompts)
-        self.policy, self.reference, self.reward_model, self.value_model = (
+        """`reward_model`: a Rewarder, or one scalar-head model (scored alone, weight 1).
+        `prompts`: prompt rows with a "prompt" message list (other columns go to rule rewards),
+        or bare message lists."""
+        self.cfg, self.tokenizer, self.prompts = cfg, tokenizer, _as_rows(prompts)
+        if not isinstance(reward_model, Rewarder):
+            reward_model = Rewarder(RewardsConfig(), tokenizer, [reward_model])
+        self.policy, self.reference, self.rewarder, self.value_model = (
             policy,
             reference,
             reward_model,
             value_model,
         )
-        for frozen in (reference, reward_model):
-            frozen.eval().requires_grad_(False)
+        reference.eval().requires_grad_(False)
+        if warning := sampling_warning(cfg):
+            log.warning(warning)
         policy.eval()  # no dropout: the rollout and update distributions must match
         value_model.eval()
         self.optimizer = torch.optim.AdamW(
@@ -83,20 +113,26 @@ class PPOTrainer:
             ],  # fmt: skip
             eps=1e-5,
         )
+        # linear: the learning rate falls to 0 at the last update (stepped once per update)
+        decay = (lambda u: max(0.0, 1 - u / cfg.updates)) if cfg.lr_schedule == "linear" else None
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, decay or (lambda u: 1.0))
+        self.reward_moments = F.RunningMoments()
         self.kl_ctl = (
             F.AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon)
             if cfg.kl.adaptive
             else F.FixedKLController(cfg.kl.coef)
         )
-        self.seed, self.output_dir, self.log_metrics = seed, Path(output_dir), log_metrics
+        self.seed, self.output_dir = seed, Path(output_dir)
+        self.log_metrics, self.log_samples = log_metrics, log_samples
         self.eos_id = tokenizer.eos_token_id
         self.update_index = 0
         self.resumed_from: int | None = None
+        self.stopped_early: str | None = None  # why training stopped before cfg.updates
         self.history: list[dict] = []
 
     # ---- experience -------------------------------------------------------------------------
 
-    def _prompt_batch(self, update: int) -> list[list[dict]]:
+    def _prompt_batch(self, update: int) -> list[dict]:
         """Prompts for an update: an epoch-wise shuffle, reproducible from (seed, update)."""
         n, size = len(self.prompts), self.cfg.rollout_batch_size
         start = update * size
@@ -105,22 +141,63 @@ class PPOTrainer:
         picks = [(start + i) % n for i in range(size)]
         return [self.prompts[order[i]] for i in picks]
 
+    def _scores(self, sampled, rows: list[dict]) -> tuple[Tensor, dict[str, float], list[str]]:
+        """Scores (b,) after the missing-EOS penalty, normalisation and clipping; their stats;
+        and the completions as text."""
+        cfg, mask, q = self.cfg, sampled.mask, sampled.query_len
+        last = F.last_token_index(mask)
+        index = torch.arange(mask.shape[0], device=mask.device)
+        has_eos = (sampled.response[index, last] == self.eos_id) & (mask.sum(-1) > 0)
+        completions = decode(self.tokenizer, sampled.response, mask)
+        model_scores = None
+        if self.rewarder.models:
+            model_scores = self.rewarder.model_scores(
+                sampled.sequence, sampled.attention_mask, q + last
+            )
+        prompts = [row["prompt"] for row in rows]
+        total, components = self.rewarder.combine(
+            model_scores, prompts, completions, rows, mask.sum(-1)
+        )
+        scores = total.to(mask.device)
+        if not torch.isfinite(scores).all():
+            raise NonFiniteError(
+                f"reward is not finite at update {self.update_index} "
+                f"({', '.join(k for k, v in components.items() if not torch.isfinite(v).all())})"
+            )
+        stats = {f"reward/{k}": v.mean().item() for k, v in components.items()}
+        stats["eos_rate"] = has_eos.float().mean().item()
+        if cfg.missing_eos_score is not None:
+            scores = torch.where(has_eos, scores, torch.full_like(scores, cfg.missing_eos_score))
+        stats["reward"] = scores.mean().item()
+        if cfg.reward_normalization:
+            self.reward_moments.update(scores)
+            mean, std = self.reward_moments.mean, self.reward_moments.std
+            scores = F.normalize_scores(scores, mean, std, cfg.reward_clip)
+        elif cfg.reward_clip is not None:
+            scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
+        stats["reward_used"] = scores.mean().item()
+        return scores, stats, completions
+
     @torch.no_grad()
-    def rollout(self, prompts: list[list[dict]], update: int) -> tuple[Rollout, dict]:
+    def rollout(self, rows: list[dict], update: int) -> tuple[Rollout, dict]:
         cfg = self.cfg
         torch.manual_seed(self.seed * 100_003 + update)  # sampling is a function of (seed, update)
-        sampled = sample_with_logprobs(
-            self.policy, self.reference, self.tokenizer, prompts, cfg.sampling
-        )
+        prompts = [row["prompt"] for row in rows]
+        try:
+            sampled = sample_with_logprobs(
+                self.policy, self.reference, self.tokenizer, prompts, cfg.sampling
+            )
+        except RuntimeError as error:  # torch.multinomial on NaN/inf probabilities
+            if "probability tensor" not in str(error):
+                raise
+            raise NonFiniteError(
+                f"policy is not finite at update {update}: sampling saw NaN/inf probabilities "
+                "(a diverged update; lower ppo.learning_rate or resume from an earlier checkpoint)"
+            ) from error
         sequence, attention, q = sampled.sequence, sampled.attention_mask, sampled.query_len
         mask, logprobs, ref_logprobs = sampled.mask, sampled.logprobs, sampled.ref_logprobs
         values = token_scores(self.value_model, sequence, attention)[:, q - 1 : -1]
-        last = F.last_token_index(mask)
-        rows = torch.arange(len(prompts), device=sequence.device)
-        scores = token_scores(self.reward_model, sequence, attention)[:, q:][rows, last]
-        has_eos = (sampled.response[rows, last] == self.eos_id) & (mask.sum(-1) > 0)
-        if cfg.missing_eos_score is not None:
-            scores = torch.where(has_eos, scores, torch.full_like(scores, cfg.missing_eos_score))
+        scores, score_stats, completions = self._scores(sampled, rows)
 
         maskf = mask.float()
         logprobs, ref_logprobs, values = logprobs * maskf, ref_logprobs * maskf, values * maskf
@@ -133,16 +210,37 @@ class PPOTrainer:
             advantages = F.masked_whiten(advantages, maskf)
         kl_k1_seq = ((logprobs - ref_logprobs) * maskf).sum(-1)
         stats = {
-            "reward": scores.mean().item(),
+            **score_stats,
             "rlhf_reward": rewards.sum(-1).mean().item(),
             "kl": kl_k1_seq.mean().item(),
+            # the configured estimator's value (the KL that is penalised), per sequence
+            "kl_estimate": kl.sum(-1).mean().item(),
             "kl_per_token": (kl_k1_seq.sum() / maskf.sum().clamp(min=1)).item(),
             "kl_coef": self.kl_ctl.value,
             "response_length": maskf.sum(-1).mean().item(),
-            "eos_rate": has_eos.float().mean().item(),
         }
+        if cfg.log_samples_every and update % cfg.log_samples_every == 0:
+            self._log_sample_table(rows, completions, scores, kl_k1_seq, update)
         batch = Rollout(sequence, attention, q, mask, logprobs, values, advantages, returns)
         return batch, stats
+
+    def _log_sample_table(self, rows, completions, scores, kl, update: int) -> None:
+        n = self.cfg.samples_logged
+        self.log_samples(
+            [
+                {
+                    "update": update,
+                    "prompt": row["prompt"][-1]["content"],
+                    "completion": completion,
+                    "score": round(score, 4),
+                    "kl": round(k, 4),
+                }
+                for row, completion, score, k in zip(
+                    rows[:n], completions[:n], scores[:n].tolist(), kl[:n].tolist(), strict=True
+                )
+            ],
+            update,
+        )
 
     # ---- optimisation -----------------------------------------------------------------------
 
@@ -169,7 +267,12 @@ class PPOTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            raise NonFiniteError(
+                f"PPO gradient norm is {grad_norm.item()} at update {self.update_index}; "
+                "lower ppo.learning_rate"
+            )
         self.optimizer.step()
         return {
             "policy_loss": pg_loss.item(),
@@ -200,8 +303,8 @@ class PPOTrainer:
         generated = time.perf_counter()
         stats.update(self.optimise(batch, update))
         trained = time.perf_counter()
-        if not math.isfinite(stats["reward"]):
-            raise NonFiniteError(f"reward is {stats['reward']} at update {update}")
+        stats["learning_rate"] = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
         self.kl_ctl.update(stats["kl"], self.cfg.rollout_batch_size)
         stats.update(generation_seconds=generated - started, training_seconds=trained - generated)
         self.update_index += 1
@@ -214,10 +317,16 @@ class PPOTrainer:
 
         self.resume()
         bar = tqdm(total=self.cfg.updates, initial=self.update_index, desc="ppo", leave=False)
-        while self.update_index < self.cfg.updates:
+        while self.update_index < self.cfg.updates and self.stopped_early is None:
             stats = self.step()
             bar.update(1)
             bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{stats['kl']:.2f}")
+            if self.cfg.kl_stop is not None and stats["kl"] > self.cfg.kl_stop:
+                self.stopped_early = (
+                    f"KL {stats['kl']:.3f} nats/sequence exceeded ppo.kl_stop "
+                    f"{self.cfg.kl_stop} at update {self.update_index - 1}"
+                )
+                log.warning("stopping PPO early: %s", self.stopped_early)
             if self.update_index % self.cfg.checkpoint_every == 0:
                 self.save_checkpoint()
         bar.close()
@@ -236,7 +345,11 @@ class PPOTrainer:
             {
                 "update_index": self.update_index,
                 "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
                 "kl_controller": self.kl_ctl.state_dict(),
+                "reward_moments": self.reward_moments.state_dict(),
+                "stopped_early": self.stopped_early,
+                "rng": _rng_state(),
                 "history": self.history,
             },
             tmp / "trainer_state.pt",
@@ -256,11 +369,40 @@ class PPOTrainer:
         _load_weights(self.value_model, latest / "value")
         state = torch.load(latest / "trainer_state.pt", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
         self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.reward_moments.load_state_dict(state["reward_moments"])
+        _set_rng_state(state["rng"])
         self.update_index, self.history = state["update_index"], state["history"]
+        self.stopped_early = state["stopped_early"]
         self.resumed_from = self.update_index
         log.info("resumed PPO from %s (update %d)", latest, self.update_index)
         return True
+
+
+def _rng_state() -> dict:
+    """Every global RNG a step may touch. Sampling and minibatch order are also reseeded from
+    (seed, update), so this guards code paths (dropout, user rule rewards) that are not."""
+    import numpy as np
+
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _load_weights(model, directory: Path) -> None:

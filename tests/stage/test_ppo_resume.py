@@ -3,43 +3,43 @@ uninterrupted run with the same seed ends."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import pytest
 import torch
 
-from alignflow.models import load_causal_lm, load_scalar_head_model, load_tokenizer
 from alignflow.rl.trainer import PPOTrainer
+from tests.stage.ppo_setup import make_trainer, micro_models
 
 TIMING_KEYS = {"generation_seconds", "training_seconds"}
 
 
-def _trainer(pipeline_runs, output_dir: Path, updates: int) -> PPOTrainer:
-    stages = pipeline_runs.first["stages"]
-    sft_dir = str(Path(stages["sft"]["output"]) / "model")
-    rm_dir = str(Path(stages["reward"]["output"]) / "model")
-    prompts_file = Path(stages["prepare"]["output"]) / "rl_prompts.jsonl"
-    prompts = [json.loads(line)["prompt"] for line in prompts_file.read_text().splitlines()]
-    tokenizer = load_tokenizer(sft_dir)
-    ppo_cfg = pipeline_runs.cfg.ppo.model_copy(
-        update={
-            "updates": updates,
-            "checkpoint_every": 2,
-            "rollout_batch_size": 8,
-            "minibatch_size": 4,
-            "ppo_epochs": 2,
-        }  # fmt: skip
-    )
-    return PPOTrainer(
-        ppo_cfg,
-        policy=load_causal_lm(sft_dir),
-        reference=load_causal_lm(sft_dir),
-        reward_model=load_scalar_head_model(rm_dir, pad_token_id=tokenizer.pad_token_id),
-        value_model=load_scalar_head_model(rm_dir, pad_token_id=tokenizer.pad_token_id),
-        tokenizer=tokenizer,
-        prompts=prompts,
-        seed=3,
-        output_dir=output_dir,
+class Crash(Exception):
+    """Stands in for a killed process: raised from the metrics callback after an update."""
+
+
+def _crash_after(updates: int):
+    def log_metrics(metrics: dict, step: int) -> None:
+        if step + 1 == updates:
+            raise Crash
+
+    return log_metrics
+
+
+def _trainer(pipeline_runs, output_dir: Path, updates: int, log_metrics=None) -> PPOTrainer:
+    extra = {"log_metrics": log_metrics} if log_metrics else {}
+    return make_trainer(
+        micro_models(pipeline_runs),
+        output_dir,
+        updates=updates,
+        # Every piece of state a resume must restore: LR schedule, reward moments, KL coef.
+        lr_schedule="linear",
+        reward_normalization=True,
+        reward_clip=2.0,
+        kl=pipeline_runs.cfg.ppo.kl.model_copy(
+            update={"adaptive": True, "target": 0.01, "horizon": 64}
+        ),
+        **extra,
     )
 
 
@@ -52,8 +52,9 @@ def test_ppo_resumed_from_checkpoint_matches_an_uninterrupted_run(pipeline_runs,
     straight.train()
 
     # Crash after update 3: its last checkpoint is update 2, so update 3 is lost and redone.
-    crashed = _trainer(pipeline_runs, tmp_path / "resumed", updates=3)
-    crashed.train()
+    crashed = _trainer(pipeline_runs, tmp_path / "resumed", updates=4, log_metrics=_crash_after(3))
+    with pytest.raises(Crash):
+        crashed.train()
     assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == [
         "update-000002"
     ]
@@ -69,4 +70,7 @@ def test_ppo_resumed_from_checkpoint_matches_an_uninterrupted_run(pipeline_runs,
             assert abs(got[key] - want[key]) <= 1e-5 * max(1.0, abs(want[key])), key
     for name, weight in straight.policy.state_dict().items():
         torch.testing.assert_close(resumed.policy.state_dict()[name], weight, rtol=1e-5, atol=1e-6)
-    assert resumed.kl_ctl.value == straight.kl_ctl.value
+    assert resumed.resumed_from == 2
+    assert resumed.kl_ctl.value == straight.kl_ctl.value != pipeline_runs.cfg.ppo.kl.coef
+    assert resumed.reward_moments.state_dict() == straight.reward_moments.state_dict()
+    assert resumed.scheduler.get_last_lr() == straight.scheduler.get_last_lr()

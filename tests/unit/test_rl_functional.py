@@ -9,6 +9,8 @@ from torch.testing import assert_close
 from alignflow.rl.functional import (
     AdaptiveKLController,
     FixedKLController,
+    RunningMoments,
+    combine_ensemble,
     entropy_from_logits,
     gae_advantages,
     kl_per_token,
@@ -17,6 +19,7 @@ from alignflow.rl.functional import (
     masked_mean,
     masked_var,
     masked_whiten,
+    normalize_scores,
     penalized_rewards,
     policy_loss,
     value_loss,
@@ -315,3 +318,39 @@ def test_kl_controllers_state_dict_round_trip_restores_value() -> None:
 def test_adaptive_kl_controller_rejects_non_positive_target() -> None:
     with pytest.raises(ValueError, match="target"):
         AdaptiveKLController(init_kl_coef=0.1, target=0.0, horizon=10_000)
+
+
+# --- rewards: ensembles, running moments, normalisation ----------------------------------------
+
+
+def test_combine_ensemble_mean_min_and_pessimistic_mean() -> None:
+    # two models, three samples; columns: (1, 3), (2, 2), (0, -4)
+    scores = rows([1.0, 2.0, 0.0], [3.0, 2.0, -4.0])
+    assert_close(combine_ensemble(scores, "mean"), torch.tensor([2.0, 2.0, -2.0]))
+    assert_close(combine_ensemble(scores, "min"), torch.tensor([1.0, 2.0, -4.0]))
+    # population std: |3 - 1| / 2 = 1, 0, |0 + 4| / 2 = 2; mean - 0.5 * std
+    assert_close(
+        combine_ensemble(scores, "mean_minus_std", std_coef=0.5), torch.tensor([1.5, 2.0, -3.0])
+    )
+    with pytest.raises(ValueError, match="unknown ensemble combination 'max'"):
+        combine_ensemble(scores, "max")
+
+
+def test_running_moments_over_two_batches_equal_the_moments_of_all_values() -> None:
+    moments = RunningMoments()
+    moments.update(torch.tensor([1.0, 3.0]))  # mean 2, population var 1
+    assert (moments.mean, moments.var, moments.count) == (2.0, 1.0, 2)
+    moments.update(torch.tensor([5.0, 7.0]))
+    # all four: mean 4, var ((9 + 1 + 1 + 9) / 4) = 5
+    assert moments.count == 4
+    assert math.isclose(moments.mean, 4.0) and math.isclose(moments.var, 5.0)
+    restored = RunningMoments()
+    restored.load_state_dict(moments.state_dict())
+    assert math.isclose(restored.std, math.sqrt(5.0))
+
+
+def test_normalize_scores_standardises_then_clips() -> None:
+    scores = torch.tensor([4.0, 6.0, 14.0])
+    # (s - 6) / 2 = -1, 0, 4; clip at 3
+    assert_close(normalize_scores(scores, 6.0, 2.0, None), torch.tensor([-1.0, 0.0, 4.0]))
+    assert_close(normalize_scores(scores, 6.0, 2.0, 3.0), torch.tensor([-1.0, 0.0, 3.0]))
