@@ -255,10 +255,23 @@ class PPOConfig(_Section):
     kl_stop: float | None = Field(None, gt=0)
     lr_schedule: Literal["constant", "linear"] = "constant"  # linear: decays to 0 at `updates`
     sampling: SamplingConfig = SamplingConfig()
+    # LoRA PPO: policy and reference share one base (the reference is the base with the adapter
+    # off); the critic trains its own adapter. quantization 4bit + lora = QLoRA (bitsandbytes).
+    lora: LoraConfig | None = None
+    quantization: Literal["none", "8bit", "4bit"] = "none"
     checkpoint_every: int = Field(10, gt=0)
     # Every N updates, a table of prompts, completions and rewards goes to MLflow (0: never).
     log_samples_every: int = Field(10, ge=0)
     samples_logged: int = Field(8, gt=0)
+
+    @model_validator(mode="after")
+    def _quantized_needs_lora(self) -> PPOConfig:
+        if self.quantization != "none" and self.lora is None:
+            raise ValueError(
+                f"ppo.quantization '{self.quantization}' trains LoRA adapters on a frozen "
+                "quantized base: set ppo.lora (e.g. {r: 8})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _minibatch_divides_rollout(self) -> PPOConfig:
@@ -270,10 +283,128 @@ class PPOConfig(_Section):
         return self
 
 
-class PolicyConfig(_Section):
-    """Which algorithm turns the SFT model into the aligned policy."""
+class PolicyTrainingConfig(_Section):
+    """What every TRL-trained policy algorithm shares (read by models.trainer_kwargs). Defaults
+    suit the tiny demo model; pretrained models want learning rates near 1e-6 to 1e-5."""
 
-    algorithm: Literal["ppo"] = "ppo"
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
+    batch_size: int = Field(16, gt=0)
+    max_length: int = Field(128, gt=0)
+    warmup_ratio: float = 0.05
+    save_steps: int = Field(100, gt=0)
+    lora: LoraConfig | None = None  # merged into the saved policy
+
+
+# The loss types of TRL 1.16's DPOTrainer and GRPOTrainer.
+DPOLoss = Literal[
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+]  # fmt: skip
+GRPOLoss = Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "vespo", "luspo"]
+
+
+class DPOConfig(PolicyTrainingConfig):
+    """Direct preference optimisation (TRL DPOTrainer) on the collected pairs."""
+
+    beta: float = Field(0.1, gt=0)  # ipo: the regulariser tau
+    loss_type: DPOLoss = "sigmoid"
+    # robust: the probability that a label is flipped; exo_pair: epsilon (1e-3 in the EXO paper).
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _exo_needs_smoothing(self) -> DPOConfig:
+        if self.loss_type == "exo_pair" and self.label_smoothing == 0:
+            raise ValueError("loss_type 'exo_pair' needs label_smoothing > 0 (e.g. 1e-3)")
+        return self
+
+
+class KTOConfig(PolicyTrainingConfig):
+    """KTO (TRL KTOTrainer) on unpaired rows built from the pairs: chosen desirable, rejected not."""
+
+    beta: float = Field(0.1, gt=0)
+    loss_type: Literal["kto", "apo_zero_unpaired"] = "kto"
+    # Scale one side when desirable and undesirable rows are unbalanced (the paper keeps
+    # desirable_weight * n_desirable / (undesirable_weight * n_undesirable) in [1, 4/3]).
+    desirable_weight: float = Field(1.0, gt=0)
+    undesirable_weight: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _kl_needs_a_batch(self) -> KTOConfig:
+        # KTO estimates its KL term from mismatched completions within a batch.
+        if self.loss_type == "kto" and self.batch_size < 2:
+            raise ValueError("batch_size must be at least 2 for loss_type 'kto'")
+        return self
+
+
+class ORPOConfig(PolicyTrainingConfig):
+    """ORPO (TRL experimental ORPOTrainer): SFT on chosen plus an odds-ratio penalty, no reference."""
+
+    beta: float = Field(0.1, gt=0)  # lambda in the paper: weight of the odds-ratio term
+
+
+class OnlineRLConfig(_Section):
+    """RLOO and GRPO: sample `num_generations` completions per prompt from the policy, score them
+    with `rewards`, and update on advantages relative to the prompt's other completions."""
+
+    steps: int = Field(100, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)  # tiny demo model; pretrained ones want ~1e-6
+    # Completions per step (batch_size / num_generations prompts).
+    batch_size: int = Field(32, gt=0)
+    num_generations: int = Field(4, ge=2)
+    beta: float = Field(0.05, ge=0)  # KL coefficient towards the SFT model; 0 loads no reference
+    sampling: SamplingConfig = SamplingConfig()
+    warmup_ratio: float = 0.0
+    save_steps: int = Field(100, gt=0)
+    lora: LoraConfig | None = None
+
+    @model_validator(mode="after")
+    def _whole_groups(self) -> OnlineRLConfig:
+        if self.batch_size % self.num_generations:
+            raise ValueError(
+                f"num_generations ({self.num_generations}) must divide batch_size ({self.batch_size})"
+            )
+        return self
+
+
+class RLOOConfig(OnlineRLConfig):
+    """REINFORCE leave-one-out (TRL RLOOTrainer)."""
+
+    normalize_advantages: bool = False
+
+
+class GRPOConfig(OnlineRLConfig):
+    """Group relative policy optimisation (TRL GRPOTrainer)."""
+
+    beta: float = Field(0.04, ge=0)
+    loss_type: GRPOLoss = "dapo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"  # std used to scale advantages
+
+
+class RFTConfig(PolicyTrainingConfig):
+    """Rejection-sampling fine-tuning: sample `samples_per_prompt` completions per RL prompt from
+    the SFT model, keep the best by reward, then SFT (TRL SFTTrainer) on the kept ones."""
+
+    epochs: float = Field(3.0, gt=0)
+    learning_rate: float = Field(5e-4, gt=0)
+    samples_per_prompt: int = Field(4, ge=2)
+    # Of the per-prompt winners, the best fraction by reward is kept (1: one per prompt).
+    keep_fraction: float = Field(1.0, gt=0, le=1)
+    sampling: SamplingConfig = SamplingConfig()
+    generation_batch_size: int = Field(64, gt=0)
+
+
+class PolicyConfig(_Section):
+    """Which algorithm turns the SFT model into the aligned policy; each has its own section
+    (PPO's is the top-level `ppo`)."""
+
+    algorithm: Literal["ppo", "dpo", "kto", "orpo", "rloo", "grpo", "rft"] = "ppo"
+    dpo: DPOConfig = DPOConfig()
+    kto: KTOConfig = KTOConfig()
+    orpo: ORPOConfig = ORPOConfig()
+    rloo: RLOOConfig = RLOOConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    rft: RFTConfig = RFTConfig()
 
 
 class EvaluateConfig(_Section):

@@ -1,0 +1,55 @@
+"""Alignment algorithms other than PPO, chosen by `policy.algorithm`: offline preference
+optimisation on the collected pairs (dpo, kto, orpo), online RL with our rewards (rloo, grpo), and
+rejection-sampling fine-tuning (rft). Each trains from the SFT model and saves the policy and its
+tokenizer to `work / POLICY_DIR`.
+
+Heavy imports (torch, transformers, trl) happen inside the algorithm modules, loaded on dispatch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from alignflow.config import PipelineConfig
+
+POLICY_DIR = "policy"
+
+# algorithm -> "module:function" inside this package, each `(cfg, inputs, work) -> metrics`.
+TRAINERS = {
+    "dpo": "preference:train_dpo",
+    "kto": "preference:train_kto",
+    "orpo": "preference:train_orpo",
+    "rloo": "online:train_rloo",
+    "grpo": "online:train_grpo",
+    "rft": "rft:train_rft",
+}
+
+
+@dataclass
+class PolicyInputs:
+    """What the upstream stages hand an algorithm, as paths and rows (never live models)."""
+
+    sft_dir: str  # SFT model + tokenizer: the starting point and the reference
+    reward_dirs: list[str] = field(default_factory=list)  # one-output sequence-classification heads
+    pairs: list[dict] = field(default_factory=list)  # collect's pairs.jsonl rows (with `split`)
+    rl_prompts: list[dict] = field(default_factory=list)  # prepare's rl_prompts.jsonl rows
+
+
+def train(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[str, float]:
+    """Train the policy `cfg.policy.algorithm` names into `work / POLICY_DIR`; returns summary
+    metrics. Per-step metrics go to the active MLflow run, so call it inside
+    `tracking.stage_run` (as `pipeline.run_stage` does). A crashed run called again with the same
+    `work` resumes from its last checkpoint."""
+    algorithm = cfg.policy.algorithm
+    if algorithm not in TRAINERS:
+        raise ValueError(
+            f"policy.algorithm '{algorithm}' is not trained by alignflow.algorithms; "
+            f"choose one of {', '.join(TRAINERS)} (ppo runs in alignflow.rl)"
+        )
+    module_name, _, function = TRAINERS[algorithm].partition(":")
+    module = importlib.import_module(f"{__name__}.{module_name}")
+    return getattr(module, function)(cfg, inputs, Path(work))

@@ -1,0 +1,146 @@
+"""What the algorithm modules share: TrainingArguments from a config section, running a TRL trainer
+(resumable, tracked), saving the policy, and log-probs of given completions."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch import Tensor
+
+from alignflow import tracking
+from alignflow.algorithms import POLICY_DIR
+from alignflow.config import OnlineRLConfig, PipelineConfig, PolicyTrainingConfig
+from alignflow.models import (
+    last_checkpoint,
+    load_causal_lm,
+    load_tokenizer,
+    peft_lora_config,
+    trainer_kwargs,
+)
+from alignflow.rl.rollout import encode_prompts, response_logprobs
+
+CHECKPOINTS = "checkpoints"
+
+
+def load_sft(cfg: PipelineConfig, sft_dir: str, device: str | None = None):
+    """The SFT model and its tokenizer: every algorithm's starting point. Returns (model, tokenizer)."""
+    trust = cfg.model.trust_remote_code
+    tokenizer = load_tokenizer(sft_dir, trust)
+    return load_causal_lm(sft_dir, trust, device, tokenizer=tokenizer), tokenizer
+
+
+def training_args(cfg: PipelineConfig, section: PolicyTrainingConfig, work: Path) -> dict:
+    """TrainingArguments for a TRL trainer from an epoch-based section."""
+    return {
+        **trainer_kwargs(section, work / CHECKPOINTS, cfg.run.seed),
+        "trust_remote_code": cfg.model.trust_remote_code,
+    }
+
+
+def online_training_args(cfg: PipelineConfig, section: OnlineRLConfig, work: Path) -> dict:
+    """TrainingArguments for RLOO/GRPO: `steps` updates rather than epochs over data, and no
+    max_length (completions are capped by sampling.max_new_tokens)."""
+    shared = SimpleNamespace(
+        epochs=1.0,  # max_steps below takes precedence
+        batch_size=section.batch_size,
+        learning_rate=section.learning_rate,
+        warmup_ratio=section.warmup_ratio,
+        max_length=None,
+        save_steps=section.save_steps,
+    )
+    args = trainer_kwargs(shared, work / CHECKPOINTS, cfg.run.seed)
+    del args["max_length"]
+    sampling = section.sampling
+    return {
+        **args,
+        "max_steps": section.steps,
+        "logging_steps": 1,  # one step is one batch of rollouts: the reward curve is the point
+        "trust_remote_code": cfg.model.trust_remote_code,
+        "num_generations": section.num_generations,
+        "beta": section.beta,
+        "max_completion_length": sampling.max_new_tokens,
+        "temperature": sampling.temperature,
+        "top_k": sampling.top_k,
+        "top_p": sampling.top_p,
+    }
+
+
+def lora(section) -> object | None:
+    return peft_lora_config(section.lora, "CAUSAL_LM")
+
+
+def fit(trainer, work: Path) -> dict[str, float]:
+    """Train (resuming from the last checkpoint in `work`, if a crash left one), logging every
+    logged step to the active MLflow run. Returns the mean training loss, and the first and last
+    logged ones."""
+    trainer.add_callback(tracking.trainer_callback())
+    output = trainer.train(resume_from_checkpoint=last_checkpoint(work / CHECKPOINTS))
+    return {"train_loss": output.training_loss, **first_and_last(trainer.state.log_history, "loss")}
+
+
+def first_and_last(log_history: list[dict], key: str) -> dict[str, float]:
+    values = [entry[key] for entry in log_history if key in entry]
+    return {f"first_{key}": values[0], f"final_{key}": values[-1]} if values else {}
+
+
+def save_policy(model, tokenizer, work: Path):
+    """Save the trained policy (LoRA merged, so later stages load a plain model) and its tokenizer;
+    the checkpoints are no longer needed once it is saved. Returns the plain model, in eval mode."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(work / POLICY_DIR)
+    tokenizer.save_pretrained(work / POLICY_DIR)
+    shutil.rmtree(work / CHECKPOINTS, ignore_errors=True)
+    return model.eval()
+
+
+@torch.no_grad()
+def completion_logprobs(
+    model,
+    tokenizer,
+    prompts: Sequence[list[dict]],
+    completions: Sequence[str],
+    batch_size: int = 32,
+) -> Tensor:
+    """Summed log-prob of each completion (its tokens, then EOS) after its chat prompt. Returns (n,).
+
+    Tokenized as the rollouts are (alignflow.rl.rollout): the prompt with the generation prompt,
+    left-padded, then the completion's own tokens.
+    """
+    model.eval()
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    totals = []
+    for start in range(0, len(prompts), batch_size):
+        query, query_mask = encode_prompts(
+            tokenizer, prompts[start : start + batch_size], model.device
+        )
+        responses = [
+            tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
+            for text in completions[start : start + batch_size]
+        ]
+        width = max(len(ids) for ids in responses)
+        response = torch.tensor([ids + [pad] * (width - len(ids)) for ids in responses])
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in responses])
+        sequence = torch.cat([query, response.to(model.device)], dim=1)
+        attention = torch.cat([query_mask, mask.to(model.device)], dim=1)
+        logprobs, _ = response_logprobs(
+            model, sequence, attention, query.shape[1], 1.0, with_entropy=False
+        )
+        totals.append((logprobs * mask.to(logprobs.device)).sum(-1).float().cpu())
+    return torch.cat(totals)
+
+
+def preference_margins(model, tokenizer, pairs: Sequence[dict]) -> Tensor:
+    """log π(chosen) − log π(rejected) for each pair (one-message chosen/rejected). Returns (n,)."""
+    prompts = [pair["prompt"] for pair in pairs]
+    chosen = completion_logprobs(
+        model, tokenizer, prompts, [p["chosen"][-1]["content"] for p in pairs]
+    )
+    rejected = completion_logprobs(
+        model, tokenizer, prompts, [p["rejected"][-1]["content"] for p in pairs]
+    )
+    return chosen - rejected

@@ -1,0 +1,144 @@
+"""Offline preference optimisation on the collect stage's pairs: DPO and KTO (TRL), ORPO (TRL
+experimental). Each trains on the `train` pairs and reports, on the held-out `eval` pairs, how much
+more the policy prefers the chosen response than the SFT model does."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from alignflow.algorithms import PolicyInputs
+from alignflow.algorithms.common import (
+    fit,
+    load_sft,
+    lora,
+    preference_margins,
+    save_policy,
+    training_args,
+)
+from alignflow.config import PipelineConfig
+
+PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+def pair_rows(pairs: list[dict], split: str) -> list[dict]:
+    """The pairs of one split, with only the columns the trainers read."""
+    return [{k: pair[k] for k in PAIR_COLUMNS} for pair in pairs if pair["split"] == split]
+
+
+def unpaired_rows(pairs: list[dict]) -> list[dict]:
+    """KTO rows `{prompt, completion, label}` from pairs: chosen is desirable, rejected is not.
+
+    A ranking of K candidates yields up to K(K-1)/2 pairs, so one completion can be chosen in some
+    pairs and rejected in others; each distinct (prompt, completion) appears once, labelled by its
+    net wins, and completions that win as often as they lose are left out.
+    """
+    net_wins: dict[tuple[str, str], int] = defaultdict(int)
+    originals: dict[tuple[str, str], tuple[list, list]] = {}
+    for pair in pairs:
+        for side, sign in (("chosen", 1), ("rejected", -1)):
+            key = (repr(pair["prompt"]), pair[side][-1]["content"])
+            net_wins[key] += sign
+            originals.setdefault(key, (pair["prompt"], pair[side]))
+    return [
+        {"prompt": originals[key][0], "completion": originals[key][1], "label": wins > 0}
+        for key, wins in net_wins.items()
+        if wins != 0
+    ]
+
+
+def margin_metrics(cfg: PipelineConfig, policy, inputs: PolicyInputs) -> dict[str, float]:
+    """Held-out preference margins (log π(chosen) − log π(rejected)) of the policy and of the SFT
+    model, and the fraction of pairs each ranks the right way round."""
+    heldout = pair_rows(inputs.pairs, "eval")
+    if not heldout:
+        return {}
+    reference, tokenizer = load_sft(cfg, inputs.sft_dir, policy.device)
+    metrics = {}
+    for name, model in (("policy", policy), ("sft", reference)):
+        margins = preference_margins(model, tokenizer, heldout)
+        metrics[f"eval_margin_{name}"] = margins.mean().item()
+        metrics[f"eval_accuracy_{name}"] = (margins > 0).float().mean().item()
+    return metrics
+
+
+def _fit_and_save(
+    cfg: PipelineConfig, trainer, tokenizer, inputs: PolicyInputs, work: Path, rows: int
+):
+    losses = fit(trainer, work)
+    policy = save_policy(trainer.model, tokenizer, work)
+    return {
+        "train_rows": len(trainer.train_dataset),
+        # TRL drops rows whose prompt alone fills max_length: counted, never silent.
+        "rows_dropped_too_long": rows - len(trainer.train_dataset),
+        **losses,
+        **margin_metrics(cfg, policy, inputs),
+    }
+
+
+def train_dpo(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[str, float]:
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    section = cfg.policy.dpo
+    model, tokenizer = load_sft(cfg, inputs.sft_dir)
+    args = DPOConfig(
+        **training_args(cfg, section, work),
+        beta=section.beta,
+        loss_type=[section.loss_type],
+        label_smoothing=section.label_smoothing,
+    )
+    rows = pair_rows(inputs.pairs, "train")
+    # No ref_model: TRL loads a frozen copy of the SFT model (or, with LoRA, disables the adapter).
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=lora(section),
+    )
+    return _fit_and_save(cfg, trainer, tokenizer, inputs, work, len(rows))
+
+
+def train_kto(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[str, float]:
+    from datasets import Dataset
+    from trl import KTOConfig, KTOTrainer
+
+    section = cfg.policy.kto
+    model, tokenizer = load_sft(cfg, inputs.sft_dir)
+    rows = unpaired_rows([pair for pair in inputs.pairs if pair["split"] == "train"])
+    args = KTOConfig(
+        **training_args(cfg, section, work),
+        beta=section.beta,
+        loss_type=section.loss_type,
+        desirable_weight=section.desirable_weight,
+        undesirable_weight=section.undesirable_weight,
+    )
+    trainer = KTOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=lora(section),
+    )
+    desirable = sum(row["label"] for row in rows)
+    metrics = _fit_and_save(cfg, trainer, tokenizer, inputs, work, len(rows))
+    return {**metrics, "desirable_rows": desirable, "undesirable_rows": len(rows) - desirable}
+
+
+def train_orpo(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[str, float]:
+    from datasets import Dataset
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    section = cfg.policy.orpo
+    model, tokenizer = load_sft(cfg, inputs.sft_dir)
+    args = ORPOConfig(**training_args(cfg, section, work), beta=section.beta)
+    rows = pair_rows(inputs.pairs, "train")
+    trainer = ORPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=lora(section),
+    )
+    return _fit_and_save(cfg, trainer, tokenizer, inputs, work, len(rows))

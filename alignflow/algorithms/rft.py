@@ -1,0 +1,93 @@
+"""Rejection-sampling fine-tuning (best-of-n distillation, as in RAFT and Llama 2's rejection
+sampling): sample n completions per RL prompt from the SFT model, keep the best by our rewards,
+then fine-tune the SFT model on the kept ones with TRL's SFTTrainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from alignflow import tracking
+from alignflow.algorithms import PolicyInputs
+from alignflow.algorithms.common import fit, load_sft, lora, save_policy, training_args
+from alignflow.config import PipelineConfig, RFTConfig
+from alignflow.models import default_device
+
+
+def best_of_n(rewards: torch.Tensor, keep_fraction: float) -> list[tuple[int, int]]:
+    """Which samples to keep: each prompt's best, then the best `keep_fraction` of those.
+
+    Args: rewards (prompts, n). Returns (prompt index, sample index) pairs, best first.
+    """
+    best_reward, best_sample = rewards.max(dim=1)
+    kept = max(1, round(keep_fraction * len(best_reward)))
+    order = best_reward.argsort(descending=True)[:kept]
+    return [(int(p), int(best_sample[p])) for p in order]
+
+
+def sample_and_score(cfg: PipelineConfig, section: RFTConfig, model, tokenizer, inputs):
+    """n samples per RL prompt and their rewards. Returns (texts [prompt][sample], rewards (p, n))."""
+    from alignflow.rl.rewards import load_rewarder
+    from alignflow.rl.rollout import sample_texts
+
+    rows, n = inputs.rl_prompts, section.samples_per_prompt
+    repeated = [row for row in rows for _ in range(n)]
+    torch.manual_seed(cfg.run.seed)
+    texts = sample_texts(
+        model.eval(), tokenizer, [row["prompt"] for row in repeated], section.sampling,
+        section.generation_batch_size, desc="rft: sampling",
+    )  # fmt: skip
+    rewarder = load_rewarder(cfg, inputs.reward_dirs, tokenizer, model.device)
+    batch = section.generation_batch_size
+    rewards = torch.cat(
+        [
+            rewarder.score(
+                [row["prompt"] for row in repeated[i : i + batch]],
+                texts[i : i + batch],
+                repeated[i : i + batch],
+            )[0]
+            for i in range(0, len(texts), batch)
+        ]
+    )
+    return [texts[i * n : (i + 1) * n] for i in range(len(rows))], rewards.view(len(rows), n)
+
+
+def train_rft(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[str, float]:
+    from trl import SFTConfig, SFTTrainer
+
+    from alignflow.models import tokenize_conversations
+
+    section = cfg.policy.rft
+    if not inputs.rl_prompts:
+        raise ValueError("policy.algorithm rft needs RL prompts (prepare's rl_prompts.jsonl)")
+    model, tokenizer = load_sft(cfg, inputs.sft_dir, default_device())
+    texts, rewards = sample_and_score(cfg, section, model, tokenizer, inputs)
+    kept = best_of_n(rewards, section.keep_fraction)
+    conversations = [
+        {
+            "messages": [
+                *inputs.rl_prompts[p]["prompt"],
+                {"role": "assistant", "content": texts[p][s]},
+            ]
+        }
+        for p, s in kept
+    ]
+    sampled = {
+        "sample_reward_mean": rewards.mean().item(),
+        "kept_reward_mean": torch.stack([rewards[p, s] for p, s in kept]).mean().item(),
+        "kept_rows": len(kept),
+    }
+    tracking.log_metrics(sampled)
+    # Loss on the kept replies only, via the chat template's generation markers (as the SFT stage).
+    dataset, _ = tokenize_conversations(tokenizer, conversations)
+    trainer = SFTTrainer(
+        model=model.train(),
+        args=SFTConfig(**training_args(cfg, section, work)),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora(section),
+    )
+    losses = fit(trainer, work)
+    save_policy(trainer.model, tokenizer, work)
+    return {**sampled, **losses}
