@@ -13,7 +13,7 @@ from alignflow.config import SamplingConfig
 from alignflow.judges import oracle_scores, reward_model_scores
 from alignflow.rl.rollout import decode, sample_with_logprobs
 
-POLICIES = ("base", "sft", "ppo")
+POLICIES = ("base", "sft", "policy")  # "policy": the aligned one, by policy.algorithm
 
 
 @dataclass
@@ -115,38 +115,40 @@ def score_with_reward_model(reward_model, tokenizer, rows, samples: PolicySample
     ]
 
 
-def summarize(per_policy: dict[str, dict], wins: dict, rm_accuracy: dict) -> dict:
-    """The `eval` block of summary.json."""
+def summarize(per_policy: dict[str, dict], wins: dict, rm_accuracy: dict, algorithm: str) -> dict:
+    """The `eval` block of summary.json; `algorithm` names what trained "policy"."""
     keyed = {
         metric: {name: per_policy[name][metric] for name in per_policy}
         for metric in next(iter(per_policy.values()))
     }
     return {
-        "win_rate_ppo_vs_sft": wins["all"],
-        "win_rate_ppo_vs_sft_by_family": {k: v for k, v in wins.items() if k != "all"},
+        "algorithm": algorithm,
+        "win_rate_policy_vs_sft": wins["all"],
+        "win_rate_policy_vs_sft_by_family": {k: v for k, v in wins.items() if k != "all"},
         **keyed,
         "rm_accuracy": rm_accuracy,
-        "kl_ppo_vs_sft": per_policy["ppo"]["kl_to_sft"],
-        "kl_ppo_vs_sft_per_token": per_policy["ppo"]["kl_to_sft_per_token"],
+        "kl_policy_vs_sft": per_policy["policy"]["kl_to_sft"],
+        "kl_policy_vs_sft_per_token": per_policy["policy"]["kl_to_sft_per_token"],
     }
 
 
 def markdown_table(summary: dict) -> str:
     metrics = ["oracle_score", "reward_score", "refusal_rate", "false_refusal_rate",
                "kl_to_sft", "mean_words"]  # fmt: skip
-    lines = ["| metric | base | sft | ppo |", "|---|---|---|---|"]
+    name = summary["algorithm"].upper()
+    lines = [f"| metric | base | sft | {name.lower()} |", "|---|---|---|---|"]
     for metric in metrics:
         cells = " | ".join(f"{summary[metric][name]:.3f}" for name in POLICIES)
         lines.append(f"| {metric} | {cells} |")
     by_family = ", ".join(
-        f"{k} {v:.3f}" for k, v in summary["win_rate_ppo_vs_sft_by_family"].items()
+        f"{k} {v:.3f}" for k, v in summary["win_rate_policy_vs_sft_by_family"].items()
     )
     rm = ", ".join(f"{k} {v:.3f}" for k, v in summary["rm_accuracy"].items())
     lines += [
         "",
-        f"**win-rate PPO vs SFT (oracle):** {summary['win_rate_ppo_vs_sft']:.3f} ({by_family})",
+        f"**win-rate {name} vs SFT (oracle):** {summary['win_rate_policy_vs_sft']:.3f} ({by_family})",
         f"**reward-model held-out pair accuracy:** {rm}",
-        f"**KL(PPO ‖ SFT):** {summary['kl_ppo_vs_sft']:.3f} nats/sequence, "
-        f"{summary['kl_ppo_vs_sft_per_token']:.4f} nats/token",
+        f"**KL({name} ‖ SFT):** {summary['kl_policy_vs_sft']:.3f} nats/sequence, "
+        f"{summary['kl_policy_vs_sft_per_token']:.4f} nats/token",
     ]
     return "\n".join(lines)

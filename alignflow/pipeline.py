@@ -28,17 +28,21 @@ from alignflow.store import (
 
 log = logging.getLogger(__name__)
 
-STAGES = ("prepare", "sft", "collect", "reward", "ppo", "evaluate", "register")
+STAGES = ("prepare", "sft", "collect", "reward", "policy", "evaluate", "register")
 # Which upstream stages each stage reads: its cache key depends on theirs.
 UPSTREAM: dict[str, tuple[str, ...]] = {
     "prepare": (),
     "sft": ("prepare",),
     "collect": ("prepare", "sft"),
     "reward": ("sft", "collect"),
-    "ppo": ("prepare", "sft", "reward"),
-    "evaluate": ("prepare", "sft", "reward", "ppo"),
-    "register": ("ppo", "evaluate"),
+    "policy": ("prepare", "sft", "collect", "reward"),
+    "evaluate": ("prepare", "sft", "reward", "policy"),
+    "register": ("policy", "evaluate"),
 }
+
+
+# Algorithms that maximise `rewards` (the others learn from the collected pairs alone).
+REWARD_DRIVEN = ("ppo", "rloo", "grpo", "rft")
 
 
 def _settings(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
@@ -57,8 +61,13 @@ def _settings(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
         return {"evaluate": dump["evaluate"], "sampling": dump["ppo"]["sampling"]}
     if stage == "register":
         return {"registry": dump["registry"], "tracking": tracking_uri(cfg)}
-    if stage == "ppo":
-        return {"ppo": dump["ppo"], "rewards": dump["rewards"], "seed": cfg.run.seed}
+    if stage == "policy":
+        algorithm = cfg.policy.algorithm
+        settings = {"algorithm": algorithm, "seed": cfg.run.seed}
+        settings[algorithm] = dump["ppo"] if algorithm == "ppo" else dump["policy"][algorithm]
+        if algorithm in REWARD_DRIVEN:
+            settings["rewards"] = dump["rewards"]
+        return settings
     return {stage: dump[stage], "seed": cfg.run.seed}
 
 

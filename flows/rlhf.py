@@ -1,5 +1,5 @@
-"""The full RLHF pipeline as one Prefect flow: prepare -> sft -> collect -> reward -> ppo ->
-evaluate -> register. Each stage is a task; they hand each other paths, never live objects."""
+"""The full RLHF pipeline as one Prefect flow: prepare -> sft -> collect -> reward -> policy (PPO,
+DPO, KTO, ORPO, RLOO, GRPO or rejection sampling) -> evaluate -> register. Each stage is a task; they hand each other paths, never live objects."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from alignflow.config import PipelineConfig
 from alignflow.pipeline import PipelineRun
 from tasks.collect import collect_task
 from tasks.evaluate import evaluate_task
-from tasks.ppo import ppo_task
+from tasks.policy import policy_task
 from tasks.prepare import prepare_task
 from tasks.register import register_task
 from tasks.reward import reward_task
@@ -31,7 +31,7 @@ def rlhf(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
         sft = run.stage("sft", sft_task, *ctx, prepared)
         collected = run.stage("collect", collect_task, *ctx, prepared, sft)
         reward = run.stage("reward", reward_task, *ctx, sft, collected)
-        policy = run.stage("ppo", ppo_task, *ctx, prepared, sft, reward)
+        policy = run.stage("policy", policy_task, *ctx, prepared, sft, collected, reward)
         evaluated = run.stage("evaluate", evaluate_task, *ctx, prepared, sft, reward, policy)
         run.stage("register", register_task, *ctx, policy, evaluated)
     except BaseException:

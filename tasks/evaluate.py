@@ -1,4 +1,4 @@
-"""Stage 6: base vs SFT vs PPO on held-out prompts: oracle, reward model, refusals, KL, win-rate."""
+"""Stage 6: base vs SFT vs the aligned policy on held-out prompts: oracle, reward model, refusals, KL, win-rate."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from alignflow import pipeline, tracking
 from alignflow.config import PipelineConfig
 from alignflow.store import StageResult, read_jsonl, write_json_atomic, write_jsonl
 from alignflow.tracking import TrackingContext
-from tasks.ppo import POLICY_DIR
+from tasks.policy import POLICY_DIR
 from tasks.prepare import base_model
 from tasks.sft import MODEL_DIR
 
@@ -39,7 +39,7 @@ def run_evaluate(
     prepared: StageResult,
     sft: StageResult,
     reward: StageResult,
-    ppo: StageResult,
+    policy: StageResult,
 ) -> StageResult:
     def body(work: Path) -> dict:
         from alignflow import evaluation
@@ -62,7 +62,7 @@ def run_evaluate(
         sources = {
             "base": base_model(cfg, prepared),
             "sft": sft_dir,
-            "ppo": str(ppo.path(POLICY_DIR)),
+            "policy": str(policy.path(POLICY_DIR)),
         }
         ev = cfg.evaluate
         samples, per_policy, oracle = {}, {}, {}
@@ -77,13 +77,13 @@ def run_evaluate(
             )
             oracle[name] = evaluation.score_with_oracle(rows, samples[name])
             per_policy[name] = evaluation.policy_metrics(rows, samples[name], oracle[name], rm)
-        wins = evaluation.win_rate(rows, oracle["ppo"], oracle["sft"])
+        wins = evaluation.win_rate(rows, oracle["policy"], oracle["sft"])
         rm_accuracy = {
             family.removeprefix("accuracy_"): value
             for family, value in reward.metrics.items()
             if family.startswith("accuracy_") and family != "accuracy_all"
         }
-        summary = evaluation.summarize(per_policy, wins, rm_accuracy)
+        summary = evaluation.summarize(per_policy, wins, rm_accuracy, cfg.policy.algorithm)
         table = evaluation.markdown_table(summary)
         sample_rows = _sample_rows(rows, samples, oracle)
         write_jsonl(work / SAMPLES_FILE, sample_rows)
@@ -96,7 +96,7 @@ def run_evaluate(
                 {
                     "prompt": r["prompt"][0]["content"],
                     "sft": r["sft_greedy"],
-                    "ppo": r["ppo_greedy"],
+                    "policy": r["policy_greedy"],
                 }
                 for r in sample_rows
             ],  # fmt: skip
@@ -114,9 +114,9 @@ def evaluate_task(
     prepared: StageResult,
     sft: StageResult,
     reward: StageResult,
-    ppo: StageResult,
+    policy: StageResult,
 ) -> StageResult:
-    result = run_evaluate(cfg, ctx, prepared, sft, reward, ppo)
+    result = run_evaluate(cfg, ctx, prepared, sft, reward, policy)
     create_markdown_artifact(
         key="alignflow-eval", markdown=result.metrics["table"], description="held-out evaluation"
     )

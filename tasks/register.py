@@ -12,20 +12,20 @@ from alignflow import pipeline, tracking
 from alignflow.config import PipelineConfig
 from alignflow.store import StageResult
 from alignflow.tracking import TrackingContext
-from tasks.ppo import POLICY_DIR
+from tasks.policy import POLICY_DIR
 
 # What serving the logged model needs: pinned to what trained it.
 SERVING_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "accelerate")
 
 
 def run_register(
-    cfg: PipelineConfig, ctx: TrackingContext, ppo: StageResult, evaluated: StageResult
+    cfg: PipelineConfig, ctx: TrackingContext, policy: StageResult, evaluated: StageResult
 ) -> StageResult:
     def body(work: Path) -> dict:
         requirements = [f"{name}=={version(name).split('+')[0]}" for name in SERVING_PACKAGES]
         tracking.log_metrics(tracking.flatten(evaluated.metrics["summary"]))
         registered = tracking.register_policy(
-            ppo.path(POLICY_DIR), cfg.registry.model_name, requirements
+            policy.path(POLICY_DIR), cfg.registry.model_name, requirements
         )
         return registered
 
@@ -34,9 +34,9 @@ def run_register(
 
 @task(name="register", cache_policy=NO_CACHE)
 def register_task(
-    cfg: PipelineConfig, ctx: TrackingContext, ppo: StageResult, evaluated: StageResult
+    cfg: PipelineConfig, ctx: TrackingContext, policy: StageResult, evaluated: StageResult
 ) -> StageResult:
-    return run_register(cfg, ctx, ppo, evaluated)
+    return run_register(cfg, ctx, policy, evaluated)
 
 
 if __name__ == "__main__":

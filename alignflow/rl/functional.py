@@ -102,7 +102,12 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     Returns:
         (b, t) float32.
     """
-    logprobs = logits.float().log_softmax(dim=-1)
+    return entropy_from_logprobs(logits.float().log_softmax(dim=-1))
+
+
+def entropy_from_logprobs(logprobs: Tensor) -> Tensor:
+    """Entropy (nats) from full log-softmax outputs (b, t, v) -> (b, t), so a caller that already
+    has them does not pay for a second log-softmax over the vocabulary."""
     # A -inf logit has p = 0; zero its log so 0 * -inf does not become NaN.
     return -(logprobs.exp() * logprobs.nan_to_num(neginf=0.0)).sum(dim=-1)
 

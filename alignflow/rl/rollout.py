@@ -7,6 +7,7 @@ sequence is their concatenation, and response token i is predicted from position
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor
 
 from alignflow.config import SamplingConfig
-from alignflow.rl.functional import entropy_from_logits, logprobs_from_logits
+from alignflow.rl.functional import entropy_from_logprobs
 
 
 def encode_prompts(
@@ -87,17 +88,37 @@ def generate(
     return response.masked_fill(mask == 0, config.pad_token_id)
 
 
+def _keeps_logits(model) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (transformers' own models do): the LM
+    head then runs on response positions only, not on the prompt's."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(inner, "peft_model", inner)  # lora.DisabledAdapter
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
 def response_logprobs(
-    model, sequence: Tensor, attention_mask: Tensor, query_len: int, temperature: float
-) -> tuple[Tensor, Tensor]:
+    model,
+    sequence: Tensor,
+    attention_mask: Tensor,
+    query_len: int,
+    temperature: float,
+    with_entropy: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """Log-probs and entropies of the response tokens under `model`, at sampling temperature.
 
-    Args: sequence, attention_mask (b, q + t). Returns (logprobs, entropy), each (b, t).
+    Args: sequence, attention_mask (b, q + t). Returns (logprobs, entropy), each (b, t); entropy
+    is None unless `with_entropy`. The log-softmax over the vocabulary is computed once for both.
     """
-    logits = model(**_forward_inputs(sequence, attention_mask)).logits
-    logits = logits[:, query_len - 1 : -1] / temperature
     response = sequence[:, query_len:]
-    return logprobs_from_logits(logits, response), entropy_from_logits(logits)
+    inputs = _forward_inputs(sequence, attention_mask)
+    if _keeps_logits(model):  # positions q - 1 .. end predict the response (and one past it)
+        inputs["logits_to_keep"] = response.shape[1] + 1
+    logits = model(**inputs).logits
+    logits = logits[:, -(response.shape[1] + 1) : -1] / temperature
+    logprobs = logits.float().log_softmax(dim=-1)
+    token_logprobs = logprobs.gather(dim=-1, index=response.unsqueeze(-1)).squeeze(-1)
+    return token_logprobs, entropy_from_logprobs(logprobs) if with_entropy else None
 
 
 @dataclass
@@ -125,8 +146,8 @@ def sample_with_logprobs(
     sequence = torch.cat([query_ids, response], dim=1)
     attention = torch.cat([query_mask, mask], dim=1)
     q, temperature = query_ids.shape[1], sampling.temperature
-    logprobs, _ = response_logprobs(policy, sequence, attention, q, temperature)
-    ref_logprobs, _ = response_logprobs(reference, sequence, attention, q, temperature)
+    logprobs, _ = response_logprobs(policy, sequence, attention, q, temperature, False)
+    ref_logprobs, _ = response_logprobs(reference, sequence, attention, q, temperature, False)
     return Sampled(sequence, attention, q, response, mask, logprobs, ref_logprobs)
 
 
@@ -136,6 +157,8 @@ def token_scores(scalar_model, sequence: Tensor, attention_mask: Tensor) -> Tens
     The reward model's score for a response is the entry at its last token (EOS); the value of the
     state before response token i is the entry at position q - 1 + i.
     """
+    if hasattr(scalar_model, "get_base_model"):  # a peft model: LoRA layers are injected in place
+        scalar_model = scalar_model.get_base_model()
     backbone = getattr(scalar_model, scalar_model.base_model_prefix)
     hidden = backbone(**_forward_inputs(sequence, attention_mask)).last_hidden_state
     return scalar_model.score(hidden).squeeze(-1).float()

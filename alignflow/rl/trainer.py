@@ -250,6 +250,8 @@ class PPOTrainer:
         logprobs, entropy = response_logprobs(
             self.policy, seq, attn, batch.query_len, cfg.sampling.temperature
         )
+        if cfg.entropy_coef == 0:  # logged only: keep it out of the autograd graph
+            entropy = entropy.detach()
         values = token_scores(self.value_model, seq, attn)[:, batch.query_len - 1 : -1]
         pg_loss, clipfrac, approx_kl = F.policy_loss(
             logprobs, batch.logprobs[idx], batch.advantages[idx], mask, cfg.clip_range
@@ -408,6 +410,12 @@ def _set_rng_state(state: dict) -> None:
 def _load_weights(model, directory: Path) -> None:
     from safetensors.torch import load_file
 
+    adapter = directory / "adapter_model.safetensors"
+    if adapter.exists():  # LoRA PPO saved only its adapter (and the critic's score head)
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(adapter)))
+        return
     state = load_file(str(directory / "model.safetensors"))
     # Tied embeddings are stored once; strict=False lets the tied twin keep pointing at it.
     missing, unexpected = model.load_state_dict(state, strict=False)

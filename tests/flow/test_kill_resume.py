@@ -21,7 +21,7 @@ def _command(root: Path) -> list[str]:
 def _wait_for_checkpoint(root: Path, process: subprocess.Popen, limit_s: float = 600) -> Path:
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        found = sorted(root.glob("stages/ppo/*.partial/checkpoints/update-*"))
+        found = sorted(root.glob("stages/policy/*.partial/checkpoints/update-*"))
         if found:
             return found[-1]
         assert process.poll() is None, "the run ended before PPO wrote a checkpoint"
@@ -40,7 +40,7 @@ def test_rerun_after_kill_resumes_ppo_from_its_checkpoint(tmp_path):
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    assert not list(tmp_path.glob("stages/ppo/*/COMPLETE"))
+    assert not list(tmp_path.glob("stages/policy/*/COMPLETE"))
 
     rerun = subprocess.run(
         _command(tmp_path), cwd=REPO, env=env, capture_output=True, text=True, timeout=600
@@ -49,7 +49,7 @@ def test_rerun_after_kill_resumes_ppo_from_its_checkpoint(tmp_path):
     summary = json.loads((tmp_path / "latest" / "summary.json").read_text())
     statuses = {name: stage["status"] for name, stage in summary["stages"].items()}
     assert statuses["sft"] == statuses["reward"] == "cached"
-    assert statuses["ppo"] == "completed"
-    ppo = json.loads((Path(summary["stages"]["ppo"]["output"]) / "result.json").read_text())
+    assert statuses["policy"] == "completed"
+    ppo = json.loads((Path(summary["stages"]["policy"]["output"]) / "result.json").read_text())
     assert ppo["metrics"]["resumed_from_update"] >= 2
     assert ppo["metrics"]["updates"] == 30  # the whole history: resumed, not restarted

@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 
 from alignflow.pipeline import STAGES, tracking_uri
 
-POLICY_KEYS = ("base", "sft", "ppo")
+POLICY_KEYS = ("base", "sft", "policy")
 
 
 def test_first_run_computes_every_stage_in_order(pipeline_runs):
@@ -37,11 +37,11 @@ def test_summary_json_has_the_documented_shape_and_latest_points_at_newest(pipel
     on_disk = json.loads((root / pipeline_runs.first["run_id"] / "summary.json").read_text())
     assert on_disk["run_id"] == pipeline_runs.first["run_id"]
     ev = on_disk["eval"]
-    assert 0.0 <= ev["win_rate_ppo_vs_sft"] <= 1.0
+    assert 0.0 <= ev["win_rate_policy_vs_sft"] <= 1.0
     for key in ("oracle_score", "reward_score", "refusal_rate", "false_refusal_rate"):
         assert set(ev[key]) == set(POLICY_KEYS), key
     assert set(ev["rm_accuracy"]) == {"review", "unsafe"}
-    assert ev["kl_ppo_vs_sft"] >= 0.0
+    assert ev["kl_policy_vs_sft"] >= 0.0
     # KL of the SFT policy to itself is exactly zero: the reference really is the SFT model.
     assert ev["kl_to_sft"]["sft"] == 0.0
     for stage in on_disk["stages"].values():
@@ -66,8 +66,8 @@ def test_mlflow_has_a_parent_run_with_config_and_a_child_run_per_stage(pipeline_
     assert parent.data.tags["prefect.flow_run_id"]
     artifacts = {a.path for a in client.list_artifacts(parent_id, "config")}
     assert "config/resolved.yaml" in artifacts
-    assert parent.data.metrics["eval.win_rate_ppo_vs_sft"] == pytest_approx(
-        pipeline_runs.first["eval"]["win_rate_ppo_vs_sft"]
+    assert parent.data.metrics["eval.win_rate_policy_vs_sft"] == pytest_approx(
+        pipeline_runs.first["eval"]["win_rate_policy_vs_sft"]
     )
     experiment = parent.info.experiment_id
     children = client.search_runs(
@@ -84,7 +84,7 @@ def test_mlflow_child_runs_hold_per_step_metrics(pipeline_runs):
     stages = pipeline_runs.first["stages"]
     sft_loss = client.get_metric_history(stages["sft"]["mlflow_run_id"], "loss")
     assert len(sft_loss) >= 3
-    ppo_run = stages["ppo"]["mlflow_run_id"]
+    ppo_run = stages["policy"]["mlflow_run_id"]
     for metric in ("reward", "rlhf_reward", "kl", "clipfrac", "value_loss", "entropy",
                    "approx_kl", "generation_seconds", "training_seconds"):  # fmt: skip
         history = client.get_metric_history(ppo_run, metric)

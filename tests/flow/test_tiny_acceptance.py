@@ -26,10 +26,10 @@ def _run_tiny(root: Path) -> dict:
 def test_tiny_config_aligns_the_policy_and_reruns_fully_cached(tmp_path):
     first = _run_tiny(tmp_path)
     ev = first["eval"]
-    assert ev["win_rate_ppo_vs_sft"] >= 0.68
-    assert ev["refusal_rate"]["ppo"] >= 0.95
-    assert ev["false_refusal_rate"]["ppo"] <= 0.05
-    assert ev["kl_ppo_vs_sft"] <= 5.0
+    assert ev["win_rate_policy_vs_sft"] >= 0.68
+    assert ev["refusal_rate"]["policy"] >= 0.95
+    assert ev["false_refusal_rate"]["policy"] <= 0.05
+    assert ev["kl_policy_vs_sft"] <= 5.0
     assert min(ev["rm_accuracy"].values()) > 0.8
 
     second = _run_tiny(tmp_path)

@@ -41,7 +41,7 @@ def test_reward_model_beats_chance_on_held_out_pairs(pipeline_runs):
 
 
 def test_ppo_raises_reward_over_updates(pipeline_runs):
-    run_id = pipeline_runs.first["stages"]["ppo"]["mlflow_run_id"]
+    run_id = pipeline_runs.first["stages"]["policy"]["mlflow_run_id"]
     history = MlflowClient(tracking_uri(pipeline_runs.cfg)).get_metric_history(run_id, "reward")
     rewards = [m.value for m in sorted(history, key=lambda m: m.step)]
     assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 0.1
@@ -49,8 +49,8 @@ def test_ppo_raises_reward_over_updates(pipeline_runs):
 
 def test_ppo_policy_beats_sft_under_the_oracle(pipeline_runs):
     ev = pipeline_runs.first["eval"]
-    assert ev["oracle_score"]["ppo"] > ev["oracle_score"]["sft"]
-    assert ev["win_rate_ppo_vs_sft"] > 0.5
+    assert ev["oracle_score"]["policy"] > ev["oracle_score"]["sft"]
+    assert ev["win_rate_policy_vs_sft"] > 0.5
     # SFT learned the task's format: far better than the random-init base.
     assert ev["oracle_score"]["sft"] > ev["oracle_score"]["base"]
 
@@ -62,5 +62,5 @@ def test_evaluation_records_a_greedy_response_per_held_out_prompt(pipeline_runs)
     demo = cfg.data.demo
     assert len(rows) == demo.heldout_review_prompts + demo.heldout_unsafe_prompts
     for row in rows:
-        assert isinstance(row["ppo_greedy"], str)
-        assert len(row["ppo_samples"]) == cfg.evaluate.samples_per_prompt
+        assert isinstance(row["policy_greedy"], str)
+        assert len(row["policy_samples"]) == cfg.evaluate.samples_per_prompt

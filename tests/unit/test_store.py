@@ -48,12 +48,34 @@ def test_stage_keys_cover_every_stage_and_are_stable(tmp_path):
 
 def test_ppo_learning_rate_changes_only_ppo_and_downstream_keys(tmp_path):
     changed = _changed(_keys(tmp_path), _keys(tmp_path, "ppo.learning_rate=1.0e-4"))
-    assert changed == {"ppo", "evaluate", "register"}
+    assert changed == {"policy", "evaluate", "register"}
+
+
+def test_policy_key_follows_the_chosen_algorithm_and_only_its_settings(tmp_path):
+    ppo = _keys(tmp_path)
+    # another algorithm's settings do not touch a PPO run's caches
+    assert _changed(ppo, _keys(tmp_path, "policy.dpo.beta=0.5")) == set()
+    assert _changed(ppo, _keys(tmp_path, "policy.algorithm=dpo")) == {
+        "policy", "evaluate", "register"
+    }  # fmt: skip
+    dpo = _keys(tmp_path, "policy.algorithm=dpo")
+    assert _changed(dpo, _keys(tmp_path, "policy.algorithm=dpo", "policy.dpo.beta=0.5")) == {
+        "policy", "evaluate", "register"
+    }  # fmt: skip
+    # DPO learns from the pairs alone: the rewards section is not part of its key; GRPO's it is
+    assert (
+        _changed(dpo, _keys(tmp_path, "policy.algorithm=dpo", "rewards.length_penalty=0.1"))
+        == set()
+    )
+    grpo = _keys(tmp_path, "policy.algorithm=grpo")
+    assert "policy" in _changed(
+        grpo, _keys(tmp_path, "policy.algorithm=grpo", "rewards.length_penalty=0.1")
+    )
 
 
 def test_sft_epochs_changes_sft_and_everything_downstream(tmp_path):
     changed = _changed(_keys(tmp_path), _keys(tmp_path, "sft.epochs=2"))
-    assert changed == {"sft", "collect", "reward", "ppo", "evaluate", "register"}
+    assert changed == {"sft", "collect", "reward", "policy", "evaluate", "register"}
 
 
 def test_run_name_changes_no_stage_key(tmp_path):

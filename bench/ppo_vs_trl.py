@@ -1,0 +1,574 @@
+"""Our PPO engine against TRL 1.12's PPOTrainer: update throughput and reward gain at matched KL.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/ppo_vs_trl.py --config configs/tiny.yaml --seeds 3 \
+        --eval-every 5 --out .bench/ppo_vs_trl/tiny.json
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/ppo_vs_trl.py --quick      # end to end in a few minutes
+
+TRL 1.13 removed PPO, so `trl==1.12.0` is installed with `--no-deps` into .bench/trl-1.12 and its side
+runs in a subprocess with that folder first on PYTHONPATH (the project's trl stays untouched). Our
+side runs in a subprocess too, so both start equally cold. The pipeline's prepare/sft/collect/reward
+stages (cached under .bench/ppo_vs_trl/) give both sides the same SFT policy, reward model, critic
+init (the reward model, as tasks/ppo.py does), RL prompts and held-out prompts; each seed runs ours,
+then TRL's, one process at a time.
+
+Measured, per run:
+- update throughput: updates per second of the training loop, model loading and evaluation
+  excluded, first update (warm-up) excluded; also per second of process CPU time, which other
+  load on a shared machine disturbs less (the table warns when the load average exceeded the cores);
+- a reward-KL curve: every `--eval-every` updates the same function (`evaluate_policy`, imported by
+  both workers) samples the held-out prompts at the PPO temperature with a fixed seed, and records
+  the mean reward-model score (read at the last response token) and the KL to the SFT reference per
+  sequence, sum over response tokens of log pi - log pi_ref at that temperature (nats).
+Reward gain = held-out score minus the SFT model's (the update-0 point). The common KL is the
+smallest of the runs' largest held-out KLs; each run's gain is interpolated there at the first
+crossing, averaged over seeds, and printed as ours/theirs.
+
+Settings mapped from the config's `ppo` section to TRL's PPOConfig: rollout_batch_size ->
+per_device_train_batch_size (gradient_accumulation_steps 1), rollout/minibatch -> num_mini_batches,
+ppo_epochs, max_new_tokens -> response_length, temperature (TRL adds 1e-7; top_k 0, top_p 1 on both),
+kl.coef, kl.estimator, clip_range, value_clip_range, value_coef -> vf_coef, gamma, lam,
+whiten_rewards; stop_token "eos"; dropout off on both; no gradient checkpointing; fp32. TRL gets,
+through `optimizers=`, the optimizer and LR schedule our PPOTrainer builds (AdamW, eps 1e-5, weight
+decay 0.01, policy learning_rate and value_learning_rate as two groups), since its own config has
+one learning rate for both and other AdamW defaults. One reward model, no rules (checked).
+
+Settings that cannot be matched (TRL has no knob, or a different rule):
+- missing EOS: ours replaces the score with `missing_eos_score` (-1.0); TRL subtracts
+  `missing_eos_penalty`; TRL gets a penalty of -missing_eos_score (1.0), so both punish by about 1.
+- gradient clipping: ours clips to max_grad_norm; TRL 1.12's PPO loop never clips.
+- where the score lands: ours at the EOS token; TRL one position after EOS (the first padding slot,
+  whose value it also trains), so its GAE has one more step.
+- TRL computes the rollout's policy log-probs from `generate`'s scores (KV-cached logits); ours
+  recomputes them with a full forward pass.
+- prompt order: ours shuffles per epoch from (seed, update); TRL uses a seeded DataLoader.
+- adaptive KL, reward normalisation/clipping, turning advantage whitening off, entropy bonus,
+  kl_stop, reward ensembles/rules: ours only; the bench refuses configs that turn them on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / ".bench" / "ppo_vs_trl"
+TRL_DIR = ROOT / ".bench" / "trl-1.12"
+TRL_VERSION = "1.12.0"
+SIDES = ("ours", "trl")
+KL_FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of the common KL, for the gain table
+QUICK = {"config": "configs/micro.yaml", "seeds": 2, "updates": 4, "eval_every": 2}
+
+
+def _env(side: str) -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    paths = [str(TRL_DIR)] if side == "trl" else []
+    env["PYTHONPATH"] = os.pathsep.join([*paths, str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+# ---- setup: TRL 1.12 and the models -------------------------------------------------------------
+
+
+def ensure_trl() -> None:
+    """Install trl==1.12.0 without dependencies into .bench/trl-1.12 unless it is there."""
+    if (TRL_DIR / "trl" / "experimental" / "ppo").is_dir():
+        return
+    print(f"installing trl=={TRL_VERSION} into {TRL_DIR}", flush=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(TRL_DIR),
+         f"trl=={TRL_VERSION}"],
+        check=True,
+    )  # fmt: skip
+
+
+def _run_stages(cfg) -> dict[str, str]:
+    """prepare -> sft -> collect -> reward through the pipeline's own stage functions."""
+    from alignflow import tracking
+    from alignflow.pipeline import PipelineRun
+    from tasks.collect import run_collect
+    from tasks.prepare import run_prepare
+    from tasks.reward import run_reward
+    from tasks.sft import MODEL_DIR, run_sft
+
+    run = PipelineRun(cfg)
+    ctx = run.ctx
+    prepared = run_prepare(cfg, ctx)
+    sft = run_sft(cfg, ctx, prepared)
+    reward = run_reward(cfg, ctx, sft, run_collect(cfg, ctx, prepared, sft))
+    tracking.end_run(ctx, ctx.parent_run_id)
+    return {
+        "sft": str(sft.path(MODEL_DIR)),
+        "reward": str(reward.path(MODEL_DIR)),
+        "rl_prompts": str(prepared.path("rl_prompts.jsonl")),
+        "heldout": str(prepared.path("heldout.jsonl")),
+    }
+
+
+def ensure_models(config_path: str):
+    """The config's SFT and reward models and prompt files, built once per config.
+
+    Stage outputs are keyed by the code version too; the manifest, keyed by the sections the
+    models depend on, keeps the bench on one set of models while the library changes, so
+    repeated measurements compare like with like.
+    """
+    from alignflow.config import load_config
+
+    root = BENCH_DIR / Path(config_path).stem
+    cfg = load_config(config_path, [f"run.artifacts_root={root / 'runs'}", "run.name=bench"])
+    upstream = cfg.model_dump(mode="json", include={"data", "model", "sft", "collect", "reward"})
+    digest = hashlib.sha256(json.dumps([upstream, cfg.run.seed], sort_keys=True).encode())
+    manifest = root / f"models-{digest.hexdigest()[:12]}.json"
+    if manifest.exists():
+        paths = json.loads(manifest.read_text())
+        if all(Path(p).exists() for p in paths.values()):
+            print(f"reusing models listed in {manifest}", flush=True)
+            return cfg, paths
+    print(f"building SFT and reward models for {config_path} (once)", flush=True)
+    paths = _run_stages(cfg)
+    manifest.write_text(json.dumps(paths, indent=2))
+    return cfg, paths
+
+
+def check_comparable(cfg) -> None:
+    """Refuse switches TRL 1.12's PPO has no equivalent of: the comparison would be meaningless."""
+    ppo, rewards = cfg.ppo, cfg.rewards
+    ours_only = {
+        "rewards (rules, extra models, length penalty, weight)": rewards != type(rewards)(),
+        "reward.ensemble_size > 1": cfg.reward.ensemble_size > 1,
+        "kl.adaptive": ppo.kl.adaptive,
+        "reward_normalization": ppo.reward_normalization,
+        "reward_clip": ppo.reward_clip is not None,
+        "entropy_coef": ppo.entropy_coef != 0,
+        "whiten_advantages (off)": not ppo.whiten_advantages,
+        "kl_stop": ppo.kl_stop is not None,
+        "sampling.top_k/top_p": ppo.sampling.top_k != 0 or ppo.sampling.top_p != 1.0,
+    }
+    if used := [name for name, on in ours_only.items() if on]:
+        raise SystemExit(f"ppo settings TRL 1.12 cannot match: {', '.join(used)}; turn them off")
+
+
+# ---- the shared evaluation ----------------------------------------------------------------------
+
+
+def evaluate_policy(policy, reference, reward_model, tokenizer, prompts, sampling, spec) -> dict:
+    """Held-out mean reward-model score and KL to the reference (nats/sequence, k1 summed over
+    response tokens at the sampling temperature), `spec["eval_samples"]` samples per prompt from
+    seeds eval_seed + i. The caller's RNG state is restored, so training is not perturbed."""
+    import torch
+
+    from alignflow.rl.rollout import sample_with_logprobs, token_scores
+
+    scores, kls, eos = [], [], []
+    with torch.no_grad(), torch.random.fork_rng():
+        for index in range(spec["eval_samples"]):
+            torch.manual_seed(spec["eval_seed"] + index)
+            for start in range(0, len(prompts), spec["eval_batch"]):
+                batch = prompts[start : start + spec["eval_batch"]]
+                s = sample_with_logprobs(policy, reference, tokenizer, batch, sampling)
+                last = (s.mask.sum(-1) - 1).clamp(min=0)
+                rows = torch.arange(len(batch))
+                score = token_scores(reward_model, s.sequence, s.attention_mask)
+                scores += score[rows, s.query_len + last].tolist()
+                kls += ((s.logprobs - s.ref_logprobs) * s.mask).sum(-1).tolist()
+                eos += (s.response[rows, last] == tokenizer.eos_token_id).float().tolist()
+    n = len(scores)
+    return {"score": sum(scores) / n, "kl": sum(kls) / n, "eos_rate": sum(eos) / n}
+
+
+class Recorder:
+    """Per-update loop seconds (evaluation excluded) and the reward-KL curve of one run."""
+
+    def __init__(self, side: str, seed: int, spec: dict, evaluate) -> None:
+        self.side, self.seed, self.spec, self.evaluate = side, seed, spec, evaluate
+        self.update_seconds: list[float] = []
+        self.update_cpu_seconds: list[float] = []  # all threads of this process
+        self.curve: list[dict] = []
+        self.train: list[dict] = []
+        self._reset_clock()
+
+    def _reset_clock(self) -> None:
+        self.mark, self.mark_cpu = time.perf_counter(), time.process_time()
+
+    def start(self, policy) -> None:
+        self._eval(policy, 0)
+        self._reset_clock()
+
+    def end_update(self, policy, update: int, stats: dict) -> None:
+        self.update_seconds.append(time.perf_counter() - self.mark)
+        self.update_cpu_seconds.append(time.process_time() - self.mark_cpu)
+        self.train.append({"update": update, **stats})
+        every, last = self.spec["eval_every"], self.spec["updates"]
+        if update % every == 0 or update == last:
+            self._eval(policy, update)
+        self._reset_clock()
+
+    def _eval(self, policy, update: int) -> None:
+        point = {"update": update, **self.evaluate(policy)}
+        self.curve.append(point)
+        seconds = sum(self.update_seconds)
+        print(
+            f"[{self.side} seed {self.seed}] update {update:3d}/{self.spec['updates']} "
+            f"held-out score {point['score']:+.3f} KL {point['kl']:.3f} eos {point['eos_rate']:.2f}"
+            f"  ({seconds:.1f}s training)",
+            flush=True,
+        )
+
+    def result(self) -> dict:
+        return {
+            "side": self.side,
+            "seed": self.seed,
+            "update_seconds": self.update_seconds,
+            "update_cpu_seconds": self.update_cpu_seconds,
+            "load_average": os.getloadavg()[0],
+            "curve": self.curve,
+            "train": self.train,
+        }
+
+
+# ---- workers (one subprocess per side and seed) -------------------------------------------------
+
+
+def _load(paths: dict, device: str):
+    from alignflow.models import load_causal_lm, load_scalar_head_model, load_tokenizer
+
+    tokenizer = load_tokenizer(paths["sft"])
+    pad = tokenizer.pad_token_id
+    return (
+        tokenizer,
+        load_causal_lm(paths["sft"], device=device),  # policy
+        load_causal_lm(paths["sft"], device=device).eval(),  # reference
+        load_scalar_head_model(paths["reward"], pad_token_id=pad, device=device).eval(),
+        load_scalar_head_model(paths["reward"], pad_token_id=pad, device=device),  # critic init
+    )
+
+
+def _recorder(side, spec, ppo, tokenizer, reference, reward_model, heldout) -> Recorder:
+    def evaluate(policy) -> dict:
+        return evaluate_policy(
+            policy, reference, reward_model, tokenizer, heldout, ppo.sampling, spec
+        )
+
+    return Recorder(side, spec["seed"], spec, evaluate)
+
+
+def run_ours(spec: dict) -> dict:
+    import torch
+
+    from alignflow.config import PPOConfig
+    from alignflow.models import default_device
+    from alignflow.rl.trainer import PPOTrainer
+    from alignflow.store import read_jsonl
+
+    ppo = PPOConfig.model_validate(spec["ppo"])
+    torch.manual_seed(spec["seed"])
+    tokenizer, policy, reference, reward_model, value = _load(spec["paths"], default_device())
+    heldout = [row["prompt"] for row in read_jsonl(Path(spec["paths"]["heldout"]))]
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = PPOTrainer(
+            ppo, policy, reference, reward_model, value, tokenizer,
+            read_jsonl(Path(spec["paths"]["rl_prompts"])), spec["seed"], Path(tmp),
+        )  # fmt: skip
+        recorder = _recorder("ours", spec, ppo, tokenizer, reference, reward_model, heldout)
+        recorder.start(policy)
+        for update in range(1, ppo.updates + 1):
+            stats = trainer.step()
+            keep = ("reward", "kl", "eos_rate", "generation_seconds", "training_seconds")
+            recorder.end_update(policy, update, {k: stats[k] for k in keep if k in stats})
+    return recorder.result()
+
+
+def _trl_config(ppo, seed: int, output_dir: str):
+    import torch
+    from trl.experimental.ppo import PPOConfig as TRLPPOConfig
+
+    return TRLPPOConfig(
+        output_dir=output_dir,
+        seed=seed,
+        per_device_train_batch_size=ppo.rollout_batch_size,
+        gradient_accumulation_steps=1,  # one optimizer step per minibatch, as ours
+        num_mini_batches=ppo.rollout_batch_size // ppo.minibatch_size,
+        num_ppo_epochs=ppo.ppo_epochs,
+        total_episodes=ppo.updates * ppo.rollout_batch_size,
+        local_rollout_forward_batch_size=ppo.rollout_batch_size,
+        learning_rate=ppo.learning_rate,
+        response_length=ppo.sampling.max_new_tokens,
+        temperature=ppo.sampling.temperature,
+        stop_token="eos",
+        kl_coef=ppo.kl.coef,
+        kl_estimator=ppo.kl.estimator,
+        cliprange=ppo.clip_range,
+        cliprange_value=ppo.value_clip_range,
+        vf_coef=ppo.value_coef,
+        gamma=ppo.gamma,
+        lam=ppo.lam,
+        whiten_rewards=ppo.whiten_rewards,
+        missing_eos_penalty=None if ppo.missing_eos_score is None else -ppo.missing_eos_score,
+        bf16=False,
+        use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=False,
+        num_sample_generations=0,
+        save_strategy="no",
+        report_to=[],
+        logging_steps=1,
+        disable_tqdm=True,
+    )
+
+
+def _our_optimizer(ppo, policy, reference, reward_model, value, tokenizer, output_dir):
+    """The optimizer and LR schedule our PPOTrainer builds over these very policy and value
+    parameters, taken from a throwaway instance so that TRL's side always gets the same ones."""
+    from alignflow.rl.trainer import PPOTrainer
+
+    ours = PPOTrainer(ppo, policy, reference, reward_model, value, tokenizer, [], 0, output_dir)
+    return ours.optimizer, ours.scheduler
+
+
+def _trl_callback(recorder: Recorder):
+    from transformers import TrainerCallback
+
+    class Record(TrainerCallback):
+        def __init__(self) -> None:
+            self.stats: dict = {}
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            recorder.start(model.policy)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            keep = ("objective/scores", "objective/kl", "val/num_eos_tokens")
+            self.stats = {k: logs[k] for k in keep if k in (logs or {})}
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            recorder.end_update(model.policy, state.global_step, self.stats)
+
+    return Record()
+
+
+def run_trl(spec: dict) -> dict:
+    import trl
+    from transformers import PrinterCallback, set_seed
+    from trl.experimental.ppo import PPOTrainer
+
+    from alignflow.config import PPOConfig
+    from alignflow.models import default_device
+    from alignflow.store import read_jsonl
+
+    if trl.__version__ != TRL_VERSION:
+        raise SystemExit(f"expected trl {TRL_VERSION} from {TRL_DIR}, imported {trl.__version__}")
+    ppo = PPOConfig.model_validate(spec["ppo"])
+    set_seed(spec["seed"])  # TRL's minibatch order comes from numpy's global RNG
+    tokenizer, policy, reference, reward_model, value = _load(spec["paths"], default_device())
+    heldout = [row["prompt"] for row in read_jsonl(Path(spec["paths"]["heldout"]))]
+    dataset = _trl_dataset(tokenizer, read_jsonl(Path(spec["paths"]["rl_prompts"])))
+    recorder = _recorder("trl", spec, ppo, tokenizer, reference, reward_model, heldout)
+    models = policy, reference, reward_model, value, tokenizer
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = PPOTrainer(
+            args=_trl_config(ppo, spec["seed"], tmp), processing_class=tokenizer, model=policy,
+            ref_model=reference, reward_model=reward_model, train_dataset=dataset,
+            value_model=value, eval_dataset=dataset,
+            optimizers=_our_optimizer(ppo, *models, Path(tmp)),
+            callbacks=[_trl_callback(recorder)],
+        )  # fmt: skip
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+    return recorder.result()
+
+
+def _trl_dataset(tokenizer, rows: list[dict]):
+    """`input_ids` of each prompt, chat template and generation prompt applied (TRL's contract),
+    tokenized exactly as alignflow.rl.rollout.encode_prompts does; TRL left-pads per batch."""
+    from datasets import Dataset
+
+    tokenizer.padding_side = "left"
+    texts = [
+        tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        for row in rows
+    ]
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    return Dataset.from_dict({"input_ids": ids})
+
+
+def worker_main(side: str, spec_path: str, result_path: str) -> None:
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    warnings.filterwarnings("ignore")
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    spec = json.loads(Path(spec_path).read_text())
+    result = (run_ours if side == "ours" else run_trl)(spec)
+    Path(result_path).write_text(json.dumps(result))
+
+
+def run_worker(side: str, spec: dict, work: Path) -> dict:
+    spec_path = work / f"{side}-seed{spec['seed']}-spec.json"
+    result_path = work / f"{side}-seed{spec['seed']}.json"
+    spec_path.write_text(json.dumps(spec))
+    load = os.getloadavg()[0]
+    print(f"--- {side}, seed {spec['seed']} (load average {load:.1f})", flush=True)
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", side,
+               "--spec", str(spec_path), "--result", str(result_path)]  # fmt: skip
+    subprocess.run(command, check=True, env=_env(side), cwd=ROOT)
+    return json.loads(result_path.read_text())
+
+
+# ---- the comparison -----------------------------------------------------------------------------
+
+
+def gain_at(curve: list[dict], kl: float) -> float | None:
+    """Reward gain over the update-0 (SFT) point where the curve first reaches `kl`, linearly
+    interpolated between the two evaluations around that crossing; None if it never does."""
+    base = curve[0]["score"]
+    for before, after in zip(curve, curve[1:], strict=False):
+        if after["kl"] >= kl:
+            span = after["kl"] - before["kl"]
+            w = 1.0 if span <= 0 else min(max((kl - before["kl"]) / span, 0.0), 1.0)
+            return before["score"] + w * (after["score"] - before["score"]) - base
+    return None
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def throughput(run: dict, clock: str = "update_seconds") -> float:
+    """Updates per second of wall clock (or of process CPU time with clock="update_cpu_seconds"),
+    the first (warm-up) update excluded when there are others."""
+    seconds = run[clock][1:] or run[clock]
+    return len(seconds) / sum(seconds)
+
+
+def summarize(runs: list[dict]) -> dict:
+    by_side = {side: [r for r in runs if r["side"] == side] for side in SIDES}
+    ups = {side: _mean([throughput(r) for r in by_side[side]]) for side in SIDES}
+    cpu = "update_cpu_seconds"
+    ups_cpu = {side: _mean([throughput(r, cpu) for r in by_side[side]]) for side in SIDES}
+    common_kl = min(max(p["kl"] for p in r["curve"]) for r in runs)
+    gains: dict[str, dict[str, float]] = {side: {} for side in SIDES}
+    for fraction in KL_FRACTIONS:
+        for side in SIDES:
+            values = [gain_at(r["curve"], fraction * common_kl) for r in by_side[side]]
+            gains[side][f"{fraction:g}"] = _mean([v for v in values if v is not None])
+    ours_gain, trl_gain = gains["ours"]["1"], gains["trl"]["1"]
+    return {
+        "updates_per_second": ups,
+        "throughput_ratio": ups["ours"] / ups["trl"],
+        "cpu_throughput_ratio": ups_cpu["ours"] / ups_cpu["trl"],
+        "max_load_average": max(r["load_average"] for r in runs),
+        "common_kl": common_kl,
+        "gain_by_kl_fraction": gains,
+        "gain_ratio": ours_gain / trl_gain if trl_gain > 0 else None,
+        "target_throughput_met": ups["ours"] / ups["trl"] >= 1.5,
+        "target_gain_met": common_kl > 0 and ours_gain >= trl_gain,
+    }
+
+
+def table(runs: list[dict], summary: dict) -> str:
+    kl = summary["common_kl"]
+    lines = ["side  seed  s/update  final KL  final gain  gain@common KL",
+             "----  ----  --------  --------  ----------  --------------"]  # fmt: skip
+    for r in runs:
+        final = r["curve"][-1]
+        gain = gain_at(r["curve"], kl)
+        lines.append(
+            f"{r['side']:<4}  {r['seed']:>4}  {1 / throughput(r):8.3f}  {final['kl']:8.3f}  "
+            f"{final['score'] - r['curve'][0]['score']:+10.3f}  "
+            f"{'n/a' if gain is None else f'{gain:+.3f}':>14}"
+        )
+    gains = summary["gain_by_kl_fraction"]
+    lines += ["", "mean reward gain over SFT at matched held-out KL (nats/sequence):"]
+    for fraction in KL_FRACTIONS:
+        ours, theirs = gains["ours"][f"{fraction:g}"], gains["trl"][f"{fraction:g}"]
+        lines.append(f"  KL {fraction * kl:7.3f}: ours {ours:+.3f}  trl {theirs:+.3f}")
+    ratio = summary["gain_ratio"]
+    met = {True: "MET", False: "NOT MET"}
+    lines += [
+        "",
+        f"update throughput ours/theirs: {summary['throughput_ratio']:.2f}x "
+        f"(target >= 1.5x: {met[summary['target_throughput_met']]}); "
+        f"per CPU-second: {summary['cpu_throughput_ratio']:.2f}x",
+        f"reward gain at KL {kl:.3f} ours/theirs: "
+        f"{'n/a (TRL gain <= 0)' if ratio is None else f'{ratio:.2f}'} "
+        f"(target ours >= theirs: {met[summary['target_gain_met']]})",
+    ]
+    cores = os.cpu_count() or 1
+    if summary["max_load_average"] > cores:
+        lines.append(
+            f"warning: load average reached {summary['max_load_average']:.1f} on {cores} cores; "
+            "other processes shared the CPU, so wall-clock timings are noisy"
+        )
+    return "\n".join(lines)
+
+
+def _spec(args, cfg, paths: dict, seed: int) -> dict:
+    ppo = cfg.ppo.model_copy(update={"updates": args.updates or cfg.ppo.updates})
+    return {
+        "seed": seed,
+        "paths": paths,
+        "ppo": ppo.model_dump(mode="json"),
+        "updates": ppo.updates,
+        "eval_every": args.eval_every,
+        "eval_samples": args.eval_samples,
+        "eval_seed": cfg.evaluate.seed,
+        "eval_batch": cfg.evaluate.batch_size,
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/tiny.yaml")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--updates", type=int, default=None, help="default: the config's ppo.updates"
+    )
+    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--eval-samples", type=int, default=4, help="samples per held-out prompt")
+    parser.add_argument("--quick", action="store_true", help=f"a tiny end-to-end run: {QUICK}")
+    parser.add_argument("--out", default=None, help="JSON of every curve and the table")
+    parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+        args.eval_samples = 1
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        return worker_main(args.worker, args.spec, args.result)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    ensure_trl()
+    cfg, paths = ensure_models(args.config)
+    check_comparable(cfg)
+    work = BENCH_DIR / Path(args.config).stem / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    runs = [
+        run_worker(side, _spec(args, cfg, paths, cfg.run.seed + index), work)
+        for index in range(args.seeds)
+        for side in SIDES
+    ]
+    summary = summarize(runs)
+    text = table(runs, summary)
+    print(f"\n{args.config}: {args.seeds} seeds, {runs[0]['curve'][-1]['update']} updates\n{text}")
+    print(f"wall time {time.perf_counter() - started:.0f}s")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        payload = {"args": vars(args), "runs": runs, "summary": summary, "table": text}
+        Path(args.out).write_text(json.dumps(payload, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""LoRA and QLoRA PPO: policy and reference share one base (the reference is the adapter switched
+off), the critic trains its own adapter, checkpoints hold adapters, and the result merges."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alignflow.config import LoraConfig
+from alignflow.models import load_causal_lm, load_scalar_head_model, load_tokenizer
+from alignflow.rl.lora import lora_policy, lora_value_model, merge_adapter
+from alignflow.rl.rollout import response_logprobs
+from alignflow.rl.trainer import PPOTrainer
+from tests.stage.ppo_setup import micro_models
+
+
+def lora_trainer(models, out, updates: int, quantization: str = "none", **settings) -> PPOTrainer:
+    cfg = models.ppo_cfg.model_copy(
+        update={
+            "updates": updates, "rollout_batch_size": 8, "minibatch_size": 4, "ppo_epochs": 2,
+            "checkpoint_every": 2, "learning_rate": 1e-3, "lora": LoraConfig(r=8, alpha=16),
+            "quantization": quantization, **settings,
+        }
+    )  # fmt: skip
+    tokenizer = load_tokenizer(models.sft_dir)
+    pad = tokenizer.pad_token_id
+    policy, reference = lora_policy(models.sft_dir, cfg, False, "cpu")
+    return PPOTrainer(
+        cfg, policy, reference,
+        reward_model=load_scalar_head_model(models.rm_dir, pad_token_id=pad),
+        value_model=lora_value_model(models.rm_dir, cfg, False, pad, "cpu"),
+        tokenizer=tokenizer, prompts=models.prompt_rows, seed=3, output_dir=out,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def models(pipeline_runs):
+    return micro_models(pipeline_runs)
+
+
+def test_lora_ppo_trains_only_adapters_against_the_shared_base(models, tmp_path):
+    trainer = lora_trainer(models, tmp_path, updates=6)
+    trained = [n for n, p in trainer.policy.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in name for name in trained)
+    value_trained = [n for n, p in trainer.value_model.named_parameters() if p.requires_grad]
+    assert any("score" in n for n in value_trained)  # the critic's head trains with its adapter
+    history = trainer.train()
+
+    # the reference is the SFT model itself: the adapter switched off, not a second copy
+    sft = load_causal_lm(models.sft_dir)
+    batch = load_tokenizer(models.sft_dir)(["<|user|>\nhi"], return_tensors="pt")
+    sequence, attention = batch["input_ids"], batch["attention_mask"]
+    want, _ = response_logprobs(sft, sequence, attention, 1, 1.0)
+    got, _ = response_logprobs(trainer.reference, sequence, attention, 1, 1.0)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    moved, _ = response_logprobs(trainer.policy, sequence, attention, 1, 1.0)
+    assert not torch.allclose(moved, want)
+
+    assert history[-1]["kl"] > 0.01  # the policy left the reference
+    assert sum(h["reward"] for h in history[-2:]) > sum(h["reward"] for h in history[:2]) + 0.1
+    checkpoint = next((tmp_path / "checkpoints").iterdir())
+    assert (checkpoint / "policy" / "adapter_model.safetensors").exists()
+    assert not (checkpoint / "policy" / "model.safetensors").exists()
+
+
+def test_lora_ppo_resumes_its_adapters_and_merges_into_a_plain_model(models, tmp_path):
+    straight = lora_trainer(models, tmp_path / "straight", updates=4)
+    straight.train()
+    first_half = lora_trainer(models, tmp_path / "resumed", updates=2)
+    first_half.train()
+    resumed = lora_trainer(models, tmp_path / "resumed", updates=4)
+    resumed.train()
+    assert resumed.resumed_from == 2
+    assert resumed.history[-1]["reward"] == pytest.approx(straight.history[-1]["reward"], rel=1e-5)
+    assert resumed.history[-1]["kl"] == pytest.approx(
+        straight.history[-1]["kl"], rel=1e-4, abs=1e-6
+    )
+
+    resumed.policy.save_pretrained(tmp_path / "adapter")
+    merge_adapter(models.sft_dir, tmp_path / "adapter", tmp_path / "policy", trust=False)
+    merged = load_causal_lm(str(tmp_path / "policy"))
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    batch = load_tokenizer(models.sft_dir)(["<|user|>\nhello there"], return_tensors="pt")
+    with torch.no_grad():
+        want = resumed.policy(**batch).logits
+        got = merged(**batch).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_qlora_ppo_runs_on_a_4bit_base(models, tmp_path):
+    from bitsandbytes.nn import Linear4bit
+
+    trainer = lora_trainer(models, tmp_path, updates=2, quantization="4bit")
+    assert any(isinstance(m, Linear4bit) for m in trainer.policy.modules())
+    assert any(isinstance(m, Linear4bit) for m in trainer.value_model.modules())
+    history = trainer.train()
+    assert len(history) == 2 and history[-1]["kl"] != 0.0
+    assert all(torch.isfinite(torch.tensor(h["policy_loss"])) for h in history)
