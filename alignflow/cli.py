@@ -81,6 +81,39 @@ def run(
     typer.echo(f"summary: {run_dir / 'summary.json'}")
 
 
+@app.command("launch")
+def launch_stage(
+    stage: Annotated[str, typer.Argument(help="The stage to run, e.g. sft or reward.")],
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML, e.g. configs/tiny.yaml.")],
+    nproc: Annotated[
+        int, typer.Option("--nproc", min=1, help="Processes: one per GPU (gloo DDP on CPU).")
+    ] = 1,
+    launcher: Annotated[
+        str, typer.Option("--launcher", help="What starts them: torchrun or accelerate.")
+    ] = "torchrun",
+    deepspeed: Annotated[
+        Path | None,
+        typer.Option("--deepspeed", help="DeepSpeed config, e.g. infra/deepspeed/zero2.json."),
+    ] = None,
+    set_: SetOption = None,
+) -> None:
+    """Run one stage on N processes (torchrun or accelerate, DeepSpeed optional), outside Prefect;
+    its upstream stages must be complete (`alignflow run` makes them)."""
+    _load(config, set_)  # a config error exits 2 before any process starts
+    _quiet_defaults()
+    from alignflow import launch as launching
+
+    try:
+        result = launching.run(
+            stage, config, set_ or [], nproc, launcher, deepspeed, on_line=typer.echo
+        )
+    except ValueError as error:  # unknown stage or launcher, missing DeepSpeed file
+        _fail(str(error), 2)
+    except launching.LaunchError as error:  # the output above says the rest
+        _fail(str(error), 1)
+    typer.echo(f"{stage}: {result.status} in {result.seconds:.1f}s, output {result.output}")
+
+
 @app.command("show-config")
 def show_config(config: Path, set_: SetOption = None) -> None:
     """Print the resolved config (defaults + file + overrides) as YAML."""

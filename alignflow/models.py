@@ -265,15 +265,29 @@ def peft_lora_config(lora: LoraConfig | None, task_type: str):
 
 
 def trainer_device_kwargs() -> dict:
-    """TRL configs default to bf16 and gradient checkpointing; pick what this machine can do."""
+    """TRL configs default to bf16 and gradient checkpointing; pick what this machine can do.
+
+    Under a launcher (alignflow.launch): DDP over gloo on CPU (nccl needs GPUs), and DeepSpeed
+    when the stage was started with `--deepspeed`.
+    """
+    import os
+
     import torch
 
+    from alignflow import distributed
+    from alignflow.launch import DEEPSPEED_ENV
+
     on_gpu = torch.cuda.is_available()
-    return {
+    kwargs = {
         "use_cpu": not on_gpu,
         "bf16": on_gpu and torch.cuda.is_bf16_supported(),
         "gradient_checkpointing": False,
     }
+    if distributed.world_size() > 1:
+        kwargs["ddp_backend"] = distributed.backend()
+    if os.environ.get(DEEPSPEED_ENV):
+        kwargs["deepspeed"] = os.environ[DEEPSPEED_ENV]
+    return kwargs
 
 
 def trainer_kwargs(section, output_dir: Path, seed: int) -> dict:

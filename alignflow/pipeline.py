@@ -8,6 +8,7 @@ resumable and tracked.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from alignflow import tracking
+from alignflow import distributed, tracking
 from alignflow.config import PipelineConfig, dump_config
 from alignflow.store import (
     SUMMARY_FILE,
@@ -100,23 +101,35 @@ def run_stage(
     stage: str,
     body: Callable[[Path], dict[str, Any]],
 ) -> StageResult:
-    """Reuse a completed output, or run `body(work_dir) -> metrics` under a child MLflow run."""
+    """Reuse a completed output, or run `body(work_dir) -> metrics` under a child MLflow run.
+
+    Launched on N processes (launch.py), every rank runs `body` (a Trainer does DDP/DeepSpeed
+    itself) in the same work dir, but only rank 0 decides reuse, opens the MLflow run, and commits
+    the dir; every rank returns rank 0's result.
+    """
     started = time.perf_counter()
     directory = stage_dir(cfg, stage)
-    if directory.completed():
-        cached = directory.load()
+    main = distributed.is_main()
+    cached = distributed.broadcast_object(
+        directory.load() if main and directory.completed() else None
+    )
+    if cached is not None:
         return cached.model_copy(
             update={"status": "cached", "seconds": time.perf_counter() - started}
         )
+    if not main:
+        return _follow_stage(body)
     params = tracking.flatten(_settings(cfg, stage))
+    ctx = ctx.model_copy(update={"tags": {**ctx.tags, **_launch_tags()}})
     with tracking.stage_run(ctx, stage, params) as run_id:
-        work = directory.begin()
+        work = distributed.broadcast_object(directory.begin())
         try:
             metrics = body(work)
         except BaseException:
             if not any(work.iterdir()):  # nothing to resume from: leave no trace
                 work.rmdir()
             raise
+        distributed.barrier()  # every rank is done with the work dir before it is renamed
         result = StageResult(
             stage=stage,
             cache_key=directory.final.name,
@@ -126,7 +139,29 @@ def run_stage(
             seconds=time.perf_counter() - started,
         )
         directory.commit(result)
-    return result
+    return distributed.broadcast_object(result)
+
+
+def _launch_tags() -> dict[str, str]:
+    """How a launched stage ran (processes, DeepSpeed config), for its MLflow run: not settings,
+    so never in a cache key."""
+    from alignflow.launch import DEEPSPEED_ENV
+
+    tags = {}
+    if distributed.world_size() > 1:
+        tags["alignflow.world_size"] = str(distributed.world_size())
+    if os.environ.get(DEEPSPEED_ENV):
+        tags["alignflow.deepspeed"] = Path(os.environ[DEEPSPEED_ENV]).name
+    return tags
+
+
+def _follow_stage(body: Callable[[Path], dict[str, Any]]) -> StageResult:
+    """A rank other than 0: work in rank 0's dir, then wait for it to commit (the mirror of the
+    collectives in `run_stage`, in the same order)."""
+    work = distributed.broadcast_object(None)
+    body(work)
+    distributed.barrier()
+    return distributed.broadcast_object(None)
 
 
 class PipelineRun:

@@ -7,15 +7,18 @@ by MLflow's thread-local "active run", so stages can run in any worker thread.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+
+from alignflow import distributed
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +124,18 @@ def stage_run(ctx: TrackingContext, stage: str, params: dict[str, Any]) -> Itera
             mlflow.flush_async_logging()
 
 
+def _main_rank_only(write: Callable[..., None]) -> Callable[..., None]:
+    """Under N processes only rank 0 has the stage's run; elsewhere MLflow would start a new one."""
+
+    @functools.wraps(write)
+    def logged(*args: Any, **kwargs: Any) -> None:
+        if distributed.is_main():
+            write(*args, **kwargs)
+
+    return logged
+
+
+@_main_rank_only
 def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
     """Log finite numeric values to the active stage run."""
     import mlflow
@@ -135,18 +150,21 @@ def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
         mlflow.log_metrics(numeric, step=step, synchronous=False)
 
 
+@_main_rank_only
 def log_text(text: str, artifact_file: str) -> None:
     import mlflow
 
     mlflow.log_text(text, artifact_file)
 
 
+@_main_rank_only
 def log_dict(data: dict, artifact_file: str) -> None:
     import mlflow
 
     mlflow.log_dict(data, artifact_file)
 
 
+@_main_rank_only
 def log_table(rows: list[dict], artifact_file: str) -> None:
     import mlflow
 

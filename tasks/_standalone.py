@@ -1,28 +1,48 @@
-"""`python -m tasks.<stage> CONFIG.yaml [section.key=value ...]`: run one stage outside Prefect.
+"""`python -m tasks.<stage> CONFIG.yaml [--deepspeed DS.json] [section.key=value ...]`: run one
+stage outside Prefect.
 
-This is how a launcher (torchrun, accelerate, deepspeed) starts a stage on N devices. Upstream
-outputs are found by their cache keys, so they must already be complete.
+This is how a launcher (torchrun, accelerate; alignflow/launch.py) starts a stage on N devices.
+Upstream outputs are found by their cache keys, so they must already be complete. Under N
+processes every rank runs the stage; rank 0 alone prints the result.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
+from alignflow import distributed
 from alignflow.config import ConfigError, load_config
 from alignflow.data.errors import DataError
+from alignflow.launch import DEEPSPEED_ENV, RESULT_FILE_ENV
 from alignflow.pipeline import UPSTREAM, stage_dir, tracking_context
 from alignflow.store import StageResult
+
+USAGE = "usage: python -m tasks.{stage} CONFIG.yaml [--deepspeed DS.json] [section.key=value ...]"
+
+
+def _take_deepspeed(args: list[str]) -> list[str]:
+    """Remove `--deepspeed PATH` from `args` into the environment, where the Trainer finds it."""
+    if "--deepspeed" not in args:
+        return args
+    at = args.index("--deepspeed")
+    if at + 1 >= len(args):
+        raise ConfigError(
+            "--deepspeed needs a DeepSpeed config path, e.g. infra/deepspeed/zero2.json"
+        )
+    os.environ[DEEPSPEED_ENV] = os.path.abspath(args[at + 1])
+    return args[:at] + args[at + 2 :]
 
 
 def main(stage: str, run: Callable[..., StageResult], argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args:
-        print(
-            f"usage: python -m tasks.{stage} CONFIG.yaml [section.key=value ...]", file=sys.stderr
-        )
+        print(USAGE.format(stage=stage), file=sys.stderr)
         return 2
     try:
+        args = _take_deepspeed(args)
         cfg = load_config(args[0], args[1:])
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -35,11 +55,20 @@ def main(stage: str, run: Callable[..., StageResult], argv: list[str] | None = N
                   f"run the pipeline (alignflow run {args[0]}) or that stage first", file=sys.stderr)  # fmt: skip
             return 2
         upstream.append(directory.load())
-    ctx = tracking_context(cfg, tags={"alignflow.launch": "standalone"})
+    # Rank 0 alone opens the MLflow store: N processes creating one SQLite schema would collide.
+    distributed.init_process_group_from_env()
+    ctx = distributed.broadcast_object(
+        tracking_context(cfg, tags={"alignflow.launch": "standalone"})
+        if distributed.is_main()
+        else None
+    )
     try:
         result = run(cfg, ctx, *upstream)
     except DataError as error:  # bad data: one line naming file, line and field
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(result.model_dump_json(indent=2))
+    if distributed.is_main():
+        print(result.model_dump_json(indent=2))
+        if os.environ.get(RESULT_FILE_ENV):  # for alignflow.launch.run
+            Path(os.environ[RESULT_FILE_ENV]).write_text(result.model_dump_json())
     return 0

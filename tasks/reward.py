@@ -9,12 +9,12 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from alignflow import pipeline, tracking
+from alignflow import distributed, pipeline, tracking
 from alignflow.config import PipelineConfig
 from alignflow.store import StageResult, read_jsonl, write_json_atomic
 from alignflow.tracking import TrackingContext
 from tasks.collect import PAIRS_FILE
-from tasks.sft import MODEL_DIR, loss_trend
+from tasks.sft import MODEL_DIR, loss_trend, save_trained
 
 
 def member_dir(index: int) -> str:
@@ -85,10 +85,10 @@ def train_member(
         **loss_trend(trainer.state.log_history),
         **{f"accuracy_{family}": value for family, value in accuracy.items()},
     }
-    trainer.model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    write_json_atomic(out / MEMBER_METRICS, metrics)  # last: marks the member complete
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    save_trained(trainer, tokenizer, out)
+    if trainer.is_world_process_zero():
+        write_json_atomic(out / MEMBER_METRICS, metrics)  # last: marks the member complete
+        shutil.rmtree(checkpoints, ignore_errors=True)
     return metrics
 
 
@@ -103,7 +103,8 @@ def run_reward(
         metrics: dict = {"train_pairs": len(train), "eval_pairs": len(heldout)}
         for index in range(cfg.reward.ensemble_size):
             out = work / member_dir(index)
-            if (out / MEMBER_METRICS).exists():  # trained before a crash: keep it
+            # trained before a crash: keep it (rank 0 decides, so N processes agree)
+            if distributed.broadcast_object((out / MEMBER_METRICS).exists()):
                 member = json.loads((out / MEMBER_METRICS).read_text())
             else:
                 # Members differ by seed (head init, data order): the usual cheap ensemble.

@@ -24,6 +24,19 @@ def loss_trend(log_history: list[dict], key: str = "loss") -> dict[str, float]:
     return {"first_loss": losses[0], "final_loss": losses[-1]} if losses else {}
 
 
+def save_trained(trainer, tokenizer, out: Path, merge_lora: bool = False) -> None:
+    """Save a Trainer's model as plain safetensors from rank 0 (under N processes every rank calls
+    this: `save_model` gathers ZeRO-3 shards first, where `save_pretrained` would write empty ones)."""
+    if merge_lora:  # later stages load a plain model
+        if trainer.is_world_process_zero():
+            trainer.model.merge_and_unload().save_pretrained(out)
+    else:
+        trainer.save_model(str(out))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(out)
+        (out / "training_args.bin").unlink(missing_ok=True)  # a pickle: safetensors only here
+
+
 def run_sft(cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult) -> StageResult:
     def body(work: Path) -> dict:
         from trl import SFTConfig, SFTTrainer
@@ -58,11 +71,7 @@ def run_sft(cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult) ->
             callbacks=[tracking.trainer_callback()],
         )
         trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
-        trained = trainer.model
-        if cfg.sft.lora is not None:  # later stages load a plain model
-            trained = trained.merge_and_unload()
-        trained.save_pretrained(work / MODEL_DIR)
-        tokenizer.save_pretrained(work / MODEL_DIR)
+        save_trained(trainer, tokenizer, work / MODEL_DIR, merge_lora=cfg.sft.lora is not None)
         shutil.rmtree(checkpoints, ignore_errors=True)
         metrics = {
             "train_rows": len(trainer.train_dataset),
