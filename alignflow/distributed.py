@@ -110,3 +110,40 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     reduced = tensor.detach().clone()
     dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
     return reduced / world_size()
+
+
+def all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's `tensor` (same shape on each), concatenated along dim 0 in rank order."""
+    if not init_process_group_from_env():
+        return tensor.clone()
+    import torch
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.detach().contiguous())
+    return torch.cat(parts)
+
+
+def average_gradients(parameters) -> None:
+    """Replace each parameter's gradient by its mean over all ranks: data parallelism for a loop
+    that owns its optimizer (the PPO engine), where every rank holds a full replica."""
+    if not init_process_group_from_env():
+        return
+    import torch.distributed as dist
+
+    for parameter in parameters:
+        if parameter.grad is not None:
+            dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
+            parameter.grad /= world_size()
+
+
+def shutdown() -> None:
+    """Leave the process group once every rank is done: a process that exits with gloo's threads
+    still running can abort ("terminate called without an active exception")."""
+    if world_size() == 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

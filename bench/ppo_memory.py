@@ -5,8 +5,10 @@
 For each size a random-init Llama is built locally (tokenizer trained on the demo text) and saved
 as the SFT model and as the reward model. Each (size, mode) then runs `--updates` PPO updates in its
 own process, through the pipeline's own model loading (`tasks.ppo.ppo_models`, `load_rewarder`), and
-reports its peak memory: `torch.cuda.max_memory_allocated` on a GPU, else the growth of the process's
-peak RSS over its RSS before any model was loaded. Figures are ratios against full PPO of that size.
+reports its peak memory (`torch.cuda.max_memory_allocated` on a GPU, else the growth of the process's
+peak RSS over its RSS before any model was loaded; on CPU this includes load-time copies, since
+bitsandbytes quantizes after reading full weights) and the memory held in tensors after the updates
+(weights, gradients, optimizer state). Figures are ratios against full PPO of that size.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 SIZES = {
     "tiny": {},  # TinyModelConfig defaults: hidden 128, 3 layers
-    "large": {"hidden_size": 1024, "num_layers": 8, "num_heads": 16, "intermediate_size": 2816},
+    "large": {"hidden_size": 768, "num_layers": 8, "num_heads": 12, "intermediate_size": 2048},
 }
 MODES = {
     "full": {},
@@ -85,12 +87,25 @@ def worker(size: str, mode: str, updates: int) -> dict:
     for _ in range(updates):
         trainer.step()
     seconds = (time.perf_counter() - started) / updates
+    held = {"held_mib": tensor_mib(trainer), "seconds_per_update": seconds}
     if device == "cuda":
-        return {
-            "peak_mib": torch.cuda.max_memory_allocated() / 2**20,
-            "seconds_per_update": seconds,
-        }
-    return {"peak_mib": rss_mib() - before, "seconds_per_update": seconds}
+        return {"peak_mib": torch.cuda.max_memory_allocated() / 2**20, **held}
+    return {"peak_mib": rss_mib() - before, **held}
+
+
+def tensor_mib(trainer) -> float:
+    """MiB held in tensors by the four roles' weights (a shared base counted once), gradients and
+    optimizer state: what stays resident between updates, free of allocator and load-time noise."""
+    import torch
+
+    models = [trainer.policy, trainer.value_model, *trainer.rewarder.models]
+    if isinstance(trainer.reference, torch.nn.Module):  # not the policy's adapter-off view
+        models.append(trainer.reference)
+    tensors = {id(t): t for m in models for t in (*m.parameters(), *m.buffers())}
+    tensors |= {id(p.grad): p.grad for m in models for p in m.parameters() if p.grad is not None}
+    for state in trainer.optimizer.state.values():
+        tensors |= {id(v): v for v in state.values() if torch.is_tensor(v)}
+    return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
 
 
 def main() -> None:
@@ -111,12 +126,14 @@ def main() -> None:
                 capture_output=True, text=True, check=True,
             )  # fmt: skip
             results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
-        base = results["full"]["peak_mib"]
-        print(f"{size}: {args.updates} updates of 16 rollouts, peak memory (ratio to full PPO)")
+        peak, held = results["full"]["peak_mib"], results["full"]["held_mib"]
+        print(f"{size}: {args.updates} updates of 16 rollouts (ratios to full PPO)")
+        print("  mode        peak memory       held in tensors    s/update")
         for mode, result in results.items():
             print(
-                f"  {mode:6s} {result['peak_mib']:8.0f} MiB  {result['peak_mib'] / base:5.2f}x"
-                f"   {result['seconds_per_update']:.2f} s/update"
+                f"  {mode:6s} {result['peak_mib']:8.0f} MiB {result['peak_mib'] / peak:5.2f}x"
+                f" {result['held_mib']:8.0f} MiB {result['held_mib'] / held:5.2f}x"
+                f"   {result['seconds_per_update']:.2f}"
             )
 
 

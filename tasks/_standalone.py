@@ -71,4 +71,5 @@ def main(stage: str, run: Callable[..., StageResult], argv: list[str] | None = N
         print(result.model_dump_json(indent=2))
         if os.environ.get(RESULT_FILE_ENV):  # for alignflow.launch.run
             Path(os.environ[RESULT_FILE_ENV]).write_text(result.model_dump_json())
+    distributed.shutdown()
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from alignflow import tracking
+from alignflow import distributed, tracking
 from alignflow.algorithms import POLICY_DIR
 from alignflow.config import PipelineConfig
 from alignflow.store import StageResult, read_jsonl
@@ -56,7 +56,11 @@ def train_ppo(
     trust = cfg.model.trust_remote_code
     sft_dir, rm_dir = str(sft.path(MODEL_DIR)), str(reward.path(MODEL_DIR))
     tokenizer = load_tokenizer(sft_dir, trust)
-    pad, device = tokenizer.pad_token_id, default_device()
+    launched = distributed.world_size() > 1
+    pad, device = (
+        tokenizer.pad_token_id,
+        str(distributed.device()) if launched else default_device(),
+    )
     policy, reference, value_model = ppo_models(cfg, sft_dir, rm_dir, pad, device)
     trainer = PPOTrainer(
         cfg.ppo,
@@ -72,14 +76,16 @@ def train_ppo(
         log_samples=lambda rows, step: tracking.log_table(rows, f"samples/update-{step:06d}.json"),
     )
     history = trainer.train()
-    if cfg.ppo.lora is None:
-        trainer.policy.save_pretrained(work / POLICY_DIR)
-    else:
-        trainer.policy.save_pretrained(work / ADAPTER_DIR)
-        merge_adapter(sft_dir, work / ADAPTER_DIR, work / POLICY_DIR, trust)
-    tokenizer.save_pretrained(work / POLICY_DIR)
-    shutil.rmtree(work / CHECKPOINT_DIR, ignore_errors=True)
+    if distributed.is_main():  # the replicas are identical (PPOTrainer.check_replicas)
+        if cfg.ppo.lora is None:
+            trainer.policy.save_pretrained(work / POLICY_DIR)
+        else:
+            trainer.policy.save_pretrained(work / ADAPTER_DIR)
+            merge_adapter(sft_dir, work / ADAPTER_DIR, work / POLICY_DIR, trust)
+        tokenizer.save_pretrained(work / POLICY_DIR)
+        shutil.rmtree(work / CHECKPOINT_DIR, ignore_errors=True)
     return {
+        "processes": trainer.world,
         "updates": len(history),
         # Set when a killed run was picked up from its checkpoint (-1: ran from the start).
         "resumed_from_update": -1 if trainer.resumed_from is None else trainer.resumed_from,

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from alignflow import distributed
 from alignflow.config import PPOConfig, RewardsConfig
 from alignflow.rl import functional as F
 from alignflow.rl.rewards import Rewarder
@@ -87,6 +88,15 @@ class PPOTrainer:
         `prompts`: prompt rows with a "prompt" message list (other columns go to rule rewards),
         or bare message lists."""
         self.cfg, self.tokenizer, self.prompts = cfg, tokenizer, _as_rows(prompts)
+        # Data parallel over N launched processes: each rank rolls out and trains on its slice of
+        # every batch and gradients are averaged, so the replicas stay identical.
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        if cfg.rollout_batch_size % self.world or cfg.minibatch_size % self.world:
+            raise ValueError(
+                f"ppo.rollout_batch_size ({cfg.rollout_batch_size}) and ppo.minibatch_size "
+                f"({cfg.minibatch_size}) must be divisible by the {self.world} processes"
+            )
+        distributed.init_process_group_from_env()
         if not isinstance(reward_model, Rewarder):
             reward_model = Rewarder(RewardsConfig(), tokenizer, [reward_model])
         self.policy, self.reference, self.rewarder, self.value_model = (
@@ -139,7 +149,7 @@ class PPOTrainer:
         epoch = start // n
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
         picks = [(start + i) % n for i in range(size)]
-        return [self.prompts[order[i]] for i in picks]
+        return [self.prompts[order[i]] for i in picks][self.rank :: self.world]
 
     def _scores(self, sampled, rows: list[dict]) -> tuple[Tensor, dict[str, float], list[str]]:
         """Scores (b,) after the missing-EOS penalty, normalisation and clipping; their stats;
@@ -170,7 +180,7 @@ class PPOTrainer:
             scores = torch.where(has_eos, scores, torch.full_like(scores, cfg.missing_eos_score))
         stats["reward"] = scores.mean().item()
         if cfg.reward_normalization:
-            self.reward_moments.update(scores)
+            self.reward_moments.update(distributed.all_gather(scores))  # every rank's scores
             mean, std = self.reward_moments.mean, self.reward_moments.std
             scores = F.normalize_scores(scores, mean, std, cfg.reward_clip)
         elif cfg.reward_clip is not None:
@@ -181,7 +191,8 @@ class PPOTrainer:
     @torch.no_grad()
     def rollout(self, rows: list[dict], update: int) -> tuple[Rollout, dict]:
         cfg = self.cfg
-        torch.manual_seed(self.seed * 100_003 + update)  # sampling is a function of (seed, update)
+        # sampling is a function of (seed, update, rank)
+        torch.manual_seed(self.seed * 100_003 + update + 1_000_003 * self.rank)
         prompts = [row["prompt"] for row in rows]
         try:
             sampled = sample_with_logprobs(
@@ -269,6 +280,7 @@ class PPOTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        distributed.average_gradients(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         if not torch.isfinite(grad_norm):
             raise NonFiniteError(
@@ -291,7 +303,8 @@ class PPOTrainer:
         totals: dict[str, float] = {}
         steps = 0
         for _ in range(self.cfg.ppo_epochs):
-            for idx in torch.randperm(n, generator=generator).split(self.cfg.minibatch_size):
+            minibatch = self.cfg.minibatch_size // self.world  # this rank's share of one
+            for idx in torch.randperm(n, generator=generator).split(minibatch):
                 for key, value in self._minibatch_step(batch, idx).items():
                     totals[key] = totals.get(key, 0.0) + value
                 steps += 1
@@ -305,6 +318,7 @@ class PPOTrainer:
         generated = time.perf_counter()
         stats.update(self.optimise(batch, update))
         trained = time.perf_counter()
+        stats = self._mean_over_ranks(stats)  # one view of the update: same beta, same stop
         stats["learning_rate"] = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.kl_ctl.update(stats["kl"], self.cfg.rollout_batch_size)
@@ -313,6 +327,29 @@ class PPOTrainer:
         self.history.append(stats)
         self.log_metrics(stats, update)
         return stats
+
+    def _mean_over_ranks(self, stats: dict[str, float]) -> dict[str, float]:
+        if self.world == 1:
+            return stats
+        keys = sorted(stats)
+        means = distributed.all_reduce_mean(
+            torch.tensor([stats[k] for k in keys], dtype=torch.float64)
+        )
+        return dict(zip(keys, means.tolist(), strict=True))
+
+    def check_replicas(self) -> None:
+        """Raise unless every rank holds the same weights (gradients were averaged each step)."""
+        if self.world == 1:
+            return
+        models = (self.policy, self.value_model)
+        total = sum(
+            p.detach().double().sum() for m in models for p in m.parameters() if p.requires_grad
+        )
+        sums = distributed.all_gather(torch.stack([total]))
+        if not torch.all(sums == sums[0]):
+            raise RuntimeError(
+                f"PPO replicas diverged across ranks: parameter sums {sums.tolist()}"
+            )
 
     def train(self) -> list[dict]:
         from tqdm.auto import tqdm
@@ -332,14 +369,19 @@ class PPOTrainer:
             if self.update_index % self.cfg.checkpoint_every == 0:
                 self.save_checkpoint()
         bar.close()
+        self.check_replicas()
         return self.history
 
     # ---- checkpoints ------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
-        """Write update-N atomically, then drop older ones: a crash loses at most one interval."""
+        """Write update-N atomically, then drop older ones: a crash loses at most one interval.
+        Rank 0 writes (the replicas are identical); every rank waits for it."""
         root = self.output_dir / CHECKPOINT_DIR
         final = root / f"update-{self.update_index:06d}"
+        if not distributed.is_main():
+            distributed.barrier()
+            return final
         tmp = root / f".tmp-update-{self.update_index:06d}"
         self.policy.save_pretrained(tmp / "policy")
         self.value_model.save_pretrained(tmp / "value")
@@ -360,6 +402,7 @@ class PPOTrainer:
         for old in root.glob("update-*"):
             if old != final:
                 _rmtree(old)
+        distributed.barrier()
         return final
 
     def resume(self) -> bool:

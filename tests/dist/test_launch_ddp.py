@@ -86,3 +86,36 @@ def test_reward_model_on_two_ddp_processes_learns_and_rank_zero_commits_it(colle
     pairs = metrics["train_pairs"] - metrics["dropped_too_long"]
     steps = _steps(pairs, micro_config(collected_root).reward.batch_size, epochs)
     _check_one_run_of_two_processes(collected_root, "reward", result, steps)
+
+
+@pytest.fixture
+def rewarded_root(pipeline_runs, tmp_path) -> Path:
+    seed_root(pipeline_runs, tmp_path, ("prepare", "sft", "collect", "reward"))
+    return tmp_path
+
+
+def test_ppo_on_two_ddp_processes_keeps_replicas_identical_and_raises_reward(rewarded_root):
+    # 16 rollouts per update, 8 per rank; PPOTrainer.check_replicas raises if the two ranks'
+    # weights differ after training, so completing proves the gradients were averaged.
+    done = _launch(
+        rewarded_root, "policy", "--set", "ppo.updates=12", "--set", "ppo.checkpoint_every=4"
+    )
+    assert "policy: completed" in done.stdout.splitlines()[-1]
+    output, result = _committed(rewarded_root, "policy")
+    assert (output / "policy" / "model.safetensors").exists()
+    metrics = result["metrics"]
+    assert metrics["processes"] == NPROC and metrics["updates"] == 12
+    assert metrics["reward_last"] > metrics["reward_first"]
+    (run,) = stage_runs(rewarded_root, "policy")
+    assert run.data.tags["alignflow.world_size"] == str(NPROC)
+    client = MlflowClient(tracking_uri(micro_config(rewarded_root)))
+    assert len(client.get_metric_history(run.info.run_id, "kl")) == 12  # rank 0 logged, once each
+
+
+def test_other_policy_algorithms_refuse_several_processes(rewarded_root):
+    command = [sys.executable, "-m", "alignflow.cli", "launch", "policy", "configs/micro.yaml",
+               "--nproc", "2", "--set", f"run.artifacts_root={rewarded_root}",
+               "--set", "policy.algorithm=dpo"]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "policy.algorithm 'dpo' runs on one process for now" in done.stdout + done.stderr
