@@ -78,6 +78,28 @@ def masked_whiten(values: Tensor, mask: Tensor, shift_mean: bool = True) -> Tens
     return torch.where(mask.bool(), whitened, 0.0)
 
 
+def masked_sums(values: Tensor, mask: Tensor) -> Tensor:
+    """(sum of x, sum of x^2, count) over the masked positions, float64, shape (3,): moments that
+    add up across batches or processes (all-reduce them, then `whiten_from_sums`)."""
+    m = mask.double()
+    x = values.double() * m
+    return torch.stack([x.sum(), (x * values.double()).sum(), m.sum()])
+
+
+def whiten_from_sums(values: Tensor, mask: Tensor, sums: Tensor, shift_mean: bool = True) -> Tensor:
+    """`masked_whiten` with the mean and unbiased variance taken from `masked_sums` (possibly of a
+    larger batch than `values`, e.g. every rank's). (b, t) -> (b, t), 0 where `mask` is 0."""
+    total, total_sq, count = sums.tolist()
+    if count < 2:
+        raise ValueError(f"whitening needs at least 2 masked elements, got {count:.0f}")
+    mean = total / count
+    std = math.sqrt(max(total_sq - count * mean**2, 0.0) / (count - 1))
+    whitened = (values - mean) / (std + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return torch.where(mask.bool(), whitened, 0.0)
+
+
 def logprobs_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
     """Log-probability of each label under the softmax of `logits`.
 

@@ -215,10 +215,10 @@ class PPOTrainer:
         kl = F.kl_per_token(logprobs, ref_logprobs, cfg.kl.estimator) * maskf
         rewards = F.penalized_rewards(scores, kl, maskf, self.kl_ctl.value)
         if cfg.whiten_rewards:
-            rewards = F.masked_whiten(rewards, maskf, shift_mean=False)
+            rewards = self._whiten(rewards, maskf, shift_mean=False)
         advantages, returns = F.gae_advantages(values, rewards, maskf, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
-            advantages = F.masked_whiten(advantages, maskf)
+            advantages = self._whiten(advantages, maskf)
         kl_k1_seq = ((logprobs - ref_logprobs) * maskf).sum(-1)
         stats = {
             **score_stats,
@@ -327,6 +327,14 @@ class PPOTrainer:
         self.history.append(stats)
         self.log_metrics(stats, update)
         return stats
+
+    def _whiten(self, values: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
+        """Whiten over the global batch: every rank's masked moments, so N processes whiten
+        exactly as one process holding the whole batch would."""
+        if self.world == 1:
+            return F.masked_whiten(values, mask, shift_mean)
+        sums = distributed.all_reduce_mean(F.masked_sums(values, mask)) * self.world
+        return F.whiten_from_sums(values, mask, sums, shift_mean)
 
     def _mean_over_ranks(self, stats: dict[str, float]) -> dict[str, float]:
         if self.world == 1:

@@ -17,12 +17,14 @@ from alignflow.rl.functional import (
     last_token_index,
     logprobs_from_logits,
     masked_mean,
+    masked_sums,
     masked_var,
     masked_whiten,
     normalize_scores,
     penalized_rewards,
     policy_loss,
     value_loss,
+    whiten_from_sums,
 )
 
 
@@ -354,3 +356,17 @@ def test_normalize_scores_standardises_then_clips() -> None:
     # (s - 6) / 2 = -1, 0, 4; clip at 3
     assert_close(normalize_scores(scores, 6.0, 2.0, None), torch.tensor([-1.0, 0.0, 4.0]))
     assert_close(normalize_scores(scores, 6.0, 2.0, 3.0), torch.tensor([-1.0, 0.0, 3.0]))
+
+
+def test_whitening_from_summed_moments_equals_whitening_the_whole_batch() -> None:
+    values = rows([1.0, 2.0, 9.0], [4.0, -3.0, 0.5], [7.0, 1.5, -2.0])
+    mask = rows([1, 1, 0], [1, 1, 1], [1, 0, 0])
+    # sums of x, x^2 and the count add across parts (as an all-reduce over ranks would)
+    sums = masked_sums(values[:1], mask[:1]) + masked_sums(values[1:], mask[1:])
+    # masked: 1, 2, 4, -3, 0.5, 7 -> sum 11.5, sum of squares 79.25, count 6
+    assert sums.tolist() == [11.5, 79.25, 6.0]
+    for shift in (True, False):
+        assert_close(
+            whiten_from_sums(values, mask, sums, shift_mean=shift),
+            masked_whiten(values, mask, shift_mean=shift),
+        )
