@@ -21,7 +21,7 @@ from alignflow.models import (
     peft_lora_config,
     trainer_kwargs,
 )
-from alignflow.rl.rollout import encode_prompts, response_logprobs
+from alignflow.rl.rollout import encode_completions, response_logprobs
 
 CHECKPOINTS = "checkpoints"
 
@@ -112,25 +112,18 @@ def completion_logprobs(
     left-padded, then the completion's own tokens.
     """
     model.eval()
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     totals = []
     for start in range(0, len(prompts), batch_size):
-        query, query_mask = encode_prompts(
-            tokenizer, prompts[start : start + batch_size], model.device
+        sequence, attention, query_len, mask = encode_completions(
+            tokenizer,
+            prompts[start : start + batch_size],
+            completions[start : start + batch_size],
+            model.device,
         )
-        responses = [
-            tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
-            for text in completions[start : start + batch_size]
-        ]
-        width = max(len(ids) for ids in responses)
-        response = torch.tensor([ids + [pad] * (width - len(ids)) for ids in responses])
-        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in responses])
-        sequence = torch.cat([query, response.to(model.device)], dim=1)
-        attention = torch.cat([query_mask, mask.to(model.device)], dim=1)
         logprobs, _ = response_logprobs(
-            model, sequence, attention, query.shape[1], 1.0, with_entropy=False
+            model, sequence, attention, query_len, 1.0, with_entropy=False
         )
-        totals.append((logprobs * mask.to(logprobs.device)).sum(-1).float().cpu())
+        totals.append((logprobs * mask).sum(-1).float().cpu())
     return torch.cat(totals)
 
 

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from alignflow.config import PipelineConfig, RewardsConfig
 from alignflow.rl import functional as F
-from alignflow.rl.rollout import encode_prompts, token_scores
+from alignflow.rl.rollout import encode_completions, token_scores
 
 RuleFunction = Callable[..., Sequence[float]]
 
@@ -92,19 +92,11 @@ class Rewarder:
 
         Returns (sequence, attention, score_index, response_lengths), score_index at the EOS.
         """
-        query, query_mask = encode_prompts(self.tokenizer, prompts, self.device)
-        responses = [
-            self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.eos_token_id]
-            for text in completions
-        ]
-        width = max(len(ids) for ids in responses)
-        pad = self.tokenizer.pad_token_id
-        response = torch.tensor([ids + [pad] * (width - len(ids)) for ids in responses])
-        lengths = torch.tensor([len(ids) for ids in responses])
-        response_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-        sequence = torch.cat([query, response.to(self.device)], dim=1)
-        attention = torch.cat([query_mask, response_mask.to(self.device)], dim=1)
-        return sequence, attention, query.shape[1] + lengths.to(self.device) - 1, lengths
+        sequence, attention, query_len, mask = encode_completions(
+            self.tokenizer, prompts, completions, self.device
+        )
+        lengths = mask.sum(-1)
+        return sequence, attention, query_len + lengths - 1, lengths.cpu()
 
     # ---- the total -----------------------------------------------------------------------------
 

@@ -38,6 +38,28 @@ def encode_prompts(
     return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 
+def encode_completions(
+    tokenizer, prompts: Sequence[list[dict]], completions: Sequence[str], device=None
+) -> tuple[Tensor, Tensor, int, Tensor]:
+    """Text completions in the rollout layout: the prompts as `encode_prompts` gives them, then each
+    completion's tokens and EOS, right-padded.
+
+    Returns (sequence (b, q + t), attention_mask (b, q + t), q, response_mask (b, t)).
+    """
+    query, query_mask = encode_prompts(tokenizer, prompts, device)
+    responses = [
+        tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        for text in completions
+    ]
+    width = max(len(ids) for ids in responses)
+    pad = tokenizer.pad_token_id
+    response = torch.tensor([ids + [pad] * (width - len(ids)) for ids in responses], device=device)
+    lengths = torch.tensor([len(ids) for ids in responses], device=device)
+    mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
+    sequence = torch.cat([query, response], dim=1)
+    return sequence, torch.cat([query_mask, mask], dim=1), query.shape[1], mask
+
+
 def position_ids(attention_mask: Tensor) -> Tensor:
     """Positions that skip left padding, matching what `generate` uses. (b, L) -> (b, L)."""
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
