@@ -3,12 +3,14 @@ KL-anchored to the frozen SFT policy."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 from alignflow import distributed, tracking
 from alignflow.algorithms import POLICY_DIR
 from alignflow.config import PipelineConfig
+from alignflow.launch import DEEPSPEED_ENV
 from alignflow.store import StageResult, read_jsonl
 from tasks.sft import MODEL_DIR
 
@@ -74,13 +76,12 @@ def train_ppo(
         output_dir=work,
         log_metrics=lambda metrics, step: tracking.log_metrics(metrics, step=step),
         log_samples=lambda rows, step: tracking.log_table(rows, f"samples/update-{step:06d}.json"),
+        deepspeed=os.environ.get(DEEPSPEED_ENV),  # set by `alignflow launch ... --deepspeed`
     )
     history = trainer.train()
-    if distributed.is_main():  # the replicas are identical (PPOTrainer.check_replicas)
-        if cfg.ppo.lora is None:
-            trainer.policy.save_pretrained(work / POLICY_DIR)
-        else:
-            trainer.policy.save_pretrained(work / ADAPTER_DIR)
+    trainer.save_policy(work / (POLICY_DIR if cfg.ppo.lora is None else ADAPTER_DIR))
+    if distributed.is_main():
+        if cfg.ppo.lora is not None:
             merge_adapter(sft_dir, work / ADAPTER_DIR, work / POLICY_DIR, trust)
         tokenizer.save_pretrained(work / POLICY_DIR)
         shutil.rmtree(work / CHECKPOINT_DIR, ignore_errors=True)

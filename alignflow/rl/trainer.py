@@ -25,6 +25,7 @@ from alignflow.config import PPOConfig, RewardsConfig
 from alignflow.rl import functional as F
 from alignflow.rl.rewards import Rewarder
 from alignflow.rl.rollout import decode, response_logprobs, sample_with_logprobs, token_scores
+from alignflow.rl.strategy import make_strategy
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
@@ -83,10 +84,12 @@ class PPOTrainer:
         output_dir: Path,
         log_metrics: Callable[[dict, int], None] = lambda metrics, step: None,
         log_samples: Callable[[list[dict], int], None] = lambda rows, step: None,
+        deepspeed: str | Path | dict | None = None,
     ) -> None:
         """`reward_model`: a Rewarder, or one scalar-head model (scored alone, weight 1).
         `prompts`: prompt rows with a "prompt" message list (other columns go to rule rewards),
-        or bare message lists."""
+        or bare message lists. `deepspeed`: a DeepSpeed config (path or dict) to train policy and
+        critic under a DeepSpeed engine; the process must have been started by a launcher."""
         self.cfg, self.tokenizer, self.prompts = cfg, tokenizer, _as_rows(prompts)
         # Data parallel over N launched processes: each rank rolls out and trains on its slice of
         # every batch and gradients are averaged, so the replicas stay identical.
@@ -110,19 +113,9 @@ class PPOTrainer:
             log.warning(warning)
         policy.eval()  # no dropout: the rollout and update distributions must match
         value_model.eval()
-        self.optimizer = torch.optim.AdamW(
-            [
-                {
-                    "params": [p for p in policy.parameters() if p.requires_grad],
-                    "lr": cfg.learning_rate,
-                },
-                {
-                    "params": [p for p in value_model.parameters() if p.requires_grad],
-                    "lr": cfg.value_learning_rate,
-                },
-            ],  # fmt: skip
-            eps=1e-5,
-        )
+        # AdamW here (N processes: gradients averaged), or a DeepSpeed engine (ZeRO-2/3)
+        self.strategy = make_strategy(cfg, policy, value_model, deepspeed)
+        self.optimizer = self.strategy.optimizer
         # linear: the learning rate falls to 0 at the last update (stepped once per update)
         decay = (lambda u: max(0.0, 1 - u / cfg.updates)) if cfg.lr_schedule == "linear" else None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, decay or (lambda u: 1.0))
@@ -195,9 +188,10 @@ class PPOTrainer:
         torch.manual_seed(self.seed * 100_003 + update + 1_000_003 * self.rank)
         prompts = [row["prompt"] for row in rows]
         try:
-            sampled = sample_with_logprobs(
-                self.policy, self.reference, self.tokenizer, prompts, cfg.sampling
-            )
+            with self.strategy.generating():  # ZeRO-3: the policy gathered once, not per token
+                sampled = sample_with_logprobs(
+                    self.policy, self.reference, self.tokenizer, prompts, cfg.sampling
+                )
         except RuntimeError as error:  # torch.multinomial on NaN/inf probabilities
             if "probability tensor" not in str(error):
                 raise
@@ -277,17 +271,12 @@ class PPOTrainer:
                 f"PPO loss is {loss.item()} at update {self.update_index} "
                 f"(policy {pg_loss.item()}, value {vf_loss.item()}); lower ppo.learning_rate"
             )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        distributed.average_gradients(params)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        grad_norm = self.strategy.step(loss)
         if not torch.isfinite(grad_norm):
             raise NonFiniteError(
                 f"PPO gradient norm is {grad_norm.item()} at update {self.update_index}; "
                 "lower ppo.learning_rate"
             )
-        self.optimizer.step()
         return {
             "policy_loss": pg_loss.item(),
             "value_loss": vf_loss.item(),
@@ -346,8 +335,9 @@ class PPOTrainer:
         return dict(zip(keys, means.tolist(), strict=True))
 
     def check_replicas(self) -> None:
-        """Raise unless every rank holds the same weights (gradients were averaged each step)."""
-        if self.world == 1:
+        """Raise unless every rank holds the same weights (gradients were averaged each step).
+        Under ZeRO-3 each rank holds a shard, and DeepSpeed keeps them consistent."""
+        if self.world == 1 or not self.strategy.replicated:
             return
         models = (self.policy, self.value_model)
         total = sum(
@@ -380,36 +370,47 @@ class PPOTrainer:
         self.check_replicas()
         return self.history
 
+    def save_policy(self, directory: Path) -> None:
+        """Save the trained policy (LoRA: its adapter) from rank 0. Every rank calls it: under
+        ZeRO-3 the weights are gathered from all ranks first."""
+        state = self.strategy.policy_state_dict()
+        if distributed.is_main():
+            extra = {} if state is None else {"state_dict": state}
+            self.policy.save_pretrained(directory, **extra)
+        distributed.barrier()
+
     # ---- checkpoints ------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
         """Write update-N atomically, then drop older ones: a crash loses at most one interval.
-        Rank 0 writes (the replicas are identical); every rank waits for it."""
+        The strategy writes weights and optimizer state (rank 0, or every rank's shard under
+        DeepSpeed); rank 0 writes the trainer state and commits; every rank waits for it."""
         root = self.output_dir / CHECKPOINT_DIR
         final = root / f"update-{self.update_index:06d}"
-        if not distributed.is_main():
-            distributed.barrier()
-            return final
         tmp = root / f".tmp-update-{self.update_index:06d}"
-        self.policy.save_pretrained(tmp / "policy")
-        self.value_model.save_pretrained(tmp / "value")
-        torch.save(
-            {
-                "update_index": self.update_index,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "kl_controller": self.kl_ctl.state_dict(),
-                "reward_moments": self.reward_moments.state_dict(),
-                "stopped_early": self.stopped_early,
-                "rng": _rng_state(),
-                "history": self.history,
-            },
-            tmp / "trainer_state.pt",
-        )
-        tmp.rename(final)
-        for old in root.glob("update-*"):
-            if old != final:
-                _rmtree(old)
+        if distributed.is_main():
+            _rmtree(tmp)  # left by a crash mid-save
+            tmp.mkdir(parents=True)
+        distributed.barrier()
+        self.strategy.save(tmp)
+        distributed.barrier()
+        if distributed.is_main():
+            torch.save(
+                {
+                    "update_index": self.update_index,
+                    "scheduler": self.scheduler.state_dict(),
+                    "kl_controller": self.kl_ctl.state_dict(),
+                    "reward_moments": self.reward_moments.state_dict(),
+                    "stopped_early": self.stopped_early,
+                    "rng": _rng_state(),
+                    "history": self.history,
+                },
+                tmp / "trainer_state.pt",
+            )
+            tmp.rename(final)
+            for old in root.glob("update-*"):
+                if old != final:
+                    _rmtree(old)
         distributed.barrier()
         return final
 
@@ -418,10 +419,8 @@ class PPOTrainer:
         if not checkpoints:
             return False
         latest = checkpoints[-1]
-        _load_weights(self.policy, latest / "policy")
-        _load_weights(self.value_model, latest / "value")
+        self.strategy.load(latest)
         state = torch.load(latest / "trainer_state.pt", weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.reward_moments.load_state_dict(state["reward_moments"])
@@ -456,22 +455,6 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _load_weights(model, directory: Path) -> None:
-    from safetensors.torch import load_file
-
-    adapter = directory / "adapter_model.safetensors"
-    if adapter.exists():  # LoRA PPO saved only its adapter (and the critic's score head)
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_file(str(adapter)))
-        return
-    state = load_file(str(directory / "model.safetensors"))
-    # Tied embeddings are stored once; strict=False lets the tied twin keep pointing at it.
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected:
-        raise RuntimeError(f"checkpoint {directory} has unexpected weights: {unexpected[:3]}")
 
 
 def _rmtree(path: Path) -> None:

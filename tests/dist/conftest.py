@@ -33,6 +33,13 @@ def prepared_root(pipeline_runs, tmp_path) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def rewarded_root(pipeline_runs, tmp_path) -> Path:
+    """Every stage up to the policy's inputs: prepare, sft, collect, reward."""
+    seed_root(pipeline_runs, tmp_path, ("prepare", "sft", "collect", "reward"))
+    return tmp_path
+
+
 def stage_runs(root: Path, stage: str) -> list:
     """Every MLflow run in `root`'s store that is named `stage`."""
     client = MlflowClient(tracking_uri(micro_config(root)))

@@ -88,12 +88,6 @@ def test_reward_model_on_two_ddp_processes_learns_and_rank_zero_commits_it(colle
     _check_one_run_of_two_processes(collected_root, "reward", result, steps)
 
 
-@pytest.fixture
-def rewarded_root(pipeline_runs, tmp_path) -> Path:
-    seed_root(pipeline_runs, tmp_path, ("prepare", "sft", "collect", "reward"))
-    return tmp_path
-
-
 def test_ppo_on_two_ddp_processes_keeps_replicas_identical_and_raises_reward(rewarded_root):
     # 16 rollouts per update, 8 per rank; PPOTrainer.check_replicas raises if the two ranks'
     # weights differ after training, so completing proves the gradients were averaged.

@@ -10,6 +10,20 @@ from alignflow.models import load_causal_lm, load_scalar_head_model, load_tokeni
 from alignflow.rl.trainer import PPOTrainer
 
 
+class Crash(Exception):
+    """Stands in for a killed process: raised from the metrics callback after an update."""
+
+
+def crash_after(updates: int):
+    """A `log_metrics` callback that raises Crash once `updates` updates have run."""
+
+    def log_metrics(metrics: dict, step: int) -> None:
+        if step + 1 == updates:
+            raise Crash
+
+    return log_metrics
+
+
 @dataclass
 class MicroModels:
     sft_dir: str
@@ -30,10 +44,16 @@ def micro_models(pipeline_runs) -> MicroModels:
 
 
 def make_trainer(
-    models: MicroModels, output_dir: Path, rewarder=None, seed: int = 3, **settings
+    models: MicroModels,
+    output_dir: Path,
+    rewarder=None,
+    seed: int = 3,
+    deepspeed: dict | None = None,
+    **settings,
 ) -> PPOTrainer:
     """A small PPO run (8 prompts per update) with `settings` overriding the micro PPO config;
-    `log_metrics` / `log_samples` in settings go to the trainer instead."""
+    `log_metrics` / `log_samples` in settings go to the trainer instead. `deepspeed`: a DeepSpeed
+    config (the process must have been started by torchrun)."""
     callbacks = {k: settings.pop(k) for k in ("log_metrics", "log_samples") if k in settings}
     cfg = models.ppo_cfg.model_copy(
         update={
@@ -56,5 +76,6 @@ def make_trainer(
         prompts=models.prompt_rows,
         seed=seed,
         output_dir=output_dir,
+        deepspeed=deepspeed,
         **callbacks,
     )

@@ -9,21 +9,9 @@ import pytest
 import torch
 
 from alignflow.rl.trainer import PPOTrainer
-from tests.stage.ppo_setup import make_trainer, micro_models
+from tests.stage.ppo_setup import Crash, crash_after, make_trainer, micro_models
 
 TIMING_KEYS = {"generation_seconds", "training_seconds"}
-
-
-class Crash(Exception):
-    """Stands in for a killed process: raised from the metrics callback after an update."""
-
-
-def _crash_after(updates: int):
-    def log_metrics(metrics: dict, step: int) -> None:
-        if step + 1 == updates:
-            raise Crash
-
-    return log_metrics
 
 
 def _trainer(pipeline_runs, output_dir: Path, updates: int, log_metrics=None) -> PPOTrainer:
@@ -52,7 +40,7 @@ def test_ppo_resumed_from_checkpoint_matches_an_uninterrupted_run(pipeline_runs,
     straight.train()
 
     # Crash after update 3: its last checkpoint is update 2, so update 3 is lost and redone.
-    crashed = _trainer(pipeline_runs, tmp_path / "resumed", updates=4, log_metrics=_crash_after(3))
+    crashed = _trainer(pipeline_runs, tmp_path / "resumed", updates=4, log_metrics=crash_after(3))
     with pytest.raises(Crash):
         crashed.train()
     assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == [
