@@ -35,7 +35,9 @@ RESULT_FILE_ENV = "ALIGNFLOW_RESULT_FILE"
 INFRA = Path(__file__).resolve().parent.parent / "infra"
 # Stages whose body splits its work across processes (a TRL Trainer shards data and syncs
 # gradients). Any other stage on N processes would do all its work N times into one directory.
-MULTI_PROCESS_STAGES = ("sft", "reward", "policy")  # policy: PPO (alignflow.rl averages gradients)
+# policy: every policy.algorithm (PPO: alignflow.rl averages gradients; dpo, kto, orpo, rloo,
+# grpo, rft: alignflow.algorithms' TRL trainers, rank 0 saving and evaluating).
+MULTI_PROCESS_STAGES = ("sft", "reward", "policy")
 # What a failed launch quotes: each rank's `error:` line or exception, not torchrun's own report.
 _REASON = re.compile(r"^(error: .*|[\w.]*(Error|Exception): .*)$")
 _LAUNCHER_NOISE = ("ChildFailedError",)

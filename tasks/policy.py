@@ -32,15 +32,8 @@ def run_policy(
             from tasks.ppo import train_ppo
 
             return train_ppo(cfg, prepared, sft, reward, work)
-        from alignflow import distributed
         from alignflow.algorithms import PolicyInputs, train
         from tasks.reward import reward_model_dirs
-
-        if distributed.world_size() > 1:
-            raise ValueError(
-                f"policy.algorithm '{cfg.policy.algorithm}' runs on one process for now; "
-                "PPO runs on several (alignflow launch policy CONFIG --nproc 1)"
-            )
 
         inputs = PolicyInputs(
             sft_dir=str(sft.path(MODEL_DIR)),

@@ -10,6 +10,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from alignflow import pipeline, tracking
+from alignflow.algorithms.saving import save_trained  # also tasks.reward's
 from alignflow.config import PipelineConfig
 from alignflow.store import StageResult, read_jsonl
 from alignflow.tracking import TrackingContext
@@ -22,19 +23,6 @@ def loss_trend(log_history: list[dict], key: str = "loss") -> dict[str, float]:
     """First and last logged training loss: the evidence that something was learned."""
     losses = [entry[key] for entry in log_history if key in entry]
     return {"first_loss": losses[0], "final_loss": losses[-1]} if losses else {}
-
-
-def save_trained(trainer, tokenizer, out: Path, merge_lora: bool = False) -> None:
-    """Save a Trainer's model as plain safetensors from rank 0 (under N processes every rank calls
-    this: `save_model` gathers ZeRO-3 shards first, where `save_pretrained` would write empty ones)."""
-    if merge_lora:  # later stages load a plain model
-        if trainer.is_world_process_zero():
-            trainer.model.merge_and_unload().save_pretrained(out)
-    else:
-        trainer.save_model(str(out))
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(out)
-        (out / "training_args.bin").unlink(missing_ok=True)  # a pickle: safetensors only here
 
 
 def run_sft(cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult) -> StageResult:

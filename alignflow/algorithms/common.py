@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from torch import Tensor
 
-from alignflow import tracking
+from alignflow import distributed, tracking
 from alignflow.algorithms import POLICY_DIR
+from alignflow.algorithms.saving import save_trained
 from alignflow.config import OnlineRLConfig, PipelineConfig, PolicyTrainingConfig
 from alignflow.models import (
     last_checkpoint,
@@ -33,6 +36,21 @@ def load_sft(cfg: PipelineConfig, sft_dir: str, device: str | None = None):
     return load_causal_lm(sft_dir, trust, device, tokenizer=tokenizer), tokenizer
 
 
+@contextmanager
+def whole_model_loading():
+    """Load models whole inside this block, even after a DeepSpeed ZeRO-3 TrainingArguments exists:
+    transformers keeps that config in a module global and partitions every model loaded while it
+    lives, which suits the Trainer's model but not one we run ourselves (rewarder, evaluation)."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    active = hf_deepspeed._hf_deepspeed_config_weak_ref  # no public getter for the object itself
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = active
+
+
 def training_args(cfg: PipelineConfig, section: PolicyTrainingConfig, work: Path) -> dict:
     """TrainingArguments for a TRL trainer from an epoch-based section."""
     return {
@@ -46,7 +64,7 @@ def online_training_args(cfg: PipelineConfig, section: OnlineRLConfig, work: Pat
     max_length (completions are capped by sampling.max_new_tokens)."""
     shared = SimpleNamespace(
         epochs=1.0,  # max_steps below takes precedence
-        batch_size=section.batch_size,
+        batch_size=completions_per_process(cfg.policy.algorithm, section),
         learning_rate=section.learning_rate,
         warmup_ratio=section.warmup_ratio,
         max_length=None,
@@ -69,6 +87,25 @@ def online_training_args(cfg: PipelineConfig, section: OnlineRLConfig, work: Pat
     }
 
 
+def completions_per_process(algorithm: str, section: OnlineRLConfig) -> int:
+    """How many of a step's `batch_size` completions each process samples and trains on.
+
+    `batch_size` counts a step's completions over all processes (as PPO's rollout_batch_size
+    does), so a run learns the same on any number of them; TRL wants whole groups of
+    `num_generations` in that global batch, which the config already checks.
+    """
+    processes = distributed.world_size()
+    if section.batch_size % processes:
+        step = math.lcm(section.num_generations, processes)
+        raise ValueError(
+            f"policy.{algorithm}.batch_size ({section.batch_size}) counts completions per step over "
+            f"all {processes} processes and must divide by {processes}: set it to a multiple of "
+            f"{step} (of both policy.{algorithm}.num_generations, {section.num_generations}, and "
+            f"the process count), e.g. {step * max(1, round(section.batch_size / step))}"
+        )
+    return section.batch_size // processes
+
+
 def lora(section) -> object | None:
     return peft_lora_config(section.lora, "CAUSAL_LM")
 
@@ -87,15 +124,16 @@ def first_and_last(log_history: list[dict], key: str) -> dict[str, float]:
     return {f"first_{key}": values[0], f"final_{key}": values[-1]} if values else {}
 
 
-def save_policy(model, tokenizer, work: Path):
-    """Save the trained policy (LoRA merged, so later stages load a plain model) and its tokenizer;
-    the checkpoints are no longer needed once it is saved. Returns the plain model, in eval mode."""
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    model.save_pretrained(work / POLICY_DIR)
-    tokenizer.save_pretrained(work / POLICY_DIR)
-    shutil.rmtree(work / CHECKPOINTS, ignore_errors=True)
-    return model.eval()
+def save_policy(trainer, tokenizer, work: Path) -> Path:
+    """Save the trained policy (LoRA merged, so later stages load a plain model) and its tokenizer
+    from rank 0, then drop the checkpoints. Every rank calls it, after training; none returns
+    before the policy is on disk. Returns the policy's directory."""
+    out = work / POLICY_DIR
+    save_trained(trainer, tokenizer, out, merge_lora=hasattr(trainer.model, "merge_and_unload"))
+    distributed.barrier()  # rank 0 has saved, and no rank still writes a checkpoint file
+    if distributed.is_main():
+        shutil.rmtree(work / CHECKPOINTS, ignore_errors=True)
+    return out
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from alignflow import distributed
 from alignflow.algorithms import PolicyInputs
 from alignflow.algorithms.common import (
     first_and_last,
@@ -15,9 +16,10 @@ from alignflow.algorithms.common import (
     lora,
     online_training_args,
     save_policy,
+    whole_model_loading,
 )
 from alignflow.config import PipelineConfig
-from alignflow.models import default_device, load_tokenizer
+from alignflow.models import load_tokenizer
 
 
 class RewardFunction:
@@ -63,7 +65,10 @@ def _reward_function(cfg: PipelineConfig, inputs: PolicyInputs) -> RewardFunctio
     # A tokenizer of its own: the rewarder sets padding sides as it encodes, and the policy's
     # tokenizer belongs to the trainer.
     tokenizer = load_tokenizer(inputs.sft_dir, cfg.model.trust_remote_code)
-    return RewardFunction(load_rewarder(cfg, inputs.reward_dirs, tokenizer, default_device()))
+    # The trainer never sees the reward models, so ZeRO-3 must not partition them.
+    with whole_model_loading():
+        rewarder = load_rewarder(cfg, inputs.reward_dirs, tokenizer, str(distributed.device()))
+    return RewardFunction(rewarder)
 
 
 def _prompt_dataset(inputs: PolicyInputs):
@@ -77,7 +82,7 @@ def _prompt_dataset(inputs: PolicyInputs):
 
 def _train_online(trainer, tokenizer, work: Path) -> dict[str, float]:
     losses = fit(trainer, work)
-    save_policy(trainer.model, tokenizer, work)
+    save_policy(trainer, tokenizer, work)
     history = trainer.state.log_history
     return {
         "steps": trainer.state.global_step,

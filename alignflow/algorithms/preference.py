@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from alignflow import distributed
 from alignflow.algorithms import PolicyInputs
 from alignflow.algorithms.common import (
     fit,
@@ -15,6 +16,7 @@ from alignflow.algorithms.common import (
     preference_margins,
     save_policy,
     training_args,
+    whole_model_loading,
 )
 from alignflow.config import PipelineConfig
 
@@ -47,15 +49,17 @@ def unpaired_rows(pairs: list[dict]) -> list[dict]:
     ]
 
 
-def margin_metrics(cfg: PipelineConfig, policy, inputs: PolicyInputs) -> dict[str, float]:
-    """Held-out preference margins (log π(chosen) − log π(rejected)) of the policy and of the SFT
-    model, and the fraction of pairs each ranks the right way round."""
+def margin_metrics(cfg: PipelineConfig, policy_dir: Path, inputs: PolicyInputs) -> dict[str, float]:
+    """Held-out preference margins (log π(chosen) − log π(rejected)) of the saved policy and of the
+    SFT model, and the fraction of pairs each ranks the right way round. Computed by rank 0 alone
+    (other ranks get {}: the stage reports rank 0's metrics), from the policy as saved."""
     heldout = pair_rows(inputs.pairs, "eval")
-    if not heldout:
+    if not heldout or not distributed.is_main():
         return {}
-    reference, tokenizer = load_sft(cfg, inputs.sft_dir, policy.device)
     metrics = {}
-    for name, model in (("policy", policy), ("sft", reference)):
+    for name, path in (("policy", str(policy_dir)), ("sft", inputs.sft_dir)):
+        with whole_model_loading():  # after a ZeRO-3 trainer
+            model, tokenizer = load_sft(cfg, path, str(distributed.device()))
         margins = preference_margins(model, tokenizer, heldout)
         metrics[f"eval_margin_{name}"] = margins.mean().item()
         metrics[f"eval_accuracy_{name}"] = (margins > 0).float().mean().item()
@@ -66,13 +70,13 @@ def _fit_and_save(
     cfg: PipelineConfig, trainer, tokenizer, inputs: PolicyInputs, work: Path, rows: int
 ):
     losses = fit(trainer, work)
-    policy = save_policy(trainer.model, tokenizer, work)
+    policy_dir = save_policy(trainer, tokenizer, work)
     return {
         "train_rows": len(trainer.train_dataset),
         # TRL drops rows whose prompt alone fills max_length: counted, never silent.
         "rows_dropped_too_long": rows - len(trainer.train_dataset),
         **losses,
-        **margin_metrics(cfg, policy, inputs),
+        **margin_metrics(cfg, policy_dir, inputs),
     }
 
 

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import torch
 
-from alignflow import tracking
+from alignflow import distributed, tracking
 from alignflow.algorithms import PolicyInputs
 from alignflow.algorithms.common import fit, load_sft, lora, save_policy, training_args
 from alignflow.config import PipelineConfig, RFTConfig
-from alignflow.models import default_device
 
 
 def best_of_n(rewards: torch.Tensor, keep_fraction: float) -> list[tuple[int, int]]:
@@ -27,29 +26,44 @@ def best_of_n(rewards: torch.Tensor, keep_fraction: float) -> list[tuple[int, in
 
 
 def sample_and_score(cfg: PipelineConfig, section: RFTConfig, model, tokenizer, inputs):
-    """n samples per RL prompt and their rewards. Returns (texts [prompt][sample], rewards (p, n))."""
+    """n samples per RL prompt and their rewards. Returns (texts [prompt][sample], rewards (p, n)).
+
+    Under N processes each rank samples and scores a contiguous share of the prompts (with its own
+    seed) and every rank gets all of them, in prompt order, to pick the same kept rows.
+    """
+    rows, processes = inputs.rl_prompts, distributed.world_size()
+    share = slice(*_share_bounds(len(rows), distributed.rank(), processes))
+    torch.manual_seed(cfg.run.seed + distributed.rank())
+    mine = _sample_and_score_rows(cfg, section, model, tokenizer, inputs.reward_dirs, rows[share])
+    parts = [distributed.broadcast_object(mine, src) for src in range(processes)]
+    return [texts for part, _ in parts for texts in part], torch.cat([r for _, r in parts])
+
+
+def _share_bounds(count: int, rank: int, processes: int) -> tuple[int, int]:
+    """[start, stop) of rank `rank`'s share of `count` items split as evenly as can be."""
+    return count * rank // processes, count * (rank + 1) // processes
+
+
+def _sample_and_score_rows(cfg, section: RFTConfig, model, tokenizer, reward_dirs, rows):
     from alignflow.rl.rewards import load_rewarder
     from alignflow.rl.rollout import sample_texts
 
-    rows, n = inputs.rl_prompts, section.samples_per_prompt
+    n, batch = section.samples_per_prompt, section.generation_batch_size
     repeated = [row for row in rows for _ in range(n)]
-    torch.manual_seed(cfg.run.seed)
     texts = sample_texts(
         model.eval(), tokenizer, [row["prompt"] for row in repeated], section.sampling,
-        section.generation_batch_size, desc="rft: sampling",
+        batch, desc="rft: sampling",
     )  # fmt: skip
-    rewarder = load_rewarder(cfg, inputs.reward_dirs, tokenizer, model.device)
-    batch = section.generation_batch_size
-    rewards = torch.cat(
-        [
-            rewarder.score(
-                [row["prompt"] for row in repeated[i : i + batch]],
-                texts[i : i + batch],
-                repeated[i : i + batch],
-            )[0]
-            for i in range(0, len(texts), batch)
-        ]
-    )
+    rewarder = load_rewarder(cfg, reward_dirs, tokenizer, model.device)
+    rewards = [
+        rewarder.score(
+            [row["prompt"] for row in repeated[i : i + batch]],
+            texts[i : i + batch],
+            repeated[i : i + batch],
+        )[0].cpu()
+        for i in range(0, len(texts), batch)
+    ]
+    rewards = torch.cat(rewards) if rewards else torch.empty(0)
     return [texts[i * n : (i + 1) * n] for i in range(len(rows))], rewards.view(len(rows), n)
 
 
@@ -61,7 +75,7 @@ def train_rft(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[str
     section = cfg.policy.rft
     if not inputs.rl_prompts:
         raise ValueError("policy.algorithm rft needs RL prompts (prepare's rl_prompts.jsonl)")
-    model, tokenizer = load_sft(cfg, inputs.sft_dir, default_device())
+    model, tokenizer = load_sft(cfg, inputs.sft_dir, str(distributed.device()))
     texts, rewards = sample_and_score(cfg, section, model, tokenizer, inputs)
     kept = best_of_n(rewards, section.keep_fraction)
     conversations = [
@@ -89,5 +103,5 @@ def train_rft(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[str
         peft_config=lora(section),
     )
     losses = fit(trainer, work)
-    save_policy(trainer.model, tokenizer, work)
+    save_policy(trainer, tokenizer, work)
     return {**sampled, **losses}

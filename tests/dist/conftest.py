@@ -45,3 +45,13 @@ def stage_runs(root: Path, stage: str) -> list:
     client = MlflowClient(tracking_uri(micro_config(root)))
     experiments = [e.experiment_id for e in client.search_experiments()]
     return [run for run in client.search_runs(experiments) if run.info.run_name == stage]
+
+
+def weight_sizes(model_dir: Path) -> dict[str, int]:
+    """Number of values in each tensor of a saved model (0 for a ZeRO-3 placeholder)."""
+    import math
+
+    from safetensors import safe_open
+
+    with safe_open(model_dir / "model.safetensors", "pt") as weights:
+        return {name: math.prod(weights.get_slice(name).get_shape()) for name in weights.keys()}  # noqa: SIM118

@@ -8,6 +8,7 @@ update 3 (checkpoint at 2) and resumed. Writes each run's history (results.json)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -40,10 +41,8 @@ def main(ds_path: str, models_path: str, out: str) -> None:
         trainer = run(name, deepspeed)
         trainer.save_policy(out_dir / name / "policy")
         results[name] = trainer.history
-    try:
+    with contextlib.suppress(Crash):
         run("resumed", ds_config, log_metrics=crash_after(3))
-    except Crash:
-        pass
     resumed = run("resumed", ds_config)
     results["resumed"] = resumed.history
     results["resumed_from"] = resumed.resumed_from

@@ -6,20 +6,18 @@ from a DeepSpeed checkpoint, and as the whole policy stage."""
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from alignflow import launch
 from alignflow.pipeline import stage_dir
 from tests.conftest import micro_config
-from tests.dist.conftest import stage_runs
+from tests.dist.conftest import stage_runs, weight_sizes
 from tests.stage.ppo_setup import micro_models
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,12 +32,6 @@ def _run_sft(root: Path, config: str, lines: list[str]):
     return launch.run("sft", config_path, overrides, deepspeed=deepspeed, on_line=lines.append)
 
 
-def _weight_sizes(model_dir: Path) -> dict[str, int]:
-    """Number of values in each saved tensor."""
-    with safe_open(model_dir / "model.safetensors", "pt") as weights:
-        return {name: math.prod(weights.get_slice(name).get_shape()) for name in weights.keys()}  # noqa: SIM118
-
-
 @pytest.mark.parametrize("config", ["zero2.json", "zero3.json"])
 def test_sft_trains_under_deepspeed_on_one_process(prepared_root, config):
     lines: list[str] = []
@@ -52,7 +44,7 @@ def test_sft_trains_under_deepspeed_on_one_process(prepared_root, config):
     assert run.data.tags["alignflow.deepspeed"] == config
 
     # ZeRO-3 partitions the weights: the save must gather them, not write empty placeholders
-    sizes = _weight_sizes(Path(result.output) / "model")
+    sizes = weight_sizes(Path(result.output) / "model")
     assert min(sizes.values()) > 0
     assert not (Path(result.output) / "model" / "training_args.bin").exists()  # safetensors only
 
@@ -116,7 +108,7 @@ def test_ppo_stage_under_deepspeed_zero3_raises_reward_and_saves_a_whole_policy(
     policy_dir = Path(result.output) / "policy"
     sft_dir = stage_dir(micro_config(rewarded_root), "sft").final / "model"
     # every tensor whole, as in the SFT model it started from
-    assert _weight_sizes(policy_dir) == _weight_sizes(sft_dir)
+    assert weight_sizes(policy_dir) == weight_sizes(sft_dir)
     assert not (Path(result.output) / "checkpoints").exists()
     (run,) = stage_runs(rewarded_root, "policy")
     assert run.data.tags["alignflow.deepspeed"] == "zero3.json"

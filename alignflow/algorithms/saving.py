@@ -1,0 +1,39 @@
+"""Saving a TRL Trainer's model under any launch (one process, N DDP ranks, DeepSpeed): gathered,
+written once by rank 0 as plain safetensors. Shared by the SFT and reward stages and every policy
+algorithm; light to import (no torch until called)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def save_trained(trainer, tokenizer, out: Path, merge_lora: bool = False) -> None:
+    """Save `trainer`'s model and `tokenizer` to `out` from rank 0; every rank must call this.
+
+    `save_model` gathers ZeRO-3 shards first (a collective), where `save_pretrained` on a
+    partitioned model would write empty tensors. With `merge_lora` the adapter is merged so later
+    stages load a plain model: ZeRO-3 weights are gathered on every rank for the merge.
+    """
+    if merge_lora:
+        with _gathered(trainer):
+            if trainer.is_world_process_zero():
+                trainer.model.merge_and_unload().save_pretrained(out)
+    else:
+        trainer.save_model(str(out))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(out)
+        (out / "training_args.bin").unlink(missing_ok=True)  # a pickle: safetensors only here
+
+
+def _gathered(trainer):
+    """A context in which every weight of `trainer.model` is whole: ZeRO-3 gathers the partitions
+    (read-only: any change is dropped on exit); otherwise weights are whole already."""
+    from contextlib import nullcontext
+
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not (trainer.is_deepspeed_enabled and is_deepspeed_zero3_enabled()):
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(trainer.model.parameters()), modifier_rank=None)
