@@ -114,6 +114,23 @@ def launch_stage(
     typer.echo(f"{stage}: {result.status} in {result.seconds:.1f}s, output {result.output}")
 
 
+@app.command()
+def label(
+    flow_run_id: Annotated[str, typer.Argument(help="The paused pipeline run's flow-run id.")],
+) -> None:
+    """Label the comparisons a paused pipeline run waits on, in this terminal, and resume it
+    (the same form as the Prefect UI's; PREFECT_API_URL names the server)."""
+    _quiet_defaults()
+    from alignflow.feedback.labelers import LabelError
+    from tasks.label import answer_in_terminal
+
+    try:
+        answer_in_terminal(flow_run_id, lambda text: typer.prompt(text, default=""), typer.echo)
+    except LabelError as error:
+        _fail(str(error), 2)
+    typer.echo(f"resumed flow run {flow_run_id}")
+
+
 @app.command("show-config")
 def show_config(config: Path, set_: SetOption = None) -> None:
     """Print the resolved config (defaults + file + overrides) as YAML."""

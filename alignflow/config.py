@@ -170,11 +170,108 @@ class SamplingConfig(_Section):
     max_new_tokens: int = Field(40, gt=0)
 
 
+# The judge's prompt: {prompt} is the conversation so far, {response_a} and {response_b} the two
+# candidates in the order shown. It must answer with one of A, B or TIE (alignflow.feedback.llm_judge).
+DEFAULT_JUDGE_TEMPLATE = """You are comparing two assistant responses to the same conversation.
+
+Conversation:
+{prompt}
+
+Response A:
+{response_a}
+
+Response B:
+{response_b}
+
+Which response is more helpful, correct and safe? Answer with exactly one word: A, B, or TIE."""
+
+
+class LLMJudgeConfig(_Section):
+    """An OpenAI-compatible chat endpoint as a pairwise judge, asked in both orders."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = Field(min_length=1)
+    # The NAME of the environment variable holding the API key, never the key (it would end up in
+    # MLflow params and logs). None: no key (a local server).
+    api_key_env: str | None = "OPENAI_API_KEY"
+    prompt_template: str = DEFAULT_JUDGE_TEMPLATE
+    max_tokens: int = Field(8, gt=0)
+    temperature: float = Field(0.0, ge=0)
+    max_retries: int = Field(3, ge=0)  # per call, with exponential backoff
+    timeout_s: float = Field(60.0, gt=0)
+    requests_per_minute: float | None = Field(None, gt=0)  # None: no client-side rate limit
+    allow_ties: bool = True
+
+    @model_validator(mode="after")
+    def _template_fields(self) -> LLMJudgeConfig:
+        for field in ("{prompt}", "{response_a}", "{response_b}"):
+            if field not in self.prompt_template:
+                raise ValueError(f"llm_judge.prompt_template must contain {field}")
+        return self
+
+
+ORACLE_RULE = "alignflow.demo:oracle_reward"  # the demo's labeler: a rule on family/subject
+
+
+class HumanLabelConfig(_Section):
+    """People label in the Prefect UI (the flow pauses with a form), with `alignflow label RUN_ID`
+    in a terminal, or over Prefect's REST API."""
+
+    batch_size: int = Field(5, gt=0)  # comparisons per pause (one form)
+    mode: Literal["choice", "ranking"] = "choice"  # pick the best, or rank all (e.g. "B>A=C")
+    timeout_s: int = Field(3600, gt=0)  # per pause
+    # fail: the run fails when a pause times out; continue: go on with the labels given so far
+    on_timeout: Literal["fail", "continue"] = "fail"
+
+
+class FileLabelConfig(_Section):
+    """An outside annotation team: comparisons are exported to a file in the stage's output; their
+    answers are imported from `answers` (validated against what was exported)."""
+
+    format: Literal["jsonl", "csv"] = "jsonl"
+    answers: str | None = None  # None: export only, and stop with a message saying what to do
+
+
+class LabelerConfig(_Section):
+    """One labeler in `collect.labelers`; `kind` says which of the other fields it reads."""
+
+    kind: Literal["rule", "reward_model", "llm_judge", "human", "file"]
+    name: str | None = None  # the labeler id in records (default: from kind and its source)
+    # rule: `package.module:function`, called like a rule reward (prompts, completions, **columns)
+    function: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    # reward_model: trained reward models, combined as rewards.ensemble says
+    models: list[str] = []
+    llm_judge: LLMJudgeConfig | None = None
+    human: HumanLabelConfig = HumanLabelConfig()
+    file: FileLabelConfig = FileLabelConfig()
+
+    @model_validator(mode="after")
+    def _has_its_source(self) -> LabelerConfig:
+        needs = {"rule": ("function", self.function), "reward_model": ("models", self.models),
+                 "llm_judge": ("llm_judge", self.llm_judge)}  # fmt: skip
+        if self.kind in needs and not needs[self.kind][1]:
+            raise ValueError(f"a '{self.kind}' labeler needs `{needs[self.kind][0]}`")
+        return self
+
+
 class CollectConfig(_Section):
     samples_per_prompt: int = Field(4, ge=2)
-    labeler: Literal["oracle"] = "oracle"
+    # Label only the first N preference prompts (e.g. one round for people); None: all of them.
+    max_prompts: int | None = Field(None, gt=0)
+    # Who says which candidate is better. Several labelers: each labels every comparison and the
+    # pairs are decided by majority (alignflow.feedback.aggregate), agreement reported.
+    labelers: list[LabelerConfig] = Field(
+        default_factory=lambda: [LabelerConfig(kind="rule", function=ORACLE_RULE, name="oracle")],
+        min_length=1,
+    )
+    # Where candidates come from: "sft" (this run's SFT model), "champion" (the registered
+    # champion policy), or a local model folder.
+    policy: str = "sft"
     batch_size: int = Field(64, gt=0)
     sampling: SamplingConfig = SamplingConfig()
+    # Every labelled record is also appended here (Parquet files; relative to run.artifacts_root)
+    # for the retraining flow to read incrementally. None: not kept.
+    feedback_store: str | None = "feedback"
 
 
 class RewardConfig(_Section):
@@ -432,15 +529,16 @@ class PipelineConfig(_Section):
 
     @model_validator(mode="after")
     def _oracle_needs_demo_columns(self) -> PipelineConfig:
-        """The demo oracle (the only labeler so far) scores by the demo's family/subject columns."""
-        if self.collect.labeler != "oracle" or self.data.source != "files":
+        """The demo oracle scores by the demo's family/subject columns."""
+        oracle = any(labeler.function == ORACLE_RULE for labeler in self.collect.labelers)
+        if not oracle or self.data.source != "files":
             return self
         for role in ("preference_prompts", "rl_prompts", "heldout"):
             for index, dataset in enumerate(getattr(self.data, role)):
                 if not {"family", "subject"} <= set(dataset.keep_columns):
                     raise ValueError(
-                        f"data.{role}[{index}]: collect.labeler 'oracle' scores by the demo "
-                        "task's columns; add keep_columns: [family, subject]"
+                        f"data.{role}[{index}]: the collect labeler {ORACLE_RULE} scores by the "
+                        "demo task's columns; add keep_columns: [family, subject]"
                     )
         return self
 

@@ -219,6 +219,52 @@ def register_policy(model_dir: Path, model_name: str, pip_requirements: list[str
     }
 
 
+@_main_rank_only
+def set_tags(tags: dict[str, str]) -> None:
+    """Tags on the active stage run."""
+    import mlflow
+
+    mlflow.set_tags(tags)
+
+
+@_main_rank_only
+def log_dataset_input(rows: list[dict], name: str, source: str, digest: str) -> None:
+    """Log `rows` as an MLflow dataset input of the active run (context "training"), under a
+    content digest computed by the caller, so runs trained on the same data share it."""
+    import json
+
+    import mlflow
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        [{k: v if isinstance(v, str) else json.dumps(v) for k, v in r.items()} for r in rows]
+    )
+    dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
+    mlflow.log_input(dataset, context="training")
+
+
+def download_registered_model(model_name: str, alias: str) -> str:
+    """A local folder holding the registered model `model_name@alias` as plain transformers files
+    (weights, config and tokenizer together), downloaded from the current tracking store.
+    Raises ValueError when there is none."""
+    import shutil
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}@{alias}")
+    except MlflowException as error:
+        raise ValueError(f"no registered model {model_name}@{alias} ({error.message})") from None
+    model, tokenizer = Path(local, "model"), Path(local, "components", "tokenizer")
+    if not (model / "config.json").is_file():
+        raise ValueError(f"registered model {model_name}@{alias} holds no transformers model")
+    # The transformers flavor keeps the tokenizer apart; loaders expect it beside the weights.
+    for item in tokenizer.glob("*") if tokenizer.is_dir() else []:
+        shutil.copy2(item, model / item.name)
+    return str(model)
+
+
 def log_summary(ctx: TrackingContext, summary: dict[str, Any]) -> None:
     """The run summary on the parent run: eval metrics as metrics, the whole thing as a file."""
     from mlflow.entities import Metric

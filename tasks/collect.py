@@ -1,66 +1,132 @@
-"""Stage 3: K sampled responses per prompt from the SFT policy, labelled, expanded into pairs."""
+"""Stage 3: K sampled responses per prompt from a chosen policy, labelled by every configured
+labeler (rules, reward models, an LLM judge, people, an annotation team's file), aggregated by
+majority into preference pairs, and appended to the feedback store."""
 
 from __future__ import annotations
 
-import random
-from collections import Counter
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from alignflow import pipeline, tracking
-from alignflow.config import PipelineConfig
-from alignflow.data.preferences import ranking_to_pairs, unique_candidates
-from alignflow.judges import oracle_scores
+from alignflow.config import LabelerConfig, PipelineConfig
+from alignflow.feedback.records import Comparison, PreferenceRecord
 from alignflow.store import StageResult, read_jsonl, write_jsonl
 from alignflow.tracking import TrackingContext
 from tasks.sft import MODEL_DIR
 
 COMPARISONS_FILE = "comparisons.jsonl"
+RECORDS_FILE = "records.jsonl"  # every labeler's answer to every comparison
 PAIRS_FILE = "pairs.jsonl"
 
 
-def label_comparisons(prompts: list[dict], candidates: list[list[str]]) -> list[dict]:
-    """One comparison per prompt: its distinct candidates and the oracle's score for each."""
-    comparisons = []
-    for row, texts in zip(prompts, candidates, strict=True):
-        distinct = unique_candidates(texts)
-        comparisons.append(
-            {
-                **row,
-                "candidates": distinct,
-                "scores": oracle_scores([row] * len(distinct), distinct),
-                "labeler": "oracle",
-            }  # fmt: skip
+def candidate_policy(cfg: PipelineConfig, sft: StageResult) -> str:
+    """The folder of the policy that samples candidates (collect.policy)."""
+    if cfg.collect.policy == "sft":
+        return str(sft.path(MODEL_DIR))
+    if cfg.collect.policy == "champion":
+        return tracking.download_registered_model(cfg.registry.model_name, "champion")
+    if not (Path(cfg.collect.policy) / "config.json").is_file():
+        raise ValueError(
+            f"collect.policy: {cfg.collect.policy!r} is not a model folder (no config.json); "
+            "use sft, champion or a local model folder"
         )
-    return comparisons
+    return cfg.collect.policy
 
 
-def comparisons_to_pairs(
-    comparisons: list[dict], eval_fraction: float, seed: int
-) -> tuple[list[dict], Counter]:
-    """Expand rankings into preference rows, splitting train/eval by prompt (never by pair)."""
-    rng = random.Random(seed)
-    rows, counts = [], Counter()
-    for comparison in comparisons:
-        split = "eval" if rng.random() < eval_fraction else "train"
-        pairs, ties = ranking_to_pairs(comparison["scores"])
-        counts["ties_skipped"] += ties
-        counts["single_candidate"] += len(comparison["candidates"]) == 1
-        for chosen, rejected in pairs:
-            rows.append(
-                {
-                    "prompt": comparison["prompt"],
-                    "chosen": [{"role": "assistant", "content": comparison["candidates"][chosen]}],
-                    "rejected": [
-                        {"role": "assistant", "content": comparison["candidates"][rejected]}
-                    ],
-                    "family": comparison["family"],
-                    "split": split,
-                }
-            )
-            counts[f"pairs_{split}"] += 1
+def sample_comparisons(cfg: PipelineConfig, prompts: list[dict], policy_dir: str, device: str):
+    """K samples per prompt, identical ones collapsed. Returns (comparisons, tokenizer, counts)."""
+    import torch
+
+    from alignflow.feedback.labelers import build_comparisons
+    from alignflow.models import load_causal_lm, load_tokenizer
+    from alignflow.rl.rollout import sample_texts
+
+    k, trust = cfg.collect.samples_per_prompt, cfg.model.trust_remote_code
+    tokenizer = load_tokenizer(policy_dir, trust)
+    policy = load_causal_lm(policy_dir, trust, device).eval()
+    repeated = [row["prompt"] for row in prompts for _ in range(k)]
+    torch.manual_seed(cfg.run.seed)
+    texts = sample_texts(
+        policy, tokenizer, repeated, cfg.collect.sampling, cfg.collect.batch_size,
+        desc="collect: sampling",
+    )  # fmt: skip
+    candidates = [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
+    comparisons, counts = build_comparisons(prompts, candidates)
+    return comparisons, tokenizer, counts
+
+
+def run_labeler(
+    cfg: PipelineConfig,
+    index: int,
+    labeler: LabelerConfig,
+    comparisons: list[Comparison],
+    tokenizer,
+    work: Path,
+    device: str,
+) -> tuple[list[PreferenceRecord], dict[str, float]]:
+    """One labeler's records for every comparison, and its counters (for MLflow)."""
+    from alignflow.feedback import labelers as L
+
+    name, where = L.labeler_id(labeler), f"collect.labelers[{index}]"
+    if labeler.kind == "rule":
+        rewarder = L.rule_rewarder(labeler.function, tokenizer, f"{where}.function")
+        return L.score_comparisons(rewarder, comparisons, name), {}
+    if labeler.kind == "reward_model":
+        trust = cfg.model.trust_remote_code
+        rewarder = L.reward_model_rewarder(labeler.models, cfg.rewards, tokenizer, trust, device)
+        return L.score_comparisons(rewarder, comparisons, name), {}
+    if labeler.kind == "llm_judge":
+        from alignflow.feedback.llm_judge import LLMJudge
+
+        judge = LLMJudge(labeler.llm_judge)
+        judge.labeler = name
+        return judge.label(comparisons)
+    if labeler.kind == "human":
+        from tasks.label import label_by_people
+
+        records, counts = label_by_people(comparisons, labeler.human, name, cfg.run.seed)
+        return records, dict(counts)
+    exported = L.export_comparisons(comparisons, work, labeler.file.format)
+    if labeler.file.answers is None:
+        raise L.LabelError(
+            f"{where}: comparisons exported to {exported}; have them labelled (fill `ranking`, "
+            f"e.g. B>A=C) and set {where}.file.answers to the answers file"
+        )
+    records, counts = L.import_answers(Path(labeler.file.answers), comparisons, name)
+    return records, dict(counts)
+
+
+def pairs_from_records(
+    cfg: PipelineConfig, comparisons: list[Comparison], records: list[PreferenceRecord]
+) -> tuple[list[dict], dict]:
+    """Majority pairs over all labelers as training rows, split train/eval by prompt (never by
+    pair) with a hash of the comparison, so the split is stable as feedback grows."""
+    from alignflow.data.clean import split_of
+    from alignflow.feedback.aggregate import aggregate
+
+    by_id = {comparison.id: comparison for comparison in comparisons}
+    decided, _ = aggregate(records)  # what became of every unit is in aggregate.report
+    rows = []
+    for pair in decided:
+        comparison = by_id[pair.comparison_id]
+        split = split_of({"id": comparison.id}, cfg.reward.eval_fraction, str(cfg.run.seed))
+        rows.append(
+            {
+                "prompt": comparison.prompt,
+                "chosen": [{"role": "assistant", "content": comparison.candidates[pair.chosen]}],
+                "rejected": [
+                    {"role": "assistant", "content": comparison.candidates[pair.rejected]}
+                ],
+                **comparison.meta,
+                "comparison_id": comparison.id,
+                "split": split,
+            }
+        )
+    counts = {}
+    for split in ("train", "eval"):
+        counts[f"pairs_{split}"] = sum(row["split"] == split for row in rows)
     return rows, counts
 
 
@@ -68,34 +134,40 @@ def run_collect(
     cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult, sft: StageResult
 ) -> StageResult:
     def body(work: Path) -> dict:
-        import torch
+        from alignflow.feedback import store
+        from alignflow.feedback.aggregate import report
+        from alignflow.models import default_device
 
-        from alignflow.models import default_device, load_causal_lm, load_tokenizer
-        from alignflow.rl.rollout import sample_texts
-
-        k = cfg.collect.samples_per_prompt
-        policy_dir = str(sft.path(MODEL_DIR))
-        tokenizer = load_tokenizer(policy_dir, cfg.model.trust_remote_code)
-        policy = load_causal_lm(policy_dir, cfg.model.trust_remote_code, default_device()).eval()
+        device = default_device()
         prompts = read_jsonl(prepared.path("preference_prompts.jsonl"))
-        repeated = [row["prompt"] for row in prompts for _ in range(k)]
-        torch.manual_seed(cfg.run.seed)
-        texts = sample_texts(
-            policy, tokenizer, repeated, cfg.collect.sampling, cfg.collect.batch_size,
-            desc="collect: sampling",
-        )  # fmt: skip
-        candidates = [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
-        comparisons = label_comparisons(prompts, candidates)
-        pairs, counts = comparisons_to_pairs(comparisons, cfg.reward.eval_fraction, cfg.run.seed)
+        prompts = prompts[: cfg.collect.max_prompts]
+        policy_dir = candidate_policy(cfg, sft)
+        comparisons, tokenizer, counts = sample_comparisons(cfg, prompts, policy_dir, device)
+        records: list[PreferenceRecord] = []
+        metrics: dict = {"prompts": len(prompts), "comparisons": len(comparisons), **counts}
+        for index, labeler in enumerate(cfg.collect.labelers):
+            got, label_counts = run_labeler(
+                cfg, index, labeler, comparisons, tokenizer, work, device
+            )
+            records += got
+            metrics.update({f"labeler_{index}_{k}": v for k, v in label_counts.items()})
+            metrics[f"labeler_{index}_records"] = len(got)
+        pairs, pair_counts = pairs_from_records(cfg, comparisons, records)
         if not pairs:
-            raise ValueError("collect: every candidate tied, so there are no preference pairs")
-        write_jsonl(work / COMPARISONS_FILE, comparisons)
+            raise ValueError("collect: the labels decide no pair (every candidate tied)")
+        metrics.update(pair_counts)
+        # Agreement, position bias, what the majority decided; lists (per labeler pair) aside.
+        agreement = report(records)
+        tracking.log_dict(agreement, "agreement.json")
+        metrics.update({k: v for k, v in agreement.items() if not isinstance(v, list)})
+        write_jsonl(work / COMPARISONS_FILE, [c.model_dump(mode="json") for c in comparisons])
+        write_jsonl(work / RECORDS_FILE, [r.model_dump(mode="json") for r in records])
         write_jsonl(work / PAIRS_FILE, pairs)
-        metrics = {"prompts": len(prompts), "responses": len(texts), **counts}
-        for family in ("review", "unsafe"):
-            scores = [s for c in comparisons if c["family"] == family for s in c["scores"]]
-            if scores:
-                metrics[f"sft_oracle_score_{family}"] = sum(scores) / len(scores)
+        # Provenance: the reward stage logs the pairs as an MLflow dataset input under this digest.
+        metrics["preference_digest"] = store.content_digest(records)
+        tracking.set_tags({"alignflow.preference_digest": metrics["preference_digest"]})
+        if cfg.collect.feedback_store:
+            store.append(Path(cfg.run.artifacts_root) / cfg.collect.feedback_store, records)
         tracking.log_metrics(metrics)
         return metrics
 

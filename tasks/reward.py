@@ -41,7 +41,7 @@ def pair_accuracy(model, tokenizer, pairs: list[dict]) -> dict[str, float]:
     )
     correct: dict[str, list[bool]] = {}
     for pair, good, bad in zip(pairs, chosen, rejected, strict=True):
-        correct.setdefault(pair["family"], []).append(good > bad)
+        correct.setdefault(pair.get("family", "all"), []).append(good > bad)
     accuracy = {family: sum(hits) / len(hits) for family, hits in correct.items()}
     accuracy["all"] = sum(sum(h) for h in correct.values()) / sum(len(h) for h in correct.values())
     return accuracy
@@ -101,6 +101,11 @@ def run_reward(
         train = [{k: p[k] for k in columns} for p in pairs if p["split"] == "train"]
         heldout = [p for p in pairs if p["split"] == "eval"]
         metrics: dict = {"train_pairs": len(train), "eval_pairs": len(heldout)}
+        # Provenance: the preference data this model learned from, under collect's digest.
+        digest = collected.metrics.get("preference_digest") or collected.cache_key
+        tracking.log_dataset_input(
+            pairs, "preferences", str(collected.path(PAIRS_FILE)), str(digest)
+        )
         for index in range(cfg.reward.ensemble_size):
             out = work / member_dir(index)
             # trained before a crash: keep it (rank 0 decides, so N processes agree)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def ranking_to_pairs(scores: Sequence[float]) -> tuple[list[tuple[int, int]], int]:
+def ranking_to_pairs(scores: Sequence[float | None]) -> tuple[list[tuple[int, int]], int]:
     """Every ordered pair (better, worse) implied by per-candidate scores; ties are skipped.
 
-    A ranking B > A > C > D over four candidates gives six pairs. Higher score = better.
+    A ranking B > A > C > D over four candidates gives six pairs. Higher score = better. A None
+    score is a candidate nobody judged: its pairs are neither emitted nor counted as ties.
 
     Returns:
         (pairs of candidate indices as (chosen, rejected), number of tied pairs skipped)
@@ -17,9 +18,12 @@ def ranking_to_pairs(scores: Sequence[float]) -> tuple[list[tuple[int, int]], in
     ties = 0
     for i in range(len(scores)):
         for j in range(i + 1, len(scores)):
-            if scores[i] == scores[j]:
+            score_i, score_j = scores[i], scores[j]
+            if score_i is None or score_j is None:
+                continue
+            if score_i == score_j:
                 ties += 1
-            elif scores[i] > scores[j]:
+            elif score_i > score_j:
                 pairs.append((i, j))
             else:
                 pairs.append((j, i))
