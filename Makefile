@@ -25,6 +25,8 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 test-all: $(STAMP)
+	# the browser test drives Debian's chromium, never a downloaded browser (STACK.md)
+	command -v chromedriver >/dev/null || apt-get install -y -q chromium chromium-driver
 	$(BIN)/pytest -m ''
 
 lint: $(STAMP)

@@ -7,62 +7,19 @@ input) and the feedback store."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 
 import httpx
-import pytest
 from mlflow import MlflowClient
 
-from alignflow.launch import free_port
 from alignflow.pipeline import stage_dir, tracking_uri
 from alignflow.store import read_jsonl
 from tests.conftest import REPO, micro_config
-from tests.dist.conftest import seed_root
+from tests.flow.conftest import paused_run, start_labelled_pipeline, wait_for
 
 PROMPTS, BATCH = 5, 3  # two pauses: comparisons 1-3, then 4-5 (or fewer if candidates collapse)
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    """`prefect server start` on 127.0.0.1 with its own SQLite database; yields the API URL."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_UI_ENABLED="false")  # fmt: skip
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(port)],  # fmt: skip
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        _wait_for(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 90)
-        yield api
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def _wait_for(ready, seconds: float):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            value = ready()
-            if value:
-                return value
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"not ready after {seconds} s")
-
-
-def _paused_run(api: str) -> dict | None:
-    runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()
-    paused = [run for run in runs if run["state"] and run["state"]["type"] == "PAUSED"]
-    return paused[0] if paused else None
 
 
 def _form(api: str, run: dict) -> tuple[dict, str]:
@@ -101,22 +58,12 @@ def _label_in_terminal(run_id: str, schema: dict, env: dict) -> None:
 def test_people_label_over_the_api_and_the_labels_reach_the_reward_model(
     pipeline_runs, tmp_path, prefect_api
 ):
-    seed_root(pipeline_runs, tmp_path, ("prepare", "sft"))
-    overrides = [
-        f"run.artifacts_root={tmp_path}",
-        f"collect.max_prompts={PROMPTS}",
-        f"collect.labelers=[{{kind: human, human: {{batch_size: {BATCH}, timeout_s: 600}}}}]",
-        "ppo.updates=2",
-        "evaluate.samples_per_prompt=1",
-    ]
-    command = [sys.executable, "-m", "alignflow.cli", "run", "configs/micro.yaml"]
-    command += [part for item in overrides for part in ("--set", item)]
-    env = dict(os.environ, PREFECT_API_URL=prefect_api)
-    log = (tmp_path / "run.log").open("w")
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process, overrides, env, log = start_labelled_pipeline(
+        pipeline_runs, tmp_path, prefect_api, PROMPTS, BATCH
+    )
     answered: list[dict] = []
     try:
-        run = _wait_for(lambda: _paused_run(prefect_api), 240)
+        run = wait_for(lambda: paused_run(prefect_api), 240)
         schema, description = _form(prefect_api, run)
         assert "c1_best" in schema["required"] and "**A**" in description
 
@@ -124,10 +71,10 @@ def test_people_label_over_the_api_and_the_labels_reach_the_reward_model(
         rejected = _resume(prefect_api, run["id"], {"c1_best": "Z"})
         assert rejected["status"] == "REJECT"
         time.sleep(2)
-        assert _paused_run(prefect_api)["id"] == run["id"]
+        assert paused_run(prefect_api)["id"] == run["id"]
 
         while process.poll() is None:
-            paused = _paused_run(prefect_api)
+            paused = paused_run(prefect_api)
             if paused is None:
                 time.sleep(1)
                 continue
@@ -141,7 +88,7 @@ def test_people_label_over_the_api_and_the_labels_reach_the_reward_model(
             else:  # the next one in a terminal: `alignflow label RUN_ID`
                 _label_in_terminal(paused["id"], schema, env)
             answered.append(answer)
-            _wait_for(lambda: _paused_run(prefect_api) is None or process.poll() is not None, 60)
+            wait_for(lambda: paused_run(prefect_api) is None or process.poll() is not None, 60)
         assert process.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-3000:]
     finally:
         if process.poll() is None:

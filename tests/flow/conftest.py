@@ -1,0 +1,77 @@
+"""A real Prefect server for the tests that pause a flow run for people's labels."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from alignflow.launch import free_port
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    """`prefect server start` on 127.0.0.1 with its own SQLite database and the UI (pointed at
+    this server's API); yields the API URL."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_UI_API_URL=api)  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+         "--port", str(port)],  # fmt: skip
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 90)
+        yield api
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def wait_for(ready, seconds: float):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            value = ready()
+            if value:
+                return value
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"not ready after {seconds} s")
+
+
+def paused_run(api: str) -> dict | None:
+    runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()
+    paused = [run for run in runs if run["state"] and run["state"]["type"] == "PAUSED"]
+    return paused[0] if paused else None
+
+
+def start_labelled_pipeline(pipeline_runs, root, api: str, prompts: int, batch: int):
+    """`alignflow run` of the micro pipeline against the server at `api`, with a `human` labeler
+    on the first `prompts` preference prompts (`batch` per pause), prepare and sft reused from the
+    session run. Returns (process, overrides, env, open log file)."""
+    from tests.conftest import REPO
+    from tests.dist.conftest import seed_root
+
+    seed_root(pipeline_runs, root, ("prepare", "sft"))
+    overrides = [
+        f"run.artifacts_root={root}",
+        f"collect.max_prompts={prompts}",
+        f"collect.labelers=[{{kind: human, human: {{batch_size: {batch}, timeout_s: 600}}}}]",
+        "ppo.updates=2",
+        "evaluate.samples_per_prompt=1",
+    ]
+    command = [sys.executable, "-m", "alignflow.cli", "run", "configs/micro.yaml"]
+    command += [part for item in overrides for part in ("--set", item)]
+    env = dict(os.environ, PREFECT_API_URL=api)
+    log = (root / "run.log").open("w")
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return process, overrides, env, log
