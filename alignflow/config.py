@@ -514,6 +514,20 @@ class RegistryConfig(_Section):
     model_name: str = "alignflow-policy"
 
 
+class ComputeConfig(_Section):
+    """How one stage runs: in the flow's process (nproc 1, no DeepSpeed), or on `nproc` processes
+    started by `launcher` from inside its Prefect task (alignflow.launch), output streamed to the
+    Prefect log. How a stage runs is not what it computes: not part of any cache key."""
+
+    nproc: int = Field(1, ge=1)
+    launcher: Literal["torchrun", "accelerate"] = "torchrun"
+    deepspeed: str | None = None  # a DeepSpeed JSON, e.g. infra/deepspeed/zero2.json
+
+    @property
+    def launched(self) -> bool:
+        return self.nproc > 1 or self.deepspeed is not None
+
+
 class PipelineConfig(_Section):
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
@@ -526,6 +540,20 @@ class PipelineConfig(_Section):
     ppo: PPOConfig = PPOConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
+    # Per stage (sft, reward, policy: the ones that split their work across processes).
+    compute: dict[str, ComputeConfig] = {}
+
+    @model_validator(mode="after")
+    def _compute_only_for_launchable_stages(self) -> PipelineConfig:
+        from alignflow.launch import MULTI_PROCESS_STAGES
+
+        for stage, compute in self.compute.items():
+            if stage not in MULTI_PROCESS_STAGES and compute.launched:
+                raise ValueError(
+                    f"compute.{stage}: only {', '.join(MULTI_PROCESS_STAGES)} run on several "
+                    "processes or under DeepSpeed"
+                )
+        return self
 
     @model_validator(mode="after")
     def _oracle_needs_demo_columns(self) -> PipelineConfig:

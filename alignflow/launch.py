@@ -32,6 +32,9 @@ DEEPSPEED_ENV = "ALIGNFLOW_DEEPSPEED_CONFIG"
 # Where rank 0 writes the stage's result for the launcher: its output stream is shared by every
 # rank, and its cache key may differ from one computed here (the key hashes the code).
 RESULT_FILE_ENV = "ALIGNFLOW_RESULT_FILE"
+# The pipeline's tracking context (JSON), so a stage launched from a Prefect task logs its MLflow
+# run under the pipeline's parent run, with the flow run's tags.
+TRACKING_ENV = "ALIGNFLOW_TRACKING_CONTEXT"
 INFRA = Path(__file__).resolve().parent.parent / "infra"
 # Stages whose body splits its work across processes (a TRL Trainer shards data and syncs
 # gradients). Any other stage on N processes would do all its work N times into one directory.
@@ -137,8 +140,10 @@ def run(
     launcher: Launcher = "torchrun",
     deepspeed: str | Path | None = None,
     on_line: Callable[[str], object] = print,
+    env: dict[str, str] | None = None,
 ) -> StageResult:
-    """Run `stage` as `build_command` says, passing each output line to `on_line` as it comes.
+    """Run `stage` as `build_command` says, passing each output line to `on_line` as it comes;
+    `env` is added to the processes' environment.
 
     Returns the stage's result (rank 0's). Raises LaunchError with the exit code, and the lines
     that say why, when any process fails.
@@ -154,7 +159,8 @@ def run(
     on_line(f"alignflow launch: {' '.join(command)}")
     with tempfile.TemporaryDirectory(prefix="alignflow-launch-") as scratch:
         result_file = Path(scratch, "result.json")
-        returncode, reasons = _stream(command, on_line, {RESULT_FILE_ENV: str(result_file)})
+        extra = {**(env or {}), RESULT_FILE_ENV: str(result_file)}
+        returncode, reasons = _stream(command, on_line, extra)
         if returncode != 0:
             raise LaunchError(
                 f"stage {stage!r} on {nproc} process(es) under {launcher} exited with code "

@@ -16,9 +16,10 @@ from pathlib import Path
 from alignflow import distributed
 from alignflow.config import ConfigError, load_config
 from alignflow.data.errors import DataError
-from alignflow.launch import DEEPSPEED_ENV, RESULT_FILE_ENV
+from alignflow.launch import DEEPSPEED_ENV, RESULT_FILE_ENV, TRACKING_ENV
 from alignflow.pipeline import UPSTREAM, stage_dir, tracking_context
 from alignflow.store import StageResult
+from alignflow.tracking import TrackingContext
 
 USAGE = "usage: python -m tasks.{stage} CONFIG.yaml [--deepspeed DS.json] [section.key=value ...]"
 
@@ -34,6 +35,14 @@ def _take_deepspeed(args: list[str]) -> list[str]:
         )
     os.environ[DEEPSPEED_ENV] = os.path.abspath(args[at + 1])
     return args[:at] + args[at + 2 :]
+
+
+def _tracking(cfg) -> TrackingContext:
+    """The pipeline's context when a Prefect task launched this stage (its MLflow run becomes a
+    child of the pipeline's run), else a context of its own."""
+    if os.environ.get(TRACKING_ENV):
+        return TrackingContext.model_validate_json(os.environ[TRACKING_ENV])
+    return tracking_context(cfg, tags={"alignflow.launch": "standalone"})
 
 
 def main(stage: str, run: Callable[..., StageResult], argv: list[str] | None = None) -> int:
@@ -57,11 +66,7 @@ def main(stage: str, run: Callable[..., StageResult], argv: list[str] | None = N
         upstream.append(directory.load())
     # Rank 0 alone opens the MLflow store: N processes creating one SQLite schema would collide.
     distributed.init_process_group_from_env()
-    ctx = distributed.broadcast_object(
-        tracking_context(cfg, tags={"alignflow.launch": "standalone"})
-        if distributed.is_main()
-        else None
-    )
+    ctx = distributed.broadcast_object(_tracking(cfg) if distributed.is_main() else None)
     try:
         result = run(cfg, ctx, *upstream)
     except DataError as error:  # bad data: one line naming file, line and field

@@ -54,6 +54,7 @@ def sample_comparisons(cfg: PipelineConfig, prompts: list[dict], policy_dir: str
     )  # fmt: skip
     candidates = [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
     comparisons, counts = build_comparisons(prompts, candidates)
+    counts["responses"] = len(texts)
     return comparisons, tokenizer, counts
 
 

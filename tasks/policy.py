@@ -13,6 +13,7 @@ from alignflow.algorithms import POLICY_DIR
 from alignflow.config import PipelineConfig
 from alignflow.store import StageResult, read_jsonl
 from alignflow.tracking import TrackingContext
+from tasks._compute import run_stage_where_configured
 from tasks.collect import PAIRS_FILE
 from tasks.sft import MODEL_DIR
 
@@ -55,7 +56,9 @@ def policy_task(
     collected: StageResult,
     reward: StageResult,
 ) -> StageResult:
-    return run_policy(cfg, ctx, prepared, sft, collected, reward)
+    return run_stage_where_configured(
+        cfg, ctx, "policy", run_policy, prepared, sft, collected, reward
+    )
 
 
 if __name__ == "__main__":

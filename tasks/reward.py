@@ -13,6 +13,7 @@ from alignflow import distributed, pipeline, tracking
 from alignflow.config import PipelineConfig
 from alignflow.store import StageResult, read_jsonl, write_json_atomic
 from alignflow.tracking import TrackingContext
+from tasks._compute import run_stage_where_configured
 from tasks.collect import PAIRS_FILE
 from tasks.sft import MODEL_DIR, loss_trend, save_trained
 
@@ -128,7 +129,7 @@ def run_reward(
 def reward_task(
     cfg: PipelineConfig, ctx: TrackingContext, sft: StageResult, collected: StageResult
 ) -> StageResult:
-    return run_reward(cfg, ctx, sft, collected)
+    return run_stage_where_configured(cfg, ctx, "reward", run_reward, sft, collected)
 
 
 if __name__ == "__main__":

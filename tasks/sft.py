@@ -14,6 +14,7 @@ from alignflow.algorithms.saving import save_trained  # also tasks.reward's
 from alignflow.config import PipelineConfig
 from alignflow.store import StageResult, read_jsonl
 from alignflow.tracking import TrackingContext
+from tasks._compute import run_stage_where_configured
 from tasks.prepare import base_model
 
 MODEL_DIR = "model"
@@ -78,7 +79,7 @@ def run_sft(cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult) ->
 
 @task(name="sft", cache_policy=NO_CACHE)
 def sft_task(cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult) -> StageResult:
-    return run_sft(cfg, ctx, prepared)
+    return run_stage_where_configured(cfg, ctx, "sft", run_sft, prepared)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,41 @@
+"""Where a stage's Prefect task runs it: in the flow's process, or, when `compute.<stage>` asks for
+several processes or DeepSpeed, through alignflow.launch (torchrun/accelerate) with every output
+line streamed to the Prefect log and the stage's MLflow run kept under the pipeline's run."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from alignflow.config import PipelineConfig, dump_config
+from alignflow.store import StageResult
+from alignflow.tracking import TrackingContext
+
+
+def run_stage_where_configured(
+    cfg: PipelineConfig,
+    ctx: TrackingContext,
+    stage: str,
+    run: Callable[..., StageResult],
+    *upstream: StageResult,
+) -> StageResult:
+    """`run(cfg, ctx, *upstream)` here, or the same stage launched as `cfg.compute[stage]` says
+    (its upstream stages are found on disk by their cache keys, as `python -m tasks.<stage>`
+    finds them)."""
+    compute = cfg.compute.get(stage)
+    if compute is None or not compute.launched:
+        return run(cfg, ctx, *upstream)
+    from prefect import get_run_logger
+
+    from alignflow import launch
+
+    logger = get_run_logger()
+    with tempfile.TemporaryDirectory(prefix=f"alignflow-{stage}-") as scratch:
+        config_path = Path(scratch, "config.yaml")
+        config_path.write_text(dump_config(cfg))  # the exact config: same cache keys there
+        return launch.run(
+            stage, config_path, nproc=compute.nproc, launcher=compute.launcher,
+            deepspeed=compute.deepspeed, on_line=logger.info,
+            env={launch.TRACKING_ENV: ctx.model_dump_json()},
+        )  # fmt: skip
