@@ -27,6 +27,8 @@ test: $(STAMP)
 test-all: $(STAMP)
 	# the browser test drives Debian's chromium, never a downloaded browser (STACK.md)
 	command -v chromedriver >/dev/null || apt-get install -y -q chromium chromium-driver
+	# the deployment test's PostgreSQL (Debian's, run as the postgres user)
+	test -x /usr/lib/postgresql/15/bin/initdb || apt-get install -y -q postgresql
 	$(BIN)/pytest -m ''
 
 lint: $(STAMP)

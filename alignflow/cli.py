@@ -81,6 +81,124 @@ def run(
     typer.echo(f"summary: {run_dir / 'summary.json'}")
 
 
+@app.command()
+def retrain(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML, e.g. configs/tiny.yaml.")],
+    set_: SetOption = None,
+) -> None:
+    """One retraining round: new feedback -> reward model -> policy from the champion -> promote
+    the challenger only when it wins on held-out prompts (retrain.* in the config)."""
+    cfg = _load(config, set_)
+    _quiet_defaults()
+    from flows.retrain import retrain as retrain_flow
+
+    try:
+        result = retrain_flow(config=cfg)
+    except ValueError as error:  # no champion, no feedback store, a judge that cannot be imported
+        _fail(f"{config}: {str(error).strip().splitlines()[0]}", 2)
+    except Exception as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        _fail(f"{type(error).__name__}: {first_line}", 1)
+    decision = result.get("decision")
+    if isinstance(decision, dict):
+        typer.echo(
+            f"{decision['model_name']} v{decision['version']}: {decision['decision']} "
+            f"({decision['reason']})"
+        )
+        typer.echo(f"summary: {Path(result['run_dir']) / 'summary.json'}")
+    else:
+        typer.echo(result["reason"])
+
+
+@app.command()
+def compare(
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Pipeline YAML naming the MLflow store and experiment (default: defaults)."
+        ),
+    ] = None,
+    experiment: Annotated[
+        str | None,
+        typer.Option("--experiment", help="MLflow experiment (default: run.experiment)."),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option("--tracking-uri", help="MLflow store (default: the config's).")
+    ] = None,
+    flow: Annotated[
+        str | None, typer.Option("--flow", help="Only runs of this flow: rlhf or retrain.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Newest runs to show.")] = 20,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="Another param column (repeatable).")
+    ] = None,
+    metric: Annotated[
+        list[str] | None, typer.Option("--metric", help="Another metric column (repeatable).")
+    ] = None,
+    set_: SetOption = None,
+) -> None:
+    """Compare the experiment's pipeline and retraining runs: key params and held-out metrics, as
+    the MLflow UI shows them, with each run's Prefect flow-run id."""
+    from alignflow import compare as comparing
+    from alignflow.pipeline import tracking_uri as config_tracking_uri
+
+    cfg = _load(config, set_) if config else load_config(None, set_ or [])
+    uri = tracking_uri or config_tracking_uri(cfg)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        _fail(f"no MLflow store at {uri} (run `alignflow run CONFIG` first)", 1)
+    try:
+        runs = comparing.top_level_runs(uri, experiment or cfg.run.experiment, limit, flow)
+    except ValueError as error:
+        _fail(str(error), 1)
+    params = [*comparing.PARAMS, *(param or [])]
+    metrics = [*comparing.METRICS, *(metric or [])]
+    typer.echo(comparing.render(comparing.rows(runs, params, metrics)))
+
+
+@app.command()
+def deploy(
+    gpu_slots: Annotated[
+        int, typer.Option("--gpu-slots", min=1, help="Slots of the gpu limit: this machine's GPUs.")
+    ] = 1,
+    worker: Annotated[
+        bool, typer.Option("--worker/--no-worker", help="Start a worker here (foreground).")
+    ] = True,
+) -> None:
+    """Deploy the pipeline and the scheduled retraining flow (infra/prefect.yaml) to the Prefect
+    server PREFECT_API_URL names: its process work pool, the `gpu` concurrency limit and the
+    deployments, then a worker that runs them from this checkout (Ctrl-C stops it)."""
+    _quiet_defaults()
+    from alignflow import deploy as deploying
+    from alignflow.config import RunConfig
+
+    try:
+        pools = deploying.work_pools()
+        url = deploying.api_url()
+        for pool in pools:
+            created = deploying.ensure_process_pool(pool)
+            typer.echo(f"work pool {pool}: {'created' if created else 'exists'}")
+        limit = RunConfig().gpu_limit
+        if limit:
+            deploying.ensure_gpu_limit(limit, gpu_slots)
+            typer.echo(f"concurrency limit {limit}: {gpu_slots} slot(s)")
+        deploying.deploy_all()
+    except deploying.DeployError as error:
+        _fail(str(error), 1)
+    typer.echo(f"deployed {deploying.PREFECT_FILE} to {url}")
+    command = deploying.worker_command(pools[0])
+    if not worker:
+        typer.echo(f"start a worker: {deploying.HOME_ENV}={deploying.home()} {' '.join(command)}")
+        return
+    import subprocess
+
+    typer.echo(f"starting a worker on {pools[0]} (Ctrl-C stops it)")
+    try:
+        code = subprocess.run(command, env=deploying.worker_env()).returncode
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
+
+
 @app.command("launch")
 def launch_stage(
     stage: Annotated[str, typer.Argument(help="The stage to run, e.g. sft or reward.")],

@@ -26,9 +26,13 @@ class RunConfig(_Section):
     name: str = "alignflow"
     seed: int = 0
     artifacts_root: str = "./runs"
-    # None -> a SQLite file inside artifacts_root (the embedded default).
+    # None -> MLFLOW_TRACKING_URI when set, else a SQLite file inside artifacts_root (the
+    # embedded default).
     mlflow_tracking_uri: str | None = None
     experiment: str = "alignflow"
+    # Prefect global concurrency limit the stages that use an accelerator hold a slot of (one per
+    # process), so two runs never share a device; unlimited where the server defines no such limit.
+    gpu_limit: str | None = "gpu"
 
 
 class DemoTaskConfig(_Section):
@@ -222,6 +226,10 @@ class HumanLabelConfig(_Section):
     timeout_s: int = Field(3600, gt=0)  # per pause
     # fail: the run fails when a pause times out; continue: go on with the labels given so far
     on_timeout: Literal["fail", "continue"] = "fail"
+    # pause: the run's process waits for the answer. suspend: the process exits and frees its
+    # worker; the answer resumes the run, which starts again and reuses the completed stages and
+    # the batches already answered (needs a deployment: `alignflow deploy`).
+    wait: Literal["pause", "suspend"] = "pause"
 
 
 class FileLabelConfig(_Section):
@@ -514,6 +522,23 @@ class RegistryConfig(_Section):
     model_name: str = "alignflow-policy"
 
 
+class RetrainConfig(_Section):
+    """flows/retrain.py: when new feedback retrains the champion, and when the challenger replaces it.
+
+    The challenger is promoted when its mean held-out score gain over the champion exceeds `margin`
+    and the bootstrap confidence interval of that gain (over prompts) lies above zero."""
+
+    # Fewer new feedback records than this since the last round: the round is skipped.
+    min_new_records: int = Field(1, ge=1)
+    # What scores both policies on the held-out prompts: a rule reward (`module:function`, the
+    # rewards.rules signature) or "reward_model" (the round's refreshed reward model).
+    judge: str = Field(ORACLE_RULE, pattern=r"^(reward_model|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
+    margin: float = Field(0.0, ge=0)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    bootstrap_resamples: int = Field(2000, ge=100)
+    samples_per_prompt: int = Field(2, gt=0)  # per held-out prompt and policy, same seeds for both
+
+
 class ComputeConfig(_Section):
     """How one stage runs: in the flow's process (nproc 1, no DeepSpeed), or on `nproc` processes
     started by `launcher` from inside its Prefect task (alignflow.launch), output streamed to the
@@ -540,6 +565,7 @@ class PipelineConfig(_Section):
     ppo: PPOConfig = PPOConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
+    retrain: RetrainConfig = RetrainConfig()
     # Per stage (sft, reward, policy: the ones that split their work across processes).
     compute: dict[str, ComputeConfig] = {}
 

@@ -42,6 +42,11 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
 }
 
 
+# MLflow tags on every run of a flow: which flow made it, and its Prefect flow run.
+FLOW_TAG = "alignflow.flow"
+PREFECT_RUN_TAG = "prefect.flow_run_id"
+RUN_ID_TAG = "alignflow.run_id"
+
 # Algorithms that maximise `rewards` (the others learn from the collected pairs alone).
 REWARD_DRIVEN = ("ppo", "rloo", "grpo", "rft")
 
@@ -81,7 +86,13 @@ def stage_keys(cfg: PipelineConfig) -> dict[str, str]:
 
 
 def tracking_uri(cfg: PipelineConfig) -> str:
-    return cfg.run.mlflow_tracking_uri or tracking.default_tracking_uri(cfg.run.artifacts_root)
+    """The config's MLflow store, else MLFLOW_TRACKING_URI (how the worker images are pointed at
+    a server), else a SQLite file in the artifacts root."""
+    return (
+        cfg.run.mlflow_tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or tracking.default_tracking_uri(cfg.run.artifacts_root)
+    )
 
 
 def tracking_context(cfg: PipelineConfig, tags: dict[str, str]) -> tracking.TrackingContext:
@@ -167,30 +178,53 @@ def _follow_stage(body: Callable[[Path], dict[str, Any]]) -> StageResult:
 class PipelineRun:
     """One pipeline run: its directory, its MLflow parent run, and the summary it writes."""
 
-    def __init__(self, cfg: PipelineConfig, flow_run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        flow_run_id: str | None = None,
+        flow: str = "rlhf",
+        tags: dict[str, str] | None = None,
+    ) -> None:
         self.cfg = cfg
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.run_id = f"{stamp}-{uuid.uuid4().hex[:6]}"
+        tags = {**(tags or {}), FLOW_TAG: flow}
+        if flow_run_id:
+            tags[PREFECT_RUN_TAG] = flow_run_id
+        ctx = tracking_context(cfg, tags)
+        # A suspended flow run starts again from the top: it goes on in the MLflow run it opened.
+        earlier = tracking.running_parent(ctx, {PREFECT_RUN_TAG: flow_run_id, FLOW_TAG: flow})
+        if flow_run_id and earlier:
+            parent, self.run_id = earlier.info.run_id, earlier.data.tags[RUN_ID_TAG]
+        else:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            self.run_id = f"{stamp}-{uuid.uuid4().hex[:6]}"
         self.run_dir = Path(cfg.run.artifacts_root) / self.run_id
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config_yaml = dump_config(cfg)
         (self.run_dir / "config.yaml").write_text(config_yaml)
-        tags = {"alignflow.run_id": self.run_id}
-        if flow_run_id:
-            tags["prefect.flow_run_id"] = flow_run_id
-        ctx = tracking_context(cfg, tags)
-        params = tracking.flatten(cfg.model_dump(mode="json"))
-        parent = tracking.start_parent_run(ctx, cfg.run.name, params, config_yaml)
+        ctx = ctx.model_copy(update={"tags": {**ctx.tags, RUN_ID_TAG: self.run_id}})
+        if not (flow_run_id and earlier):
+            params = tracking.flatten(cfg.model_dump(mode="json"))
+            name = cfg.run.name if flow == "rlhf" else f"{cfg.run.name}-{flow}"
+            parent = tracking.start_parent_run(ctx, name, params, config_yaml)
         self.ctx = ctx.model_copy(update={"parent_run_id": parent})
         self.results: dict[str, StageResult] = {}
 
+    def mlflow_url(self) -> str | None:
+        """The parent run's page in the MLflow UI, when the store is an MLflow server."""
+        uri = self.ctx.tracking_uri
+        if not uri.startswith(("http://", "https://")):
+            return None
+        return f"{uri.rstrip('/')}/#/experiments/{self.ctx.experiment_id}/runs/{self.ctx.parent_run_id}"
+
     def describe(self) -> str:
-        """Markdown pointing at this run's MLflow parent run and its directory."""
+        """Markdown pointing at this run's MLflow parent run (linked when served) and its directory."""
+        url = self.mlflow_url()
+        run = f"[`{self.ctx.parent_run_id}`]({url})" if url else f"`{self.ctx.parent_run_id}`"
         return (
             f"**alignflow run** `{self.run_id}`\n\n"
             f"- MLflow tracking URI: `{self.ctx.tracking_uri}`\n"
             f"- MLflow experiment `{self.cfg.run.experiment}` (id {self.ctx.experiment_id}), "
-            f"parent run `{self.ctx.parent_run_id}`\n"
+            f"parent run {run}\n"
             f"- run directory: `{self.run_dir.resolve()}`\n"
         )
 
@@ -200,10 +234,11 @@ class PipelineRun:
         try:
             result = call(*args)
         except BaseException:
+            cached = name in STAGES  # the retraining flow's own steps have no stage directory
             self.results[name] = StageResult(
                 stage=name,
-                cache_key=stage_keys(self.cfg)[name],
-                output=str(stage_dir(self.cfg, name).partial),
+                cache_key=stage_keys(self.cfg)[name] if cached else "",
+                output=str(stage_dir(self.cfg, name).partial) if cached else "",
                 status="failed",
                 seconds=time.perf_counter() - started,
             )
@@ -216,6 +251,7 @@ class PipelineRun:
         evaluate = self.results.get("evaluate")
         return {
             "run_id": self.run_id,
+            "run_dir": str(self.run_dir),
             "mlflow_run_id": self.ctx.parent_run_id,
             "stages": {
                 name: {
@@ -230,8 +266,8 @@ class PipelineRun:
             "registered": self.results["register"].metrics if "register" in self.results else {},
         }
 
-    def finish(self, failed: bool = False) -> dict[str, Any]:
-        summary = self.summary()
+    def finish(self, failed: bool = False, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        summary = {**self.summary(), **(extra or {})}
         write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
         point_latest(self.cfg.run.artifacts_root, self.run_dir)
         tracking.log_summary(self.ctx, summary)

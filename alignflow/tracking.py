@@ -92,6 +92,17 @@ def start_parent_run(
     return run.info.run_id
 
 
+def running_parent(ctx: TrackingContext, tags: dict[str, str | None]):
+    """The experiment's running top-level run carrying all `tags`, or None."""
+    if not all(tags.values()):
+        return None
+    query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+    runs = _client(ctx.tracking_uri).search_runs(
+        [ctx.experiment_id], filter_string=f"{query} and attributes.status = 'RUNNING'"
+    )
+    return next((run for run in runs if "mlflow.parentRunId" not in run.data.tags), None)
+
+
 def _log_params(client, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
@@ -120,6 +131,11 @@ def stage_run(ctx: TrackingContext, stage: str, params: dict[str, Any]) -> Itera
     with mlflow.start_run(run_id=run.info.run_id, nested=True) as active:
         try:
             yield active.info.run_id
+        except Exception:
+            raise
+        except BaseException:  # a suspended flow run (Prefect's Pause), an interrupt: not a failure
+            mlflow.end_run("KILLED")
+            raise
         finally:
             mlflow.flush_async_logging()
 
@@ -243,17 +259,19 @@ def log_dataset_input(rows: list[dict], name: str, source: str, digest: str) -> 
     mlflow.log_input(dataset, context="training")
 
 
-def download_registered_model(model_name: str, alias: str) -> str:
+def download_registered_model(model_name: str, alias: str, dst_path: str | None = None) -> str:
     """A local folder holding the registered model `model_name@alias` as plain transformers files
-    (weights, config and tokenizer together), downloaded from the current tracking store.
-    Raises ValueError when there is none."""
+    (weights, config and tokenizer together), downloaded from the current tracking store (into
+    `dst_path` when given). Raises ValueError when there is none."""
     import shutil
 
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}@{alias}")
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{model_name}@{alias}", dst_path=dst_path
+        )
     except MlflowException as error:
         raise ValueError(f"no registered model {model_name}@{alias} ({error.message})") from None
     model, tokenizer = Path(local, "model"), Path(local, "components", "tokenizer")

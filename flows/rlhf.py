@@ -4,7 +4,8 @@ DPO, KTO, ORPO, RLOO, GRPO or rejection sampling) -> evaluate -> register. Each 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, runtime
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.exceptions import Pause
 
 from alignflow.config import PipelineConfig
 from alignflow.pipeline import PipelineRun
@@ -20,11 +21,18 @@ from tasks.sft import sft_task
 DEFAULT_CONFIG = PipelineConfig()
 
 
+def announce(run: PipelineRun) -> None:
+    """Link the Prefect flow run to its MLflow run (the MLflow run carries the flow-run id)."""
+    create_markdown_artifact(key="alignflow-run", markdown=run.describe(), description="MLflow run")
+    if url := run.mlflow_url():
+        create_link_artifact(key="alignflow-mlflow", link=url, link_text="MLflow run")
+
+
 @flow(name="rlhf")
 def rlhf(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
     """Run every stage in order (cached stages are reused) and return the run summary."""
     run = PipelineRun(config, flow_run_id=runtime.flow_run.id)
-    create_markdown_artifact(key="alignflow-run", markdown=run.describe(), description="MLflow run")
+    announce(run)
     ctx = config, run.ctx
     try:
         prepared = run.stage("prepare", prepare_task, *ctx)
@@ -34,6 +42,8 @@ def rlhf(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
         policy = run.stage("policy", policy_task, *ctx, prepared, sft, collected, reward)
         evaluated = run.stage("evaluate", evaluate_task, *ctx, prepared, sft, reward, policy)
         run.stage("register", register_task, *ctx, policy, evaluated)
+    except Pause:  # suspended for people's labels: started again when they answer
+        raise
     except BaseException:
         run.finish(failed=True)
         raise

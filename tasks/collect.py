@@ -14,6 +14,7 @@ from alignflow.config import LabelerConfig, PipelineConfig
 from alignflow.feedback.records import Comparison, PreferenceRecord
 from alignflow.store import StageResult, read_jsonl, write_jsonl
 from alignflow.tracking import TrackingContext
+from tasks._compute import gpu_slots
 from tasks.sft import MODEL_DIR
 
 COMPARISONS_FILE = "comparisons.jsonl"
@@ -179,7 +180,8 @@ def run_collect(
 def collect_task(
     cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult, sft: StageResult
 ) -> StageResult:
-    return run_collect(cfg, ctx, prepared, sft)
+    with gpu_slots(cfg, "collect"):
+        return run_collect(cfg, ctx, prepared, sft)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from alignflow import pipeline, tracking
 from alignflow.config import PipelineConfig
 from alignflow.store import StageResult, read_jsonl, write_json_atomic, write_jsonl
 from alignflow.tracking import TrackingContext
+from tasks._compute import gpu_slots
 from tasks.policy import POLICY_DIR
 from tasks.prepare import base_model
 from tasks.sft import MODEL_DIR
@@ -116,7 +117,8 @@ def evaluate_task(
     reward: StageResult,
     policy: StageResult,
 ) -> StageResult:
-    result = run_evaluate(cfg, ctx, prepared, sft, reward, policy)
+    with gpu_slots(cfg, "evaluate"):
+        result = run_evaluate(cfg, ctx, prepared, sft, reward, policy)
     create_markdown_artifact(
         key="alignflow-eval", markdown=result.metrics["table"], description="held-out evaluation"
     )

@@ -24,6 +24,26 @@ from alignflow.feedback.labelers import LabelError
 from alignflow.feedback.records import Comparison, PreferenceRecord
 
 
+def _suspender(flow_run_id):
+    """`suspend_flow_run` for use inside a task (Prefect suspends only from the flow body unless
+    it is given the run's id): returns the answer when this batch was answered before this run
+    started again; otherwise suspends the run and leaves the process."""
+    from prefect import get_client
+    from prefect.exceptions import Pause
+    from prefect.flow_runs import suspend_flow_run
+
+    def wait(wait_for_input, timeout: int, key: str):
+        answer = suspend_flow_run(
+            wait_for_input=wait_for_input, flow_run_id=flow_run_id, timeout=timeout, key=key
+        )
+        if answer is None:  # suspended now: the answer schedules the run again, from the start
+            with get_client(sync_client=True) as client:
+                raise Pause(state=client.read_flow_run(flow_run_id).state)
+        return answer
+
+    return wait
+
+
 def label_by_people(
     comparisons: Sequence[Comparison], human: HumanLabelConfig, labeler: str, seed: int
 ) -> tuple[list[PreferenceRecord], Counter]:
@@ -37,11 +57,18 @@ def label_by_people(
     from prefect.flow_runs import pause_flow_run
     from prefect.input import RunInput
 
-    if FlowRunContext.get() is None:
+    context = FlowRunContext.get()
+    if context is None:
         raise LabelError(
             "collect: a 'human' labeler pauses the pipeline's flow run for answers; run it with "
             "`alignflow run CONFIG` (not a stage on its own)"
         )
+    if human.wait == "suspend" and context.flow_run.deployment_id is None:
+        raise LabelError(
+            "collect: human.wait: suspend frees the worker while people label, which needs a "
+            "deployment (alignflow deploy, then prefect deployment run); use wait: pause here"
+        )
+    wait = pause_flow_run if human.wait == "pause" else _suspender(context.flow_run.id)
     records: list[PreferenceRecord] = []
     counts: Counter = Counter()
     for start in range(0, len(comparisons), human.batch_size):
@@ -51,9 +78,8 @@ def label_by_people(
             description=describe(batch, orders, len(comparisons) - start)
         )
         try:
-            answer = pause_flow_run(
-                wait_for_input=form, timeout=human.timeout_s, key=f"{labeler}-{start}"
-            )
+            # The key names the batch: a suspended run, started again, finds the answers given.
+            answer = wait(wait_for_input=form, timeout=human.timeout_s, key=f"{labeler}-{start}")
         except FlowPauseTimeout:
             if human.on_timeout == "fail":
                 raise LabelError(

@@ -18,14 +18,17 @@ from tasks.policy import POLICY_DIR
 SERVING_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "accelerate")
 
 
+def serving_requirements() -> list[str]:
+    return [f"{name}=={version(name).split('+')[0]}" for name in SERVING_PACKAGES]
+
+
 def run_register(
     cfg: PipelineConfig, ctx: TrackingContext, policy: StageResult, evaluated: StageResult
 ) -> StageResult:
     def body(work: Path) -> dict:
-        requirements = [f"{name}=={version(name).split('+')[0]}" for name in SERVING_PACKAGES]
         tracking.log_metrics(tracking.flatten(evaluated.metrics["summary"]))
         registered = tracking.register_policy(
-            policy.path(POLICY_DIR), cfg.registry.model_name, requirements
+            policy.path(POLICY_DIR), cfg.registry.model_name, serving_requirements()
         )
         return registered
 

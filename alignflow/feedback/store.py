@@ -62,22 +62,27 @@ def append(store: str | Path, records: list[PreferenceRecord]) -> Path | None:
     return final
 
 
-def files(store: str | Path, after: str | None = None) -> list[Path]:
-    """The store's files in write order, only those written after the `after` watermark."""
+def files(store: str | Path, after: str | None = None, until: str | None = None) -> list[Path]:
+    """The store's files in write order, only those written after the `after` watermark (and,
+    with `until`, none written after that one)."""
     root = Path(store)
     if not root.is_dir():
         return []
     found = sorted(p for p in root.glob(f"*{SUFFIX}") if not p.name.startswith("."))
-    return [p for p in found if after is None or p.name > after]
+    return [
+        p for p in found if (after is None or p.name > after) and (until is None or p.name <= until)
+    ]
 
 
-def read(store: str | Path, after: str | None = None) -> tuple[list[PreferenceRecord], str | None]:
-    """Records in files written after the `after` watermark, oldest first, and the watermark to
-    pass next time (unchanged when nothing is new)."""
+def read(
+    store: str | Path, after: str | None = None, until: str | None = None
+) -> tuple[list[PreferenceRecord], str | None]:
+    """Records in files written after the `after` watermark (up to `until`), oldest first, and
+    the watermark to pass next time (unchanged when nothing is new)."""
     import pyarrow.parquet as pq
 
     records: list[PreferenceRecord] = []
-    new = files(store, after)
+    new = files(store, after, until)
     for path in new:
         for row in pq.read_table(path).to_pylist():
             for name in JSON_FIELDS:

@@ -50,6 +50,29 @@ def import_rule(spec: str, where: str = "rewards.rules") -> RuleFunction:
     return function
 
 
+def rule_scores(
+    name: str,
+    function: RuleFunction,
+    prompts: Sequence[list[dict]],
+    completions: Sequence[str],
+    rows: Sequence[dict],
+) -> list[float]:
+    """`function`'s scores for `completions`, the prompt rows' other columns passed as keywords;
+    a RewardError naming the rule when it returns the wrong count or a non-finite value."""
+    columns = {
+        key: [row.get(key) for row in rows] for key in (rows[0] if rows else {}) if key != "prompt"
+    }  # fmt: skip
+    values = list(function(list(prompts), list(completions), **columns))
+    if len(values) != len(completions):
+        raise RewardError(
+            f"rule {name} returned {len(values)} scores for {len(completions)} completions"
+        )
+    bad = [v for v in values if not isinstance(v, int | float) or not math.isfinite(v)]
+    if bad:
+        raise RewardError(f"rule {name} returned {bad[0]!r}; expected finite floats")
+    return [float(v) for v in values]
+
+
 @dataclass
 class Rule:
     name: str  # the `module:function` spec, used as the metric name
@@ -134,17 +157,7 @@ class Rewarder:
     def _call_rule(
         self, rule: Rule, prompts: Sequence[list[dict]], completions: Sequence[str], rows
     ) -> Tensor:
-        columns = {
-            key: [row.get(key) for row in rows] for key in (rows[0] if rows else {}) if key != "prompt"
-        }  # fmt: skip
-        values = list(rule.function(list(prompts), list(completions), **columns))
-        if len(values) != len(completions):
-            raise RewardError(
-                f"rule {rule.name} returned {len(values)} scores for {len(completions)} completions"
-            )
-        bad = [v for v in values if not isinstance(v, int | float) or not math.isfinite(v)]
-        if bad:
-            raise RewardError(f"rule {rule.name} returned {bad[0]!r}; expected finite floats")
+        values = rule_scores(rule.name, rule.function, prompts, completions, rows)
         return torch.tensor(values, dtype=torch.float32)
 
     def score(

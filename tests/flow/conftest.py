@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from alignflow.launch import free_port
+from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,6 @@ def start_labelled_pipeline(pipeline_runs, root, api: str, prompts: int, batch: 
     """`alignflow run` of the micro pipeline against the server at `api`, with a `human` labeler
     on the first `prompts` preference prompts (`batch` per pause), prepare and sft reused from the
     session run. Returns (process, overrides, env, open log file)."""
-    from tests.conftest import REPO
     from tests.dist.conftest import seed_root
 
     seed_root(pipeline_runs, root, ("prepare", "sft"))
@@ -75,3 +75,35 @@ def start_labelled_pipeline(pipeline_runs, root, api: str, prompts: int, batch: 
     log = (root / "run.log").open("w")
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     return process, overrides, env, log
+
+
+# ---- a headless browser: Debian's chromium driven by Selenium, never a downloaded one ----
+
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--window-size=1400,2000")  # fmt: skip
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def button(scope, text: str):
+    from selenium.webdriver.common.by import By
+
+    return wait_for(
+        lambda: next((b for b in scope.find_elements(By.TAG_NAME, "button")
+                      if b.text.strip() == text and b.is_displayed()), None), 60,
+    )  # fmt: skip

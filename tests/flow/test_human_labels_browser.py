@@ -11,39 +11,10 @@ import pytest
 
 from alignflow.pipeline import stage_dir
 from alignflow.store import read_jsonl
-from tests.conftest import REPO, micro_config
-from tests.flow.conftest import paused_run, start_labelled_pipeline, wait_for
+from tests.conftest import micro_config
+from tests.flow.conftest import ARTIFACTS, button, paused_run, start_labelled_pipeline, wait_for
 
 pytestmark = pytest.mark.slow  # a browser and a server: `make test-all` (installs chromium)
-
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1400,2000")  # fmt: skip
-
-
-@pytest.fixture
-def browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
-
-
-def _button(scope, text: str):
-    from selenium.webdriver.common.by import By
-
-    return wait_for(
-        lambda: next((b for b in scope.find_elements(By.TAG_NAME, "button")
-                      if b.text.strip() == text and b.is_displayed()), None), 60,
-    )  # fmt: skip
 
 
 def _fill_form(browser, name: str) -> int:
@@ -79,10 +50,10 @@ def test_a_person_labels_in_the_prefect_ui_and_the_run_resumes(
         run = wait_for(lambda: paused_run(prefect_api), 240)
         ui = prefect_api.removesuffix("/api")
         browser.get(f"{ui}/runs/flow-run/{run['id']}")
-        _button(browser, "Resume").click()
+        button(browser, "Resume").click()
         comparisons = _fill_form(browser, "browser")
         browser.save_screenshot(str(ARTIFACTS / "prefect-ui-label-form.png"))
-        _button(browser, "Submit").click()
+        button(browser, "Submit").click()
         wait_for(lambda: paused_run(prefect_api) is None, 60)
         browser.refresh()
         time.sleep(3)

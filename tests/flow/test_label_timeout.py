@@ -32,6 +32,10 @@ def test_an_unanswered_pause_fails_or_continues_as_configured():
         with pytest.raises(LabelError, match=r"comparisons 1-3 were not labelled within 2 s"):
             _label(HumanLabelConfig(timeout_s=2, on_timeout="fail"))
 
+        # suspending frees a worker and needs one to start the run again: a deployment's run
+        with pytest.raises(LabelError, match="human.wait: suspend .* needs a deployment"):
+            _label(HumanLabelConfig(wait="suspend"))
+
 
 def test_people_cannot_label_outside_a_flow_run():
     with pytest.raises(LabelError, match="pauses the pipeline's flow run"):

@@ -116,3 +116,21 @@ def test_data_check_exits_2_and_names_the_bad_line(tmp_path):
     result = CliRunner().invoke(app, ["data", "check", str(bad)])
     assert result.exit_code == 2
     assert f"{bad}:2" in result.output
+
+
+def test_deploy_without_a_prefect_server_says_how_to_start_one(runner, monkeypatch, tmp_path):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))  # no profile naming a server either
+    result = runner.invoke(app, ["deploy", "--no-worker"])
+    assert result.exit_code == 1
+    (line,) = _error_lines(result.stderr)
+    assert "PREFECT_API_URL is not set" in line and "prefect server start" in line
+
+
+def test_deploy_outside_a_checkout_names_alignflow_home(runner, monkeypatch, tmp_path):
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    monkeypatch.setenv("ALIGNFLOW_HOME", str(tmp_path))
+    result = runner.invoke(app, ["deploy", "--no-worker"])
+    assert result.exit_code == 1
+    (line,) = _error_lines(result.stderr)
+    assert f"no infra/prefect.yaml under {tmp_path}" in line and "ALIGNFLOW_HOME" in line

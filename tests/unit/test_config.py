@@ -222,3 +222,12 @@ def test_dump_config_round_trips_through_load_config(tmp_path):
     )
     path = _write(tmp_path, dump_config(cfg), "resolved.yaml")
     assert load_config(path) == cfg
+
+
+def test_retrain_judge_is_a_rule_path_or_the_reward_model():
+    assert load_config(None, ["retrain.judge=reward_model"]).retrain.judge == "reward_model"
+    assert load_config(None, ["retrain.judge=pkg.mod:score"]).retrain.judge == "pkg.mod:score"
+    with pytest.raises(ConfigError, match="retrain.judge"):
+        load_config(None, ["retrain.judge=oracle"])
+    with pytest.raises(ConfigError, match="retrain.confidence"):
+        load_config(None, ["retrain.confidence=1.0"])

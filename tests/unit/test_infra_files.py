@@ -49,25 +49,40 @@ def test_every_infra_json_file_parses_to_an_object(path: Path) -> None:
     assert isinstance(_load_json(path), dict)
 
 
-def test_prefect_yaml_deploys_rlhf_tiny_on_the_process_pool_without_a_gpu_tag() -> None:
-    config = _load_yaml(INFRA / "prefect.yaml")
-    (deployment,) = config["deployments"]
-    assert deployment["name"] == "rlhf-tiny"
-    assert deployment["entrypoint"] == "flows/rlhf.py:rlhf"
-    assert deployment["work_pool"]["name"] == "alignflow-process"
-    assert deployment["parameters"] == {}
-    assert "gpu" not in deployment["tags"]
+def _deployments() -> dict[str, dict]:
+    return {d["name"]: d for d in _load_yaml(INFRA / "prefect.yaml")["deployments"]}
+
+
+def test_prefect_yaml_deploys_the_pipeline_and_the_retraining_flow_on_the_process_pool() -> None:
+    deployments = _deployments()
+    assert set(deployments) == {"rlhf-tiny", "retrain-nightly"}
+    assert deployments["rlhf-tiny"]["entrypoint"] == "flows/rlhf.py:rlhf"
+    assert deployments["retrain-nightly"]["entrypoint"] == "flows/retrain.py:retrain"
+    for deployment in deployments.values():
+        assert deployment["work_pool"]["name"] == "alignflow-process"
+        assert deployment["parameters"] == {}  # the form comes from the PipelineConfig type
+        assert "gpu" not in deployment["tags"]  # GPU stages hold slots of the gpu limit instead
+
+
+def test_retraining_is_scheduled_nightly_by_cron() -> None:
+    (schedule,) = _deployments()["retrain-nightly"]["schedules"]
+    assert schedule["cron"] == "0 3 * * *" and schedule["active"] is True
+    from prefect.client.schemas.schedules import CronSchedule
+
+    # Prefect's own schedule model validates the expression and the time zone
+    assert CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"]).timezone == "UTC"
 
 
 def test_prefect_yaml_is_accepted_by_prefects_own_model() -> None:
     # Private module, so a Prefect upgrade may move it: skip rather than fail on that.
     models = pytest.importorskip("prefect.cli.deploy._models")
     parsed = models.PrefectYamlModel.model_validate(_load_yaml(INFRA / "prefect.yaml"))
-    assert [d.name for d in parsed.deployments] == ["rlhf-tiny"]
+    assert [d.name for d in parsed.deployments] == ["rlhf-tiny", "retrain-nightly"]
 
 
-def test_prefect_yaml_entrypoint_names_a_flow_function_that_exists() -> None:
-    (deployment,) = _load_yaml(INFRA / "prefect.yaml")["deployments"]
+@pytest.mark.parametrize("name", ["rlhf-tiny", "retrain-nightly"])
+def test_prefect_yaml_entrypoint_names_a_flow_function_that_exists(name: str) -> None:
+    deployment = _deployments()[name]
     file_part, function = deployment["entrypoint"].split(":")
     flow_file = REPO_ROOT / file_part
     assert flow_file.is_file(), f"{deployment['entrypoint']}: {flow_file} does not exist"

@@ -1,0 +1,82 @@
+"""`alignflow compare`: the pipeline and retraining runs of an MLflow experiment side by side, with
+the params and metrics the MLflow UI shows for them (read from the same store)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from alignflow.pipeline import FLOW_TAG, PREFECT_RUN_TAG
+
+PARAMS = ("policy.algorithm", "model.source", "run.seed", "ppo.updates")
+METRICS = (
+    "eval.win_rate_policy_vs_sft",
+    "eval.oracle_score.policy",
+    "eval.reward_score.policy",
+    "eval.kl_policy_vs_sft",
+    "eval.gain",
+    "eval.ci_low",
+)
+
+
+def top_level_runs(
+    tracking_uri: str, experiment: str, limit: int, flow: str | None = None
+) -> list[Any]:
+    """The experiment's newest runs that are not a stage of another run, newest first.
+    Raises ValueError when the experiment does not exist."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = ", ".join(e.name for e in client.search_experiments()) or "none"
+        raise ValueError(f"no MLflow experiment '{experiment}' in {tracking_uri} (there: {names})")
+    query = f"tags.`{FLOW_TAG}` = '{flow}'" if flow else ""
+    runs = client.search_runs(
+        [found.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"],
+        max_results=max(limit * 20, 200),
+    )  # fmt: skip
+    return [run for run in runs if "mlflow.parentRunId" not in run.data.tags][:limit]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def rows(runs: Sequence[Any], params: Sequence[str], metrics: Sequence[str]) -> list[dict]:
+    """One row per run: identity, the chosen params and metrics (missing ones as None)."""
+    from datetime import datetime
+
+    table = []
+    for run in runs:
+        tags = run.data.tags
+        row = {
+            "run": run.info.run_name,
+            "mlflow_run": run.info.run_id[:8],
+            "prefect_run": tags.get(PREFECT_RUN_TAG, "")[:8] or None,
+            "flow": tags.get(FLOW_TAG),
+            "started": datetime.fromtimestamp(run.info.start_time / 1000).strftime("%m-%d %H:%M"),
+            "status": run.info.status,
+        }
+        row |= {name: run.data.params.get(name) for name in params}
+        row |= {name: run.data.metrics.get(name) for name in metrics}
+        table.append(row)
+    return table
+
+
+def render(table: list[dict]) -> str:
+    """A plain-text table; columns no run has a value in are left out."""
+    if not table:
+        return "no runs"
+    columns = [c for c in table[0] if any(row[c] is not None for row in table)]
+    cells = [[_cell(row[c]) for c in columns] for row in table]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)
