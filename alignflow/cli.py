@@ -189,14 +189,10 @@ def deploy(
     if not worker:
         typer.echo(f"start a worker: {deploying.HOME_ENV}={deploying.home()} {' '.join(command)}")
         return
-    import subprocess
-
     typer.echo(f"starting a worker on {pools[0]} (Ctrl-C stops it)")
-    try:
-        code = subprocess.run(command, env=deploying.worker_env()).returncode
-    except KeyboardInterrupt:
-        code = 0
-    raise typer.Exit(code)
+    sys.stdout.flush()
+    # This process becomes the worker, so a supervisor's signals (docker stop, Ctrl-C) reach it.
+    os.execve(command[0], command, deploying.worker_env())
 
 
 @app.command("launch")

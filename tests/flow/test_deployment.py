@@ -86,7 +86,7 @@ def stack(postgres, tmp_path_factory):
     servers = [
         _serve([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
                 "--port", str(mlflow_port), "--workers", "1",
-                "--backend-store-uri", f"postgresql://postgres@{postgres}/mlflow",
+                "--backend-store-uri", f"postgresql+psycopg://postgres@{postgres}/mlflow",
                 "--artifacts-destination", str(home / "mlartifacts")],
                env, home / "mlflow.log", f"{mlflow_url}/health"),
         _serve([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
@@ -99,8 +99,13 @@ def stack(postgres, tmp_path_factory):
     )  # fmt: skip
     servers.append(deploy)
     try:
-        pool = f"{api}/work_pools/alignflow-process/workers/filter"
-        wait_for(lambda: httpx.post(pool, json={}, timeout=5).json(), 180)
+        workers = f"{api}/work_pools/alignflow-process/workers/filter"
+
+        def worker_polls() -> bool:  # `alignflow deploy` starts its worker after deploying
+            response = httpx.post(workers, json={}, timeout=5)
+            return response.status_code == 200 and len(response.json()) > 0
+
+        wait_for(worker_polls, 300)
         yield {"api": api, "mlflow": mlflow_url, "env": env, "home": home}
     finally:
         for process in reversed(servers):
@@ -129,6 +134,14 @@ def _run_deployment(stack, config: dict) -> str:
     )  # fmt: skip
     assert started.returncode == 0, started.stdout + started.stderr
     return re.search(r"UUID:\s*([0-9a-f-]{36})", started.stdout).group(1)
+
+
+def _top_level_runs(client, experiment_id: str, flow_run_id: str) -> list:
+    """The MLflow runs of a Prefect flow run that are not a stage (child) run."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'"
+    )
+    return [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
 
 
 def wait_for_flow_run(stack, flow_run_id: str, seconds: float = 900) -> dict:
@@ -166,10 +179,7 @@ def test_deployment_run_with_a_param_trains_tracks_and_registers_on_the_servers(
 
     client = MlflowClient(stack["mlflow"])
     experiment = client.get_experiment_by_name(config["run"]["experiment"])
-    (parent,) = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'",
-    )
+    (parent,) = _top_level_runs(client, experiment.experiment_id, flow_run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["ppo.updates"] == "8"  # the parameter given on the command line
     children = client.search_runs(
@@ -191,7 +201,7 @@ def test_deployment_run_with_a_param_trains_tracks_and_registers_on_the_servers(
         f"{stack['api']}/artifacts/filter",
         json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}, timeout=10,
     ).json()  # fmt: skip
-    (link,) = [a["data"] for a in artifacts if a["type"] == "link"]
+    (link,) = [a["data"] for a in artifacts if a["key"] == "alignflow-mlflow"]  # a markdown link
     page = f"{stack['mlflow']}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
     assert page in link
 
@@ -201,13 +211,20 @@ def _deployment_id(stack, name: str) -> str:
     return next(d["id"] for d in deployments if d["name"] == name)
 
 
+def _flow_run_ids(stack, deployment: str) -> set[str]:
+    query = {"flow_runs": {"deployment_id": {"any_": [deployment]}}}
+    runs = httpx.post(f"{stack['api']}/flow_runs/filter", json=query, timeout=10).json()
+    return {run["id"] for run in runs}
+
+
 def _form_input(browser, section: str, field: str):
     """The input of `field` inside the form group `section` of the deployment's run form."""
     from selenium.webdriver.common.by import By
 
-    group = f"//span[text()='{section} (Optional)']/ancestor::div[contains(@class,'p-label')][1]"
-    own = f"//span[text()='{field} (Optional)']/ancestor::div[contains(@class,'p-label')][1]//input"
-    return wait_for(lambda: browser.find_element(By.XPATH, group + own), 60)
+    prop = "ancestor::div[contains(concat(' ', @class, ' '), ' schema-form-property ')][1]"
+    group = f"//span[text()='{section} (Optional)']/{prop}"
+    own = f"//span[text()='{field} (Optional)']/{prop}//input"
+    return wait_for(lambda: next(iter(browser.find_elements(By.XPATH, group + own)), None), 60)
 
 
 def test_a_run_submitted_from_the_deployment_form_in_the_ui_uses_the_changed_parameter(
@@ -229,21 +246,18 @@ def test_a_run_submitted_from_the_deployment_form_in_the_ui_uses_the_changed_par
     updates.send_keys("6")
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "prefect-ui-deployment-form.png"))
+    before = _flow_run_ids(stack, deployment)
     button(browser, "Submit").click()
-    flow_run_id = wait_for(
-        lambda: re.search(r"/runs/flow-run/([0-9a-f-]{36})", browser.current_url), 60
-    ).group(1)
+    (flow_run_id,) = wait_for(lambda: _flow_run_ids(stack, deployment) - before, 60)
     run = wait_for_flow_run(stack, flow_run_id)
-    browser.refresh()
+    browser.get(f"{ui}/runs/flow-run/{flow_run_id}")
     wait_for(lambda: browser.find_elements(By.XPATH, "//*[text()='Completed']"), 60)
     browser.save_screenshot(str(ARTIFACTS / "prefect-ui-deployment-run.png"))
 
     assert run["parameters"]["config"]["ppo"]["updates"] == 6
     client = MlflowClient(stack["mlflow"])
     experiment = client.get_experiment_by_name(defaults["config"]["run"]["experiment"])
-    (parent,) = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'"
-    )
+    (parent,) = _top_level_runs(client, experiment.experiment_id, flow_run_id)
     assert parent.data.params["ppo.updates"] == "6"
     assert (ARTIFACTS / "prefect-ui-deployment-form.png").stat().st_size > 10_000
 
