@@ -195,6 +195,42 @@ def deploy(
     os.execve(command[0], command, deploying.worker_env())
 
 
+@app.command()
+def export(
+    ref: Annotated[
+        str,
+        typer.Argument(
+            help="models:/NAME@ALIAS (or /VERSION), a run directory (runs/<id>) or a model folder."
+        ),
+    ],
+    out: Annotated[Path, typer.Argument(help="The folder to write.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Pipeline YAML naming the MLflow store.")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option("--tracking-uri", help="MLflow store (default: the config's).")
+    ] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option("--trust-remote-code", help="Run the model's own code (off).")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty OUT.")] = False,
+) -> None:
+    """Export a policy as one folder plain transformers and vLLM load: safetensors (LoRA merged),
+    tokenizer with chat template, generation config, model card."""
+    from alignflow.export import ExportError
+    from alignflow.export import export as exporting
+    from alignflow.pipeline import tracking_uri as config_tracking_uri
+
+    cfg = _load(config, None) if config else load_config(None)
+    try:
+        written = exporting(
+            ref, out, tracking_uri or config_tracking_uri(cfg), trust_remote_code, force
+        )
+    except ExportError as error:
+        _fail(str(error), 2)
+    typer.echo(f"exported {ref} to {written}")
+
+
 @app.command("launch")
 def launch_stage(
     stage: Annotated[str, typer.Argument(help="The stage to run, e.g. sft or reward.")],

@@ -26,8 +26,8 @@ class RunConfig(_Section):
     name: str = "alignflow"
     seed: int = 0
     artifacts_root: str = "./runs"
-    # None -> MLFLOW_TRACKING_URI when set, else a SQLite file inside artifacts_root (the
-    # embedded default).
+    # None -> $ALIGNFLOW_TRACKING_URI when set (the worker images), else a SQLite file inside
+    # artifacts_root (the embedded default).
     mlflow_tracking_uri: str | None = None
     experiment: str = "alignflow"
     # Prefect global concurrency limit the stages that use an accelerator hold a slot of (one per

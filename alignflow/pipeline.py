@@ -85,12 +85,18 @@ def stage_keys(cfg: PipelineConfig) -> dict[str, str]:
     return keys
 
 
+# How a worker (image, compose) is pointed at an MLflow server. Not MLFLOW_TRACKING_URI: MLflow
+# itself exports that variable on every set_tracking_uri, so one run's store would leak into the
+# next config's in the same process and its children.
+TRACKING_URI_ENV = "ALIGNFLOW_TRACKING_URI"
+
+
 def tracking_uri(cfg: PipelineConfig) -> str:
-    """The config's MLflow store, else MLFLOW_TRACKING_URI (how the worker images are pointed at
-    a server), else a SQLite file in the artifacts root."""
+    """The config's MLflow store, else $ALIGNFLOW_TRACKING_URI, else a SQLite file in the
+    artifacts root."""
     return (
         cfg.run.mlflow_tracking_uri
-        or os.environ.get("MLFLOW_TRACKING_URI")
+        or os.environ.get(TRACKING_URI_ENV)
         or tracking.default_tracking_uri(cfg.run.artifacts_root)
     )
 

@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Every test names its own MLflow store; a developer's server must never receive test runs.
-os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("ALIGNFLOW_TRACKING_URI", None)
 
 
 @dataclass

@@ -231,3 +231,18 @@ def test_retrain_judge_is_a_rule_path_or_the_reward_model():
         load_config(None, ["retrain.judge=oracle"])
     with pytest.raises(ConfigError, match="retrain.confidence"):
         load_config(None, ["retrain.confidence=1.0"])
+
+
+def test_the_mlflow_store_is_the_configs_then_alignflows_variable_never_mlflows(
+    monkeypatch, tmp_path
+):
+    from alignflow.pipeline import tracking_uri
+
+    cfg = load_config(None, [f"run.artifacts_root={tmp_path}"])
+    # MLflow exports MLFLOW_TRACKING_URI on every set_tracking_uri: reading it would leak stores
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/mlflow.db")
+    assert tracking_uri(cfg) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("ALIGNFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking_uri(cfg) == "http://127.0.0.1:5000"
+    own = load_config(None, [f"run.artifacts_root={tmp_path}", "run.mlflow_tracking_uri=http://x"])
+    assert tracking_uri(own) == "http://x"
