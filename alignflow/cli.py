@@ -231,6 +231,70 @@ def export(
     typer.echo(f"exported {ref} to {written}")
 
 
+@app.command()
+def serve(
+    ref: Annotated[
+        str,
+        typer.Argument(help="An exported folder, a model folder, a run dir or models:/NAME@ALIAS."),
+    ],
+    host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine", help="auto (vLLM with a GPU, else transformers), transformers, vllm."
+        ),
+    ] = "auto",
+    model_name: Annotated[
+        str | None,
+        typer.Option("--model-name", help="The model id clients send (default: derived)."),
+    ] = None,
+    feedback_store: Annotated[
+        Path | None, typer.Option("--feedback-store", help="Log served exchanges here (off).")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option("--tracking-uri", help="MLflow store for models:/ references.")
+    ] = None,
+) -> None:
+    """Serve a policy with the OpenAI chat-completions API (streaming included) on 127.0.0.1."""
+    import tempfile
+
+    import uvicorn
+
+    from alignflow import serve as serving
+    from alignflow.export import ExportError, export
+    from alignflow.launch import free_port
+    from alignflow.pipeline import tracking_uri as config_tracking_uri
+
+    if engine not in ("auto", "transformers", "vllm"):
+        _fail(f"--engine {engine}: expected auto, transformers or vllm", 2)
+    scratch = tempfile.TemporaryDirectory(prefix="alignflow-serve-")
+    folder = Path(ref)
+    if not (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file():
+        try:  # a registry URI, a run directory or an adapter: export it first
+            uri = tracking_uri or config_tracking_uri(load_config(None))
+            folder = export(ref, Path(scratch.name) / "model", uri)
+        except ExportError as error:
+            _fail(str(error), 2)
+    name = model_name or (ref.removeprefix("models:/").split("@")[0].split("/")[0]
+                          if ref.startswith("models:/") else folder.resolve().name)  # fmt: skip
+    chosen = serving.pick_engine(engine)
+    inner = free_port()
+    engine_log = Path(scratch.name) / "engine.log"
+    process = serving.start_engine(folder, inner, chosen, engine_log)
+    try:
+        serving.wait_healthy(f"http://127.0.0.1:{inner}", process, engine_log)
+        log = serving.ExchangeLog(feedback_store) if feedback_store else None
+        app_ = serving.create_app(f"http://127.0.0.1:{inner}", name, str(folder), log)
+        typer.echo(f"serving {name} ({chosen}) at http://{host}:{port}/v1")
+        uvicorn.run(app_, host=host, port=port, log_level="warning")
+    except RuntimeError as error:
+        _fail(str(error), 1)
+    finally:
+        serving.stop(process)
+        scratch.cleanup()
+
+
 @app.command("launch")
 def launch_stage(
     stage: Annotated[str, typer.Argument(help="The stage to run, e.g. sft or reward.")],
