@@ -275,6 +275,10 @@ class CollectConfig(_Section):
     # Where candidates come from: "sft" (this run's SFT model), "champion" (the registered
     # champion policy), or a local model folder.
     policy: str = "sft"
+    # Also label what people asked the served model (`alignflow serve --feedback-store` pointed at
+    # this feedback store): each served prompt becomes a comparison of the served response and
+    # fresh samples. Off by default: the demo oracle scores only the demo's own prompts.
+    served: bool = False
     batch_size: int = Field(64, gt=0)
     sampling: SamplingConfig = SamplingConfig()
     # Every labelled record is also appended here (Parquet files; relative to run.artifacts_root)

@@ -74,7 +74,13 @@ def _settings(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
         if algorithm in REWARD_DRIVEN:
             settings["rewards"] = dump["rewards"]
         return settings
-    return {stage: dump[stage], "seed": cfg.run.seed}
+    settings = {stage: dump[stage], "seed": cfg.run.seed}
+    if stage == "collect" and cfg.collect.served and cfg.collect.feedback_store:
+        from alignflow.serve import served_fingerprint  # new exchanges: a new collect run
+
+        store = Path(cfg.run.artifacts_root) / cfg.collect.feedback_store
+        settings["served"] = served_fingerprint(store)
+    return settings
 
 
 def stage_keys(cfg: PipelineConfig) -> dict[str, str]:

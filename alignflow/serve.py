@@ -198,3 +198,35 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+def served_files(store: Path) -> list[Path]:
+    return sorted((Path(store) / SERVED_DIR).glob("*.jsonl"))
+
+
+def served_fingerprint(store: Path) -> str:
+    """Changes whenever an exchange or a rating is logged (for the collect stage's cache key)."""
+    import hashlib
+
+    listing = [(path.name, path.stat().st_size) for path in served_files(store)]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+
+
+def read_served(store: Path) -> list[dict]:
+    """Served exchanges as prompt rows: the messages sent, the response, and the rating a client
+    gave it later (None when none)."""
+    exchanges: dict[str, dict] = {}
+    ratings: dict[str, str] = {}
+    for path in served_files(store):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            entry = json.loads(line)
+            if "response" in entry:
+                exchanges[str(entry.get("id"))] = entry
+            elif "rating" in entry:
+                ratings[str(entry["id"])] = entry["rating"]
+    return [
+        {"prompt": entry["messages"], "served_response": entry["response"],
+         "served_id": key, "served_rating": ratings.get(key)}
+        for key, entry in exchanges.items()
+        if entry["response"].strip()
+    ]  # fmt: skip

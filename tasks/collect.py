@@ -36,6 +36,15 @@ def candidate_policy(cfg: PipelineConfig, sft: StageResult) -> str:
     return cfg.collect.policy
 
 
+def served_prompts(cfg: PipelineConfig) -> list[dict]:
+    """What people asked the served model, when collect.served is on (alignflow.serve)."""
+    if not (cfg.collect.served and cfg.collect.feedback_store):
+        return []
+    from alignflow.serve import read_served
+
+    return read_served(Path(cfg.run.artifacts_root) / cfg.collect.feedback_store)
+
+
 def sample_comparisons(cfg: PipelineConfig, prompts: list[dict], policy_dir: str, device: str):
     """K samples per prompt, identical ones collapsed. Returns (comparisons, tokenizer, counts)."""
     import torch
@@ -54,6 +63,9 @@ def sample_comparisons(cfg: PipelineConfig, prompts: list[dict], policy_dir: str
         desc="collect: sampling",
     )  # fmt: skip
     candidates = [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
+    for row, texts_of_row in zip(prompts, candidates, strict=True):
+        if "served_response" in row:  # what the served model answered competes with the samples
+            texts_of_row.insert(0, row["served_response"])
     comparisons, counts = build_comparisons(prompts, candidates)
     counts["responses"] = len(texts)
     return comparisons, tokenizer, counts
@@ -143,10 +155,13 @@ def run_collect(
         device = default_device()
         prompts = read_jsonl(prepared.path("preference_prompts.jsonl"))
         prompts = prompts[: cfg.collect.max_prompts]
+        served = served_prompts(cfg)
+        prompts += served
         policy_dir = candidate_policy(cfg, sft)
         comparisons, tokenizer, counts = sample_comparisons(cfg, prompts, policy_dir, device)
         records: list[PreferenceRecord] = []
         metrics: dict = {"prompts": len(prompts), "comparisons": len(comparisons), **counts}
+        metrics["served_exchanges"] = len(served)
         for index, labeler in enumerate(cfg.collect.labelers):
             got, label_counts = run_labeler(
                 cfg, index, labeler, comparisons, tokenizer, work, device

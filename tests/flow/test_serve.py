@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -99,3 +100,35 @@ def test_served_exchanges_and_ratings_are_logged_for_feedback(server):
     assert exchange["messages"] == PROMPT
     assert exchange["response"] == done.choices[0].message.content
     assert {"id": done.id, "rating": "down"}.items() <= lines[-1].items()
+
+
+def test_the_next_collect_run_labels_what_was_served(pipeline_runs, server, tmp_path):
+    """collect.served: the served prompt becomes a comparison of the served response and fresh
+    samples, labelled (here by the session's reward model) and added to the feedback store."""
+    from alignflow.feedback import store
+    from alignflow.pipeline import tracking_context
+    from alignflow.store import StageResult, read_jsonl
+    from tasks.collect import run_collect
+    from tests.conftest import micro_config
+
+    url, work = server
+    served = _client(url).chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=16)
+    answer = served.choices[0].message.content.strip()
+
+    def stage(name: str) -> StageResult:
+        output = Path(pipeline_runs.first["stages"][name]["output"])
+        return StageResult.model_validate_json((output / "result.json").read_text())
+
+    reward_model = stage("reward").path("model")
+    cfg = micro_config(
+        tmp_path, "collect.served=true", f"collect.feedback_store={work / 'feedback'}",
+        "collect.max_prompts=2", "collect.samples_per_prompt=2",
+        f"collect.labelers=[{{kind: reward_model, models: ['{reward_model}'], name: rm}}]",
+    )  # fmt: skip
+    result = run_collect(cfg, tracking_context(cfg, tags={}), stage("prepare"), stage("sft"))
+    assert result.metrics["served_exchanges"] >= 1
+    comparisons = read_jsonl(result.path("comparisons.jsonl"))
+    (mine,) = [c for c in comparisons if c["meta"].get("served_id") == served.id]
+    assert mine["prompt"] == PROMPT and mine["candidates"][0] == answer
+    records, _ = store.read(work / "feedback")
+    assert [r for r in records if r.comparison_id == mine["id"] and r.labeler == "rm"]
