@@ -84,3 +84,33 @@ def test_bad_references_and_a_non_empty_destination_are_one_line_errors(pipeline
     done = _export(str(run_dir), str(tmp_path / "full"))
     assert done.exit_code == 2 and "--force" in done.stderr
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+
+def test_a_lora_adapter_is_exported_merged_into_its_base(pipeline_runs, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sft = Path(pipeline_runs.first["stages"]["sft"]["output"]) / "model"
+    tuned = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(sft),
+        LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]),
+    )
+    torch.manual_seed(0)
+    for name, weight in tuned.named_parameters():
+        if "lora_B" in name:  # B starts at zero: make the adapter change something
+            weight.data.normal_(0, 0.5)
+    adapter = tmp_path / "adapter"
+    tuned.save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(sft).save_pretrained(adapter)
+
+    done = _export(str(adapter), str(tmp_path / "merged"))
+    assert done.exit_code == 0, done.output
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", use_safetensors=True)
+    base = AutoModelForCausalLM.from_pretrained(sft)
+    ids = torch.tensor([[1, 5, 9, 14, 22]])
+    with torch.no_grad():
+        expected = tuned.eval()(ids).logits
+        assert torch.allclose(merged.eval()(ids).logits, expected, atol=1e-4)
+        assert not torch.allclose(base.eval()(ids).logits, expected, atol=1e-3)
