@@ -25,6 +25,13 @@ SetOption = Annotated[
     typer.Option("--set", help="Override a config value: section.key=value (repeatable)."),
 ]
 
+TrackingUriOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri", help="MLflow store (default: the config's, else runs/mlflow.db)."
+    ),
+]
+
 
 def _fail(message: str, code: int) -> None:
     typer.echo(f"error: {message}", err=True)
@@ -122,9 +129,7 @@ def compare(
         str | None,
         typer.Option("--experiment", help="MLflow experiment (default: run.experiment)."),
     ] = None,
-    tracking_uri: Annotated[
-        str | None, typer.Option("--tracking-uri", help="MLflow store (default: the config's).")
-    ] = None,
+    tracking_uri: TrackingUriOption = None,
     flow: Annotated[
         str | None, typer.Option("--flow", help="Only runs of this flow: rlhf or retrain.")
     ] = None,
@@ -207,9 +212,7 @@ def export(
     config: Annotated[
         Path | None, typer.Option("--config", help="Pipeline YAML naming the MLflow store.")
     ] = None,
-    tracking_uri: Annotated[
-        str | None, typer.Option("--tracking-uri", help="MLflow store (default: the config's).")
-    ] = None,
+    tracking_uri: TrackingUriOption = None,
     trust_remote_code: Annotated[
         bool, typer.Option("--trust-remote-code", help="Run the model's own code (off).")
     ] = False,
@@ -221,11 +224,9 @@ def export(
     from alignflow.export import export as exporting
     from alignflow.pipeline import tracking_uri as config_tracking_uri
 
-    cfg = _load(config, None) if config else load_config(None)
+    uri = tracking_uri or config_tracking_uri(_load(config, None) if config else load_config(None))
     try:
-        written = exporting(
-            ref, out, tracking_uri or config_tracking_uri(cfg), trust_remote_code, force
-        )
+        written = exporting(ref, out, uri, trust_remote_code, force)
     except ExportError as error:
         _fail(str(error), 2)
     typer.echo(f"exported {ref} to {written}")
@@ -252,9 +253,7 @@ def serve(
     feedback_store: Annotated[
         Path | None, typer.Option("--feedback-store", help="Log served exchanges here (off).")
     ] = None,
-    tracking_uri: Annotated[
-        str | None, typer.Option("--tracking-uri", help="MLflow store for models:/ references.")
-    ] = None,
+    tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Serve a policy with the OpenAI chat-completions API (streaming included) on 127.0.0.1."""
     import tempfile

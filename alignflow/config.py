@@ -573,6 +573,12 @@ class PipelineConfig(_Section):
     # Per stage (sft, reward, policy: the ones that split their work across processes).
     compute: dict[str, ComputeConfig] = {}
 
+    @property
+    def feedback_store_path(self) -> Path | None:
+        """Where preference records (and served exchanges) accumulate; None when switched off."""
+        store = self.collect.feedback_store
+        return Path(self.run.artifacts_root) / store if store else None
+
     @model_validator(mode="after")
     def _compute_only_for_launchable_stages(self) -> PipelineConfig:
         from alignflow.launch import MULTI_PROCESS_STAGES

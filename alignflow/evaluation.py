@@ -39,8 +39,10 @@ def sample_policy(
     n_samples: int,
     seed: int,
     batch_size: int,
+    greedy: bool = True,
 ) -> PolicySamples:
-    """`n_samples` sampled responses per prompt (seed + i for the i-th) plus one greedy response."""
+    """`n_samples` sampled responses per prompt (seed + i for the i-th) plus, with `greedy`, one
+    greedy response."""
     model.eval()
     out = PolicySamples([], [], [], [])
     for index in range(n_samples):
@@ -55,6 +57,8 @@ def sample_policy(
         out.samples.append(texts)
         out.kl_to_reference.append(kls)
         out.tokens.append(lengths)
+    if not greedy:
+        return out
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
         out.greedy += _sample_batch(model, reference, tokenizer, batch, sampling, greedy=True)[0]

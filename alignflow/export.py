@@ -24,6 +24,8 @@ def _registry_source(ref: str, tracking_uri: str, scratch: Path) -> tuple[Path, 
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from alignflow import tracking
+
     mlflow.set_tracking_uri(tracking_uri)
     name, _, which = ref.removeprefix("models:/").partition("@")
     client = MlflowClient(tracking_uri)
@@ -33,14 +35,13 @@ def _registry_source(ref: str, tracking_uri: str, scratch: Path) -> tuple[Path, 
         else:
             name, _, number = ref.removeprefix("models:/").partition("/")
             version = client.get_model_version(name, number)
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(scratch)))
+        model = Path(tracking.download_model(ref, str(scratch)))
     except MlflowException as error:
         raise ExportError(
             f"{ref}: not in the registry at {tracking_uri} ({error.message})"
         ) from None
-    model = local / "model"
-    for item in (local / "components" / "tokenizer").glob("*"):  # tokenizer beside the weights
-        shutil.copy2(item, model / item.name)
+    except ValueError as error:  # downloaded, but not a transformers model
+        raise ExportError(f"{ref}: {error}") from None
     facts: dict[str, Any] = {
         "registered_model": f"{name} v{version.version}",
         "mlflow": tracking_uri,
@@ -83,6 +84,8 @@ def _run_dir_source(run_dir: Path) -> tuple[Path, dict[str, Any]]:
     """A pipeline run directory (runs/<run_id>): its policy stage output and its summary."""
     import yaml
 
+    from alignflow import tracking
+
     summary = json.loads((run_dir / "summary.json").read_text())
     policy = summary.get("stages", {}).get("policy")
     if not policy or policy.get("status") == "failed":
@@ -95,7 +98,7 @@ def _run_dir_source(run_dir: Path) -> tuple[Path, dict[str, Any]]:
     facts = {
         "run": summary["run_id"],
         "mlflow_run": summary.get("mlflow_run_id"),
-        "params": _flat(config),
+        "params": tracking.flatten(config or {}),
         "evaluation": _evaluation_table(summary),
     }
     return Path(policy["output"]) / "policy", facts
@@ -105,16 +108,6 @@ def _evaluation_table(summary: dict) -> str | None:
     evaluate = summary.get("stages", {}).get("evaluate")
     path = Path(evaluate["output"], "eval.md") if evaluate else None
     return path.read_text() if path and path.exists() else None
-
-
-def _flat(tree: dict, prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in (tree or {}).items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = str(value)
-    return out
 
 
 def resolve(ref: str, tracking_uri: str, scratch: Path) -> tuple[Path, dict[str, Any]]:

@@ -75,11 +75,10 @@ def _settings(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
             settings["rewards"] = dump["rewards"]
         return settings
     settings = {stage: dump[stage], "seed": cfg.run.seed}
-    if stage == "collect" and cfg.collect.served and cfg.collect.feedback_store:
+    if stage == "collect" and cfg.collect.served and cfg.feedback_store_path:
         from alignflow.serve import served_fingerprint  # new exchanges: a new collect run
 
-        store = Path(cfg.run.artifacts_root) / cfg.collect.feedback_store
-        settings["served"] = served_fingerprint(store)
+        settings["served"] = served_fingerprint(cfg.feedback_store_path)
     return settings
 
 

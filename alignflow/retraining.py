@@ -41,11 +41,11 @@ class Champion(BaseModel):
 
 
 def feedback_store(cfg: PipelineConfig) -> Path:
-    if not cfg.collect.feedback_store:
+    if cfg.feedback_store_path is None:
         raise ValueError(
             "retrain: collect.feedback_store is not set, so there is no feedback to read"
         )
-    return Path(cfg.run.artifacts_root) / cfg.collect.feedback_store
+    return cfg.feedback_store_path
 
 
 def last_watermark(cfg: PipelineConfig) -> str | None:
@@ -210,8 +210,16 @@ def compare(
     n = cfg.retrain.samples_per_prompt
     samples = {
         name: evaluation.sample_policy(
-            model, champion, tokenizer, prompts, cfg.ppo.sampling, n, ev.seed, ev.batch_size
-        )
+            model,
+            champion,
+            tokenizer,
+            prompts,
+            cfg.ppo.sampling,
+            n,
+            ev.seed,
+            ev.batch_size,
+            greedy=False,  # the decision reads sampled responses only
+        )  # fmt: skip
         for name, model in ((CHAMPION, champion), (CHALLENGER, challenger))
     }
     scores = {

@@ -263,20 +263,25 @@ def download_registered_model(model_name: str, alias: str, dst_path: str | None 
     """A local folder holding the registered model `model_name@alias` as plain transformers files
     (weights, config and tokenizer together), downloaded from the current tracking store (into
     `dst_path` when given). Raises ValueError when there is none."""
+    return download_model(f"models:/{model_name}@{alias}", dst_path)
+
+
+def download_model(model_uri: str, dst_path: str | None = None) -> str:
+    """`download_registered_model` for any registry URI (`models:/NAME@ALIAS`,
+    `models:/NAME/VERSION`)."""
     import shutil
 
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    name = model_uri.removeprefix("models:/")
     try:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{model_name}@{alias}", dst_path=dst_path
-        )
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=dst_path)
     except MlflowException as error:
-        raise ValueError(f"no registered model {model_name}@{alias} ({error.message})") from None
+        raise ValueError(f"no registered model {name} ({error.message})") from None
     model, tokenizer = Path(local, "model"), Path(local, "components", "tokenizer")
     if not (model / "config.json").is_file():
-        raise ValueError(f"registered model {model_name}@{alias} holds no transformers model")
+        raise ValueError(f"registered model {name} holds no transformers model")
     # The transformers flavor keeps the tokenizer apart; loaders expect it beside the weights.
     for item in tokenizer.glob("*") if tokenizer.is_dir() else []:
         shutil.copy2(item, model / item.name)

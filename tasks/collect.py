@@ -38,11 +38,11 @@ def candidate_policy(cfg: PipelineConfig, sft: StageResult) -> str:
 
 def served_prompts(cfg: PipelineConfig) -> list[dict]:
     """What people asked the served model, when collect.served is on (alignflow.serve)."""
-    if not (cfg.collect.served and cfg.collect.feedback_store):
+    if not (cfg.collect.served and cfg.feedback_store_path):
         return []
     from alignflow.serve import read_served
 
-    return read_served(Path(cfg.run.artifacts_root) / cfg.collect.feedback_store)
+    return read_served(cfg.feedback_store_path)
 
 
 def sample_comparisons(cfg: PipelineConfig, prompts: list[dict], policy_dir: str, device: str):
@@ -183,8 +183,8 @@ def run_collect(
         # Provenance: the reward stage logs the pairs as an MLflow dataset input under this digest.
         metrics["preference_digest"] = store.content_digest(records)
         tracking.set_tags({"alignflow.preference_digest": metrics["preference_digest"]})
-        if cfg.collect.feedback_store:
-            store.append(Path(cfg.run.artifacts_root) / cfg.collect.feedback_store, records)
+        if cfg.feedback_store_path:
+            store.append(cfg.feedback_store_path, records)
         tracking.log_metrics(metrics)
         return metrics
 
