@@ -80,10 +80,10 @@ def decide(
     seed: int,
 ) -> Decision:
     """Promote when the mean gain exceeds `margin` and its bootstrap interval excludes zero."""
-    gains = paired_gains(challenger, champion)
+    ours, theirs = np.asarray(challenger, dtype=float), np.asarray(champion, dtype=float)
+    gains = paired_gains(ours, theirs)  # checks the shapes; asarray of an array is no copy
     low, high = bootstrap_interval(gains, confidence, resamples, seed)
     gain = float(gains.mean())
-    ours, theirs = np.asarray(challenger, dtype=float), np.asarray(champion, dtype=float)
     wins = float(np.mean(np.where(ours > theirs, 1.0, np.where(ours == theirs, 0.5, 0.0))))
     level = f"{confidence:.0%}"
     if gain <= margin:

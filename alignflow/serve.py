@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,20 +46,33 @@ def _error(status: int, message: str, code: str | None = None):
     return JSONResponse(body, status_code=status)
 
 
-def check_chat_request(body: Any, model: str) -> str | None:
+@dataclass(frozen=True)
+class RequestProblem:
+    """Why a chat-completion request is refused, as the OpenAI API reports it."""
+
+    message: str
+    status: int = 400
+    code: str | None = None
+
+
+def check_chat_request(body: Any, model: str) -> RequestProblem | None:
     """What is wrong with a chat-completion request, or None."""
     if not isinstance(body, dict):
-        return "the request body must be a JSON object"
+        return RequestProblem("the request body must be a JSON object")
     if body.get("model") != model:
-        return f"model {body.get('model')!r} is not served here; the model is {model!r}"
+        return RequestProblem(
+            f"model {body.get('model')!r} is not served here; the model is {model!r}",
+            status=404,
+            code="model_not_found",
+        )
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        return "messages must be a non-empty list"
+        return RequestProblem("messages must be a non-empty list")
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
-            return f"messages[{index}].role must be one of {sorted(ROLES)}"
+            return RequestProblem(f"messages[{index}].role must be one of {sorted(ROLES)}")
         if not isinstance(message.get("content"), str | list):
-            return f"messages[{index}].content must be a string or a list of parts"
+            return RequestProblem(f"messages[{index}].content must be a string or a list of parts")
     return None
 
 
@@ -102,8 +116,7 @@ def create_app(upstream: str, model: str, upstream_model: str, log: ExchangeLog 
             return _error(400, "the request body is not valid JSON")
         problem = check_chat_request(body, model)
         if problem:
-            return _error(404 if problem.startswith("model ") else 400, problem,
-                          "model_not_found" if problem.startswith("model ") else None)  # fmt: skip
+            return _error(problem.status, problem.message, problem.code)
         forwarded = {**body, "model": upstream_model}
         if body.get("stream"):
             return StreamingResponse(

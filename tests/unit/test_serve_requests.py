@@ -14,11 +14,22 @@ def test_a_well_formed_request_passes():
     assert check_chat_request(parts, "m") is None
 
 
+def _message(body) -> str:
+    return check_chat_request(body, "m").message
+
+
 def test_each_problem_is_named():
-    assert "JSON object" in check_chat_request([OK], "m")
-    assert "not served here" in check_chat_request({**OK, "model": "other"}, "m")
-    assert "non-empty list" in check_chat_request({**OK, "messages": []}, "m")
+    assert "JSON object" in _message([OK])
+    assert "non-empty list" in _message({**OK, "messages": []})
     bad_role = {**OK, "messages": [OK["messages"][0], {"role": "wizard", "content": "x"}]}
-    assert "messages[1].role" in check_chat_request(bad_role, "m")
+    assert "messages[1].role" in _message(bad_role)
     no_content = {**OK, "messages": [{"role": "user"}]}
-    assert "messages[0].content" in check_chat_request(no_content, "m")
+    assert "messages[0].content" in _message(no_content)
+
+
+def test_malformed_requests_are_400_and_an_unknown_model_is_404_model_not_found():
+    assert check_chat_request({**OK, "messages": []}, "m").status == 400
+    assert check_chat_request({**OK, "messages": []}, "m").code is None
+    unknown = check_chat_request({**OK, "model": "other"}, "m")
+    assert (unknown.status, unknown.code) == (404, "model_not_found")
+    assert "'other' is not served here" in unknown.message
