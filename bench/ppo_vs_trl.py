@@ -21,7 +21,9 @@ Measured, per run:
   sequence, sum over response tokens of log pi - log pi_ref at that temperature (nats).
 Reward gain = held-out score minus the SFT model's (the update-0 point). The common KL is the
 smallest of the runs' largest held-out KLs; each run's gain is interpolated there at the first
-crossing, averaged over seeds, and printed as ours/theirs.
+crossing, averaged over seeds, and printed as ours/theirs. Beside that rule (not part of it),
+each KL line also prints ours - theirs paired by seed, with its standard error over seeds.
+`--summarize OUT.json` prints a finished run's table again from its --out file.
 
 Settings mapped from the config's `ppo` section to TRL's PPOConfig: rollout_batch_size ->
 per_device_train_batch_size (gradient_accumulation_steps 1), rollout/minibatch -> num_mini_batches,
@@ -446,17 +448,36 @@ def throughput(run: dict, clock: str = "update_seconds") -> float:
     return len(seconds) / sum(seconds)
 
 
+def paired_difference(ours: list[float | None], theirs: list[float | None]) -> dict | None:
+    """Mean over seeds of ours - theirs (runs paired by seed) and its standard error (sample
+    standard deviation / sqrt(n)); None when fewer than two seeds have both values."""
+    diffs = [a - b for a, b in zip(ours, theirs, strict=True) if a is not None and b is not None]
+    if len(diffs) < 2:
+        return None
+    mean = _mean(diffs)
+    variance = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return {"mean": mean, "se": (variance / len(diffs)) ** 0.5, "seeds": len(diffs)}
+
+
 def summarize(runs: list[dict]) -> dict:
-    by_side = {side: [r for r in runs if r["side"] == side] for side in SIDES}
+    # sorted by seed, so the sides pair up seed by seed
+    by_side = {
+        side: sorted((r for r in runs if r["side"] == side), key=lambda r: r["seed"])
+        for side in SIDES
+    }
     ups = {side: _mean([throughput(r) for r in by_side[side]]) for side in SIDES}
     cpu = "update_cpu_seconds"
     ups_cpu = {side: _mean([throughput(r, cpu) for r in by_side[side]]) for side in SIDES}
     common_kl = min(max(p["kl"] for p in r["curve"]) for r in runs)
     gains: dict[str, dict[str, float]] = {side: {} for side in SIDES}
+    differences: dict[str, dict | None] = {}
     for fraction in KL_FRACTIONS:
+        per_seed = {}
         for side in SIDES:
             values = [gain_at(r["curve"], fraction * common_kl) for r in by_side[side]]
+            per_seed[side] = values
             gains[side][f"{fraction:g}"] = _mean([v for v in values if v is not None])
+        differences[f"{fraction:g}"] = paired_difference(per_seed["ours"], per_seed["trl"])
     ours_gain, trl_gain = gains["ours"]["1"], gains["trl"]["1"]
     return {
         "updates_per_second": ups,
@@ -465,6 +486,8 @@ def summarize(runs: list[dict]) -> dict:
         "max_load_average": max(r["load_average"] for r in runs),
         "common_kl": common_kl,
         "gain_by_kl_fraction": gains,
+        # reported beside the rule, not part of it: how far apart the sides are in seed-SEs
+        "gain_difference_by_kl_fraction": differences,
         "gain_ratio": ours_gain / trl_gain if trl_gain > 0 else None,
         "target_throughput_met": ups["ours"] / ups["trl"] >= 1.5,
         "target_gain_met": common_kl > 0 and ours_gain >= trl_gain,
@@ -487,7 +510,10 @@ def table(runs: list[dict], summary: dict) -> str:
     lines += ["", "mean reward gain over SFT at matched held-out KL (nats/sequence):"]
     for fraction in KL_FRACTIONS:
         ours, theirs = gains["ours"][f"{fraction:g}"], gains["trl"][f"{fraction:g}"]
-        lines.append(f"  KL {fraction * kl:7.3f}: ours {ours:+.3f}  trl {theirs:+.3f}")
+        line = f"  KL {fraction * kl:7.3f}: ours {ours:+.3f}  trl {theirs:+.3f}"
+        if diff := summary.get("gain_difference_by_kl_fraction", {}).get(f"{fraction:g}"):
+            line += f"  ours - trl {diff['mean']:+.3f} (seed SE {diff['se']:.3f})"
+        lines.append(line)
     ratio = summary["gain_ratio"]
     met = {True: "MET", False: "NOT MET"}
     lines += [
@@ -533,6 +559,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-samples", type=int, default=4, help="samples per held-out prompt")
     parser.add_argument("--quick", action="store_true", help=f"a tiny end-to-end run: {QUICK}")
     parser.add_argument("--out", default=None, help="JSON of every curve and the table")
+    parser.add_argument(
+        "--summarize", metavar="JSON", help="print the table of a finished run's --out file again"
+    )
     parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -548,6 +577,9 @@ def main() -> None:
     args = parse_args()
     if args.worker:
         return worker_main(args.worker, args.spec, args.result)
+    if args.summarize:
+        runs = json.loads(Path(args.summarize).read_text())["runs"]
+        return print(table(runs, summarize(runs)))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
     ensure_trl()
