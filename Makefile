@@ -2,6 +2,7 @@
 #   make demo   -> .venv + the whole pipeline on configs/tiny.yaml
 #   make test   -> .venv + the test suite
 PYTHON ?= python3
+TORCH_PIP_ARGS ?=
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.alignflow-installed
@@ -11,8 +12,10 @@ STAMP := $(VENV)/.alignflow-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	# torch first, pinned, so nothing later pulls the multi-GB CUDA wheels (STACK.md)
-	$(BIN)/pip install torch==2.13.0
+	# torch first, pinned, so nothing later pulls another build of it. Which build is pip's choice:
+	# on a CPU-only machine without a local CPU wheel, pass
+	# TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" (README)
+	$(BIN)/pip install torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(BIN)/pip install -e '.[dev]'
 	touch $(STAMP)
 
@@ -25,7 +28,7 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 test-all: $(STAMP)
-	# the browser test drives Debian's chromium, never a downloaded browser (STACK.md)
+	# the browser test drives Debian's chromium, never a browser downloaded at test time
 	command -v chromedriver >/dev/null || apt-get install -y -q chromium chromium-driver
 	# the deployment test's PostgreSQL (Debian's, run as the postgres user)
 	test -x /usr/lib/postgresql/15/bin/initdb || apt-get install -y -q postgresql
@@ -38,4 +41,4 @@ format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 clean:
-	rm -rf runs mlruns mlflow.db .pytest_cache
+	rm -rf runs runs-micro mlruns mlflow.db .pytest_cache

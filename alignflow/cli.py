@@ -28,7 +28,8 @@ SetOption = Annotated[
 TrackingUriOption = Annotated[
     str | None,
     typer.Option(
-        "--tracking-uri", help="MLflow store (default: the config's, else runs/mlflow.db)."
+        "--tracking-uri",
+        help="MLflow store (default: the config's, else $ALIGNFLOW_TRACKING_URI, else runs/mlflow.db).",
     ),
 ]
 

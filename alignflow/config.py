@@ -593,16 +593,21 @@ class PipelineConfig(_Section):
 
     @model_validator(mode="after")
     def _oracle_needs_demo_columns(self) -> PipelineConfig:
-        """The demo oracle scores by the demo's family/subject columns."""
-        oracle = any(labeler.function == ORACLE_RULE for labeler in self.collect.labelers)
-        if not oracle or self.data.source != "files":
+        """The demo oracle scores by the demo's family/subject columns: on every prompt dataset
+        when it labels comparisons, and on the held-out prompts always, since the evaluate stage
+        scores held-out samples with it."""
+        if self.data.source != "files":
             return self
-        for role in ("preference_prompts", "rl_prompts", "heldout"):
+        oracle = any(labeler.function == ORACLE_RULE for labeler in self.collect.labelers)
+        needs = {"heldout": "the evaluate stage scores held-out samples with the demo oracle"}
+        if oracle:
+            because = f"the collect labeler {ORACLE_RULE} scores by the demo task's columns"
+            needs = {"preference_prompts": because, "rl_prompts": because, "heldout": because}
+        for role, because in needs.items():
             for index, dataset in enumerate(getattr(self.data, role)):
                 if not {"family", "subject"} <= set(dataset.keep_columns):
                     raise ValueError(
-                        f"data.{role}[{index}]: the collect labeler {ORACLE_RULE} scores by the "
-                        "demo task's columns; add keep_columns: [family, subject]"
+                        f"data.{role}[{index}]: {because}; add keep_columns: [family, subject]"
                     )
         return self
 

@@ -1,7 +1,7 @@
 """Run one stage (`python -m tasks.<stage>`) on N processes under torchrun or accelerate, with
 DeepSpeed when asked, streaming its output to a callback.
 
-On CPU (STACK.md): torchrun and `accelerate launch --multi_gpu` start N real gloo processes
+On CPU: torchrun and `accelerate launch --multi_gpu` start N real gloo processes
 (`accelerate launch --cpu` would silently start one). DeepSpeed needs a launcher even for one
 process: under plain `python` it looks for mpi4py.
 

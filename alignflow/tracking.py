@@ -1,4 +1,5 @@
-"""The only module that talks to MLflow: parent/child runs, metrics, artifacts, the model registry.
+"""How the pipeline talks to MLflow: parent/child runs, metrics, artifacts, the model registry.
+(compare, export and retraining read the store directly for their own queries.)
 
 One parent run per pipeline run and one nested child run per stage. Runs are addressed by id, never
 by MLflow's thread-local "active run", so stages can run in any worker thread.

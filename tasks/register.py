@@ -1,4 +1,5 @@
-"""Stage 7: log the PPO policy as an MLflow model and register it as `alignflow-policy`."""
+"""Stage 7: log the trained policy (whichever `policy.algorithm` trained it) as an MLflow model and
+register it under `registry.model_name`."""
 
 from __future__ import annotations
 

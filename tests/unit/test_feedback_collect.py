@@ -231,3 +231,23 @@ def test_the_demo_oracle_needs_its_columns_on_user_files():
                 "data.preference_prompts=[{path: p.jsonl}]",
             ],  # fmt: skip
         )
+
+
+def test_held_out_prompts_need_the_oracle_columns_whatever_labels_comparisons():
+    """The evaluate stage scores held-out samples with the demo oracle, so a files config whose
+    comparisons are labelled by a reward model still fails at load, naming the held-out set."""
+    with pytest.raises(
+        Exception,
+        match=r"data.heldout\[0\]: the evaluate stage .*keep_columns: \[family, subject\]",
+    ):
+        load_config(
+            REPO / "configs" / "micro.yaml",
+            [
+                "data.source=files",
+                "data.sft=[{path: s.jsonl}]",
+                "data.preference_prompts=[{path: p.jsonl}]",
+                "data.rl_prompts=[{path: r.jsonl}]",
+                "data.heldout=[{path: h.jsonl}]",
+                "collect.labelers=[{kind: reward_model, models: [my-org/rm]}]",
+            ],  # fmt: skip
+        )
