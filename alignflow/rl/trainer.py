@@ -65,6 +65,22 @@ def sampling_warning(cfg: PPOConfig) -> str | None:
     )
 
 
+def prompt_indices(n: int, size: int, seed: int, update: int) -> list[int]:
+    """Which of `n` prompts update `update` rolls out: `size` consecutive places of an endless
+    sequence of epochs, each a fresh permutation of all prompts drawn from (seed, epoch). A batch
+    that crosses an epoch boundary finishes one permutation and starts the next, so every prompt
+    is seen once per epoch. Runs with different seeds draw unrelated permutations."""
+    orders: dict[int, list[int]] = {}
+    picks = []
+    for place in range(update * size, (update + 1) * size):
+        epoch = place // n
+        if epoch not in orders:
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            orders[epoch] = torch.randperm(n, generator=generator).tolist()
+        picks.append(orders[epoch][place % n])
+    return picks
+
+
 def _as_rows(prompts: Sequence) -> list[dict]:
     """Prompt rows ({"prompt": messages, other columns}) from rows or bare message lists."""
     return [p if isinstance(p, dict) else {"prompt": p} for p in prompts]
@@ -136,13 +152,9 @@ class PPOTrainer:
     # ---- experience -------------------------------------------------------------------------
 
     def _prompt_batch(self, update: int) -> list[dict]:
-        """Prompts for an update: an epoch-wise shuffle, reproducible from (seed, update)."""
-        n, size = len(self.prompts), self.cfg.rollout_batch_size
-        start = update * size
-        epoch = start // n
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
-        picks = [(start + i) % n for i in range(size)]
-        return [self.prompts[order[i]] for i in picks][self.rank :: self.world]
+        """Prompts for an update (this rank's share): see `prompt_indices`."""
+        picks = prompt_indices(len(self.prompts), self.cfg.rollout_batch_size, self.seed, update)
+        return [self.prompts[i] for i in picks][self.rank :: self.world]
 
     def _scores(self, sampled, rows: list[dict]) -> tuple[Tensor, dict[str, float], list[str]]:
         """Scores (b,) after the missing-EOS penalty, normalisation and clipping; their stats;
