@@ -23,7 +23,8 @@ Reward gain = held-out score minus the SFT model's (the update-0 point). The com
 smallest of the runs' largest held-out KLs; each run's gain is interpolated there at the first
 crossing, averaged over seeds, and printed as ours/theirs. Beside that rule (not part of it),
 each KL line also prints ours - theirs paired by seed, with its standard error over seeds.
-`--summarize OUT.json` prints a finished run's table again from its --out file.
+`--summarize OUT.json` prints a finished run's table again from its --out file; `--first-seed N`
+runs seeds N.. instead of run.seed.. (a replication on other seeds).
 
 Settings mapped from the config's `ppo` section to TRL's PPOConfig: rollout_batch_size ->
 per_device_train_batch_size (gradient_accumulation_steps 1), rollout/minibatch -> num_mini_batches,
@@ -553,6 +554,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--config", default="configs/tiny.yaml")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
+        "--first-seed", type=int, default=None, help="seeds first..first+N-1 (default: run.seed)"
+    )
+    parser.add_argument(
         "--updates", type=int, default=None, help="default: the config's ppo.updates"
     )
     parser.add_argument("--eval-every", type=int, default=5)
@@ -585,10 +589,11 @@ def main() -> None:
     ensure_trl()
     cfg, paths = ensure_models(args.config)
     check_comparable(cfg)
+    first_seed = cfg.run.seed if args.first_seed is None else args.first_seed
     work = BENCH_DIR / Path(args.config).stem / "work"
     work.mkdir(parents=True, exist_ok=True)
     runs = [
-        run_worker(side, _spec(args, cfg, paths, cfg.run.seed + index), work)
+        run_worker(side, _spec(args, cfg, paths, first_seed + index), work)
         for index in range(args.seeds)
         for side in SIDES
     ]
