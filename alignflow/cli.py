@@ -262,7 +262,7 @@ def serve(
     import uvicorn
 
     from alignflow import serve as serving
-    from alignflow.export import ExportError, export
+    from alignflow.export import ExportError, export, registry_parts
     from alignflow.launch import free_port
     from alignflow.pipeline import tracking_uri as config_tracking_uri
 
@@ -276,8 +276,9 @@ def serve(
             folder = export(ref, Path(scratch.name) / "model", uri)
         except ExportError as error:
             _fail(str(error), 2)
-    name = model_name or (ref.removeprefix("models:/").split("@")[0].split("/")[0]
-                          if ref.startswith("models:/") else folder.resolve().name)  # fmt: skip
+    name = model_name or (
+        registry_parts(ref)[0] if ref.startswith("models:/") else folder.resolve().name
+    )
     chosen = serving.pick_engine(engine)
     inner = free_port()
     engine_log = Path(scratch.name) / "engine.log"

@@ -18,6 +18,15 @@ class ExportError(ValueError):
     """The reference or the destination will not do; the message says which and why."""
 
 
+def registry_parts(ref: str) -> tuple[str, str | None, str | None]:
+    """`models:/NAME@ALIAS` -> (NAME, ALIAS, None); `models:/NAME/VERSION` -> (NAME, None, VERSION)."""
+    name, _, alias = ref.removeprefix("models:/").partition("@")
+    if alias:
+        return name, alias, None
+    name, _, version = name.partition("/")
+    return name, None, version
+
+
 def _registry_source(ref: str, tracking_uri: str, scratch: Path) -> tuple[Path, dict[str, Any]]:
     """Download `models:/name@alias` (or `models:/name/version`); provenance from its runs."""
     import mlflow
@@ -27,13 +36,12 @@ def _registry_source(ref: str, tracking_uri: str, scratch: Path) -> tuple[Path, 
     from alignflow import tracking
 
     mlflow.set_tracking_uri(tracking_uri)
-    name, _, which = ref.removeprefix("models:/").partition("@")
+    name, alias, number = registry_parts(ref)
     client = MlflowClient(tracking_uri)
     try:
-        if which:
-            version = client.get_model_version_by_alias(name, which)
+        if alias:
+            version = client.get_model_version_by_alias(name, alias)
         else:
-            name, _, number = ref.removeprefix("models:/").partition("/")
             version = client.get_model_version(name, number)
         model = Path(tracking.download_model(ref, str(scratch)))
     except MlflowException as error:

@@ -90,6 +90,14 @@ class ExchangeLog:
             out.write(line + "\n")
 
 
+async def _json_body(request) -> tuple[Any, Any]:
+    """(the request's JSON body, None), or (None, the 400 answer) when it is not valid JSON."""
+    try:
+        return json.loads(await request.body()), None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None, _error(400, "the request body is not valid JSON")
+
+
 def create_app(upstream: str, model: str, upstream_model: str, log: ExchangeLog | None):
     """The proxy: /health, /v1/models, /v1/chat/completions (streamed or not), /v1/feedback."""
     import httpx
@@ -110,10 +118,9 @@ def create_app(upstream: str, model: str, upstream_model: str, log: ExchangeLog 
         )
 
     async def chat(request: Request) -> Response:
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "the request body is not valid JSON")
+        body, invalid = await _json_body(request)
+        if invalid:
+            return invalid
         problem = check_chat_request(body, model)
         if problem:
             return _error(problem.status, problem.message, problem.code)
@@ -133,10 +140,9 @@ def create_app(upstream: str, model: str, upstream_model: str, log: ExchangeLog 
         return JSONResponse(answer)
 
     async def feedback(request: Request) -> Response:
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "the request body is not valid JSON")
+        body, invalid = await _json_body(request)
+        if invalid:
+            return invalid
         if (
             not isinstance(body, dict)
             or body.get("rating") not in ("up", "down")

@@ -54,6 +54,7 @@ import argparse
 import hashlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -455,9 +456,8 @@ def paired_difference(ours: list[float | None], theirs: list[float | None]) -> d
     diffs = [a - b for a, b in zip(ours, theirs, strict=True) if a is not None and b is not None]
     if len(diffs) < 2:
         return None
-    mean = _mean(diffs)
-    variance = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
-    return {"mean": mean, "se": (variance / len(diffs)) ** 0.5, "seeds": len(diffs)}
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5
+    return {"mean": statistics.mean(diffs), "se": se, "seeds": len(diffs)}
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -512,7 +512,7 @@ def table(runs: list[dict], summary: dict) -> str:
     for fraction in KL_FRACTIONS:
         ours, theirs = gains["ours"][f"{fraction:g}"], gains["trl"][f"{fraction:g}"]
         line = f"  KL {fraction * kl:7.3f}: ours {ours:+.3f}  trl {theirs:+.3f}"
-        if diff := summary.get("gain_difference_by_kl_fraction", {}).get(f"{fraction:g}"):
+        if diff := summary["gain_difference_by_kl_fraction"][f"{fraction:g}"]:
             line += f"  ours - trl {diff['mean']:+.3f} (seed SE {diff['se']:.3f})"
         lines.append(line)
     ratio = summary["gain_ratio"]
