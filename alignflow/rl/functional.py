@@ -134,6 +134,23 @@ def entropy_from_logprobs(logprobs: Tensor) -> Tensor:
     return -(logprobs.exp() * logprobs.nan_to_num(neginf=0.0)).sum(dim=-1)
 
 
+def kl_exact(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """KL(policy || reference) of the two next-token distributions at each position, summed over
+    the vocabulary: sum_v p(v) (log p(v) - log q(v)). Same expectation as `kl_per_token`'s k1 at
+    a sampled position, without the sampling noise of the token choice (always >= 0).
+
+    Args:
+        logprobs, ref_logprobs: (b, t, v) full log-softmax outputs; -inf entries (p = 0) allowed.
+
+    Returns:
+        (b, t) float32 nats.
+    """
+    logprobs, ref_logprobs = logprobs.float(), ref_logprobs.float()
+    # p = 0 terms contribute nothing, whatever the reference says (avoids 0 * (-inf - x) = NaN)
+    diff = torch.where(logprobs == float("-inf"), 0.0, logprobs - ref_logprobs)
+    return (logprobs.exp() * diff).sum(dim=-1)
+
+
 def kl_per_token(
     logprobs: Tensor, ref_logprobs: Tensor, estimator: Literal["k1", "k3"] = "k1"
 ) -> Tensor:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from alignflow.config import SamplingConfig
-from alignflow.rl.functional import entropy_from_logprobs
+from alignflow.rl.functional import entropy_from_logprobs, kl_exact
 
 
 def encode_prompts(
@@ -119,6 +119,19 @@ def _keeps_logits(model) -> bool:
     return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
+def _response_distributions(
+    model, sequence: Tensor, attention_mask: Tensor, query_len: int, temperature: float
+) -> Tensor:
+    """Full log-softmax (b, t, v), float32, at sampling temperature, of the positions that
+    predict the response tokens."""
+    width = sequence.shape[1] - query_len
+    inputs = _forward_inputs(sequence, attention_mask)
+    if _keeps_logits(model):  # positions q - 1 .. end predict the response (and one past it)
+        inputs["logits_to_keep"] = width + 1
+    logits = model(**inputs).logits
+    return (logits[:, -(width + 1) : -1] / temperature).float().log_softmax(dim=-1)
+
+
 def response_logprobs(
     model,
     sequence: Tensor,
@@ -133,12 +146,7 @@ def response_logprobs(
     is None unless `with_entropy`. The log-softmax over the vocabulary is computed once for both.
     """
     response = sequence[:, query_len:]
-    inputs = _forward_inputs(sequence, attention_mask)
-    if _keeps_logits(model):  # positions q - 1 .. end predict the response (and one past it)
-        inputs["logits_to_keep"] = response.shape[1] + 1
-    logits = model(**inputs).logits
-    logits = logits[:, -(response.shape[1] + 1) : -1] / temperature
-    logprobs = logits.float().log_softmax(dim=-1)
+    logprobs = _response_distributions(model, sequence, attention_mask, query_len, temperature)
     token_logprobs = logprobs.gather(dim=-1, index=response.unsqueeze(-1)).squeeze(-1)
     return token_logprobs, entropy_from_logprobs(logprobs) if with_entropy else None
 
@@ -171,6 +179,18 @@ def sample_with_logprobs(
     logprobs, _ = response_logprobs(policy, sequence, attention, q, temperature, False)
     ref_logprobs, _ = response_logprobs(reference, sequence, attention, q, temperature, False)
     return Sampled(sequence, attention, q, response, mask, logprobs, ref_logprobs)
+
+
+@torch.no_grad()
+def sequence_kl(policy, reference, sampled: Sampled, temperature: float) -> Tensor:
+    """Per-sequence KL(policy || reference) in nats: the exact KL of the two next-token
+    distributions (`kl_exact`) summed over each response's tokens, EOS included. An unbiased
+    estimate of the sequence-level KL, like the sum of k1 terms, with much less variance; it holds
+    two (b, t, v) float32 distributions at once. Returns (b,)."""
+    args = (sampled.sequence, sampled.attention_mask, sampled.query_len, temperature)
+    p = _response_distributions(policy, *args)
+    q = _response_distributions(reference, *args)
+    return (kl_exact(p, q) * sampled.mask).sum(-1)
 
 
 def token_scores(scalar_model, sequence: Tensor, attention_mask: Tensor) -> Tensor:

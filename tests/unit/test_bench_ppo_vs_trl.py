@@ -53,3 +53,33 @@ def test_summary_pairs_runs_by_seed_whatever_order_they_come_in():
     assert summary["gain_ratio"] == pytest.approx(1.5 / 2.0)
     assert summary["target_gain_met"] is False
     assert "ours - trl -0.500" in bench.table(runs, summary)
+
+
+def test_the_same_runs_are_also_read_with_the_sampled_kl():
+    def curve(*points):  # (exact kl, sampled kl, score)
+        return [{"kl": a, "kl_sampled": b, "score": c} for a, b, c in points]
+
+    runs = [
+        _run("ours", 0, curve((0.0, 0.0, 0.0), (1.0, 2.0, 1.0), (2.0, 2.0, 2.0))),
+        _run("trl", 0, curve((0.0, 0.0, 0.0), (2.0, 1.0, 1.0), (2.0, 2.0, 3.0))),
+        _run("ours", 1, curve((0.0, 0.0, 0.0), (2.0, 2.0, 2.0))),
+        _run("trl", 1, curve((0.0, 0.0, 0.0), (2.0, 2.0, 2.0))),
+    ]
+    summary = bench.summarize(runs)
+    # exact KL: ours seed 0 first reaches 2.0 at its third point (score 2), trl seed 0 at its
+    # second (score 1); seed 1 gains 2 on both sides
+    assert summary["common_kl"] == 2.0
+    assert summary["gain_ratio"] == pytest.approx((2.0 + 2.0) / (1.0 + 2.0))
+    # sampled KL: ours seed 0 reaches 2.0 at its second point (score 1), trl seed 0 at its third
+    alt = summary["with_sampled_kl"]
+    assert alt["common_kl"] == 2.0
+    assert alt["gain_ratio"] == pytest.approx((1.0 + 2.0) / (3.0 + 2.0))
+    assert alt["difference"]["mean"] == pytest.approx(-1.0)
+    assert "read with the sampled (k1) KL instead: common KL 2.000, ratio 0.60" in bench.table(
+        runs, summary
+    )
+    # curves without the sampled measure (runs before it was recorded) get no such line
+    plain = [
+        {**r, "curve": [{"kl": p["kl"], "score": p["score"]} for p in r["curve"]]} for r in runs
+    ]
+    assert "with_sampled_kl" not in bench.summarize(plain)

@@ -13,6 +13,7 @@ from alignflow.rl.functional import (
     combine_ensemble,
     entropy_from_logits,
     gae_advantages,
+    kl_exact,
     kl_per_token,
     last_token_index,
     logprobs_from_logits,
@@ -148,6 +149,16 @@ def test_kl_k3_is_non_negative_ratio_estimator() -> None:
 def test_kl_unknown_estimator_raises() -> None:
     with pytest.raises(ValueError, match="k2"):
         kl_per_token(rows([0.0]), rows([0.0]), "k2")  # type: ignore[arg-type]
+
+
+def test_kl_exact_sums_over_the_vocabulary_and_ignores_impossible_tokens() -> None:
+    p = torch.tensor([[[0.5, 0.5, 0.0]]]).log()  # third token filtered out: log 0 = -inf
+    q = torch.tensor([[[0.25, 0.25, 0.5]]]).log()
+    # 0.5 * ln(0.5 / 0.25) * 2 = ln 2 = 0.69314718; the p = 0 term adds nothing (not NaN)
+    assert_close(kl_exact(p, q), torch.tensor([[0.69314718]]))
+    assert_close(kl_exact(q, q), torch.tensor([[0.0]]))
+    # q = 0 where p > 0: the KL is infinite
+    assert kl_exact(q, p).item() == float("inf")
 
 
 # --- rewards and GAE ---------------------------------------------------------------------------
