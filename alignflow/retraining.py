@@ -219,7 +219,7 @@ def compare(
             ev.seed,
             ev.batch_size,
             greedy=False,  # the decision reads sampled responses only
-        )  # fmt: skip
+        )
         for name, model in ((CHAMPION, champion), (CHALLENGER, challenger))
     }
     scores = {

@@ -116,11 +116,14 @@ def aggregate(
     Returns:
         (pairs in the order units first appear, counts of what happened to every unit)
     """
+    return _majority(collect_votes(records), min_votes)
+
+
+def _majority(votes: Votes, min_votes: int) -> tuple[list[AggregatedPair], AggregateCounts]:
     if min_votes < 1:
         raise ValueError(f"min_votes must be at least 1, got {min_votes}")
     pairs: list[AggregatedPair] = []
     skipped: Counter[str] = Counter()
-    votes = collect_votes(records)
     for (comparison, i, j), by_labeler in votes.items():
         outcomes = list(by_labeler.values())
         skipped["contested"] += len(set(outcomes)) > 1
@@ -297,7 +300,7 @@ def report(records: Sequence[PreferenceRecord], min_votes: int = 1) -> dict[str,
     votes = collect_votes(records)
     table = pairwise_agreement(votes)
     kappas = [row.cohen_kappa for row in table if row.cohen_kappa is not None]
-    _, counts = aggregate(records, min_votes)
+    _, counts = _majority(votes, min_votes)
     bias = position_bias(records)
     summary: dict[str, Any] = {
         "records": float(len(records)),
