@@ -28,8 +28,9 @@ Reward gain = held-out score minus the SFT model's (the update-0 point). The com
 smallest of the runs' largest held-out KLs; each run's gain is interpolated there at the first
 crossing, averaged over seeds, and printed as ours/theirs. Beside that rule (not part of it),
 each KL line also prints ours - theirs paired by seed, with its standard error over seeds.
-`--summarize OUT.json` prints a finished run's table again from its --out file; `--first-seed N`
-runs seeds N.. instead of run.seed.. (a replication on other seeds).
+`--summarize OUT.json [MORE.json ...]` prints a finished run's table again from its --out file, or
+the table of several runs' seeds pooled (one common KL over all); `--first-seed N` runs seeds N..
+instead of run.seed.. (a replication on other seeds).
 
 Settings mapped from the config's `ppo` section to TRL's PPOConfig: rollout_batch_size ->
 per_device_train_batch_size (gradient_accumulation_steps 1), rollout/minibatch -> num_mini_batches,
@@ -472,6 +473,16 @@ def paired_difference(ours: list[float | None], theirs: list[float | None]) -> d
     return {"mean": statistics.mean(diffs), "se": se, "seeds": len(diffs)}
 
 
+def pooled_runs(paths: list[Path]) -> list[dict]:
+    """The runs of several --out files as one set (replications on other seeds); a seed may
+    appear in only one file per side."""
+    runs = [run for path in paths for run in json.loads(path.read_text())["runs"]]
+    seen = [(r["side"], r["seed"]) for r in runs]
+    if repeated := sorted({key for key in seen if seen.count(key) > 1}):
+        raise SystemExit(f"--summarize: {repeated[0][0]} seed {repeated[0][1]} is in two files")
+    return runs
+
+
 def summarize(runs: list[dict], key: str = "kl") -> dict:
     """The table's figures; `key` picks the curve's KL measure (exact, or "kl_sampled": k1)."""
     # sorted by seed, so the sides pair up seed by seed
@@ -591,7 +602,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help=f"a tiny end-to-end run: {QUICK}")
     parser.add_argument("--out", default=None, help="JSON of every curve and the table")
     parser.add_argument(
-        "--summarize", metavar="JSON", help="print the table of a finished run's --out file again"
+        "--summarize",
+        metavar="JSON",
+        nargs="+",
+        help="print the table of finished runs' --out files again (several: their runs pooled)",
     )
     parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -609,7 +623,7 @@ def main() -> None:
     if args.worker:
         return worker_main(args.worker, args.spec, args.result)
     if args.summarize:
-        runs = json.loads(Path(args.summarize).read_text())["runs"]
+        runs = pooled_runs([Path(name) for name in args.summarize])
         return print(table(runs, summarize(runs)))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()

@@ -4,6 +4,7 @@ at a KL, the common KL, and the seed-paired difference reported beside the rule.
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,25 @@ def test_the_same_runs_are_also_read_with_the_sampled_kl():
         {**r, "curve": [{"kl": p["kl"], "score": p["score"]} for p in r["curve"]]} for r in runs
     ]
     assert "with_sampled_kl" not in bench.summarize(plain)
+
+
+def test_summarize_pools_the_seeds_of_several_runs_and_refuses_a_seed_twice(tmp_path):
+    def out(name: str, *runs: dict) -> Path:
+        path = tmp_path / name
+        path.write_text(json.dumps({"runs": list(runs)}))
+        return path
+
+    first = out("a.json", _run("ours", 0, _curve((0.0, 0.0), (2.0, 2.0))),
+                _run("trl", 0, _curve((0.0, 0.0), (2.0, 1.0))))  # fmt: skip
+    second = out("b.json", _run("ours", 1, _curve((0.0, 0.0), (1.0, 1.0))),
+                 _run("trl", 1, _curve((0.0, 0.0), (3.0, 3.0))))  # fmt: skip
+    runs = bench.pooled_runs([first, second])
+    assert sorted((r["side"], r["seed"]) for r in runs) == [
+        ("ours", 0), ("ours", 1), ("trl", 0), ("trl", 1)
+    ]  # fmt: skip
+    summary = bench.summarize(runs)
+    assert summary["common_kl"] == 1.0  # ours seed 1 reaches only 1.0: one common KL for all
+    # at KL 1: ours 1.0 (seed 0: halfway to 2.0) and 1.0; trl 0.5 and 1.0
+    assert summary["gain_ratio"] == pytest.approx(2.0 / 1.5)
+    with pytest.raises(SystemExit, match="ours seed 0 is in two files"):
+        bench.pooled_runs([first, first])
