@@ -16,6 +16,9 @@ from alignflow.feedback import store
 from alignflow.pipeline import tracking_uri
 
 REPO = Path(__file__).resolve().parents[2]
+# The micro pipeline's own PPO gains about +0.08 oracle score over SFT on the 18 held-out prompts,
+# with a 95% interval that reaches down to about 0: a round run that way may or may not be promoted.
+CLEARLY_BETTER = ("ppo.learning_rate=3e-4", "retrain.samples_per_prompt=8")
 INVERTED_ORACLE = '[{function: "tests.flow.retrain_rules:inverted_oracle"}]'
 
 
@@ -54,7 +57,7 @@ def test_a_clearly_better_challenger_is_promoted_and_the_feedback_is_not_reused(
     PPO from the champion; the challenger wins on held-out prompts and becomes the champion."""
     name = "retrain-better"
     _seed_champion(pipeline_runs, name, _stage_model(pipeline_runs, "sft", "model"))
-    done = _retrain(pipeline_runs, name)
+    done = _retrain(pipeline_runs, name, *CLEARLY_BETTER)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{name} v2: promoted" in done.stdout
     summary = _round_summary(done.stdout)
@@ -96,7 +99,7 @@ def test_a_clearly_better_challenger_is_promoted_and_the_feedback_is_not_reused(
     assert summary["stages"]["reward"]["status"] == "completed"
 
     # nothing new since the round's watermark: the next round is skipped, the champion kept
-    again = _retrain(pipeline_runs, name)
+    again = _retrain(pipeline_runs, name, *CLEARLY_BETTER)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 new feedback records" in again.stdout and "round skipped" in again.stdout
     assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
