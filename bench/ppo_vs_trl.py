@@ -65,6 +65,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -477,8 +478,8 @@ def pooled_runs(paths: list[Path]) -> list[dict]:
     """The runs of several --out files as one set (replications on other seeds); a seed may
     appear in only one file per side."""
     runs = [run for path in paths for run in json.loads(path.read_text())["runs"]]
-    seen = [(r["side"], r["seed"]) for r in runs]
-    if repeated := sorted({key for key in seen if seen.count(key) > 1}):
+    seen = Counter((r["side"], r["seed"]) for r in runs)
+    if repeated := sorted(key for key, count in seen.items() if count > 1):
         raise SystemExit(f"--summarize: {repeated[0][0]} seed {repeated[0][1]} is in two files")
     return runs
 
