@@ -56,6 +56,7 @@ def train_member(
 ) -> dict:
     """Train one reward model from the SFT checkpoint into `out`; returns its metrics."""
     from datasets import Dataset
+    from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
     from alignflow.models import (
@@ -67,7 +68,10 @@ def train_member(
 
     trust = cfg.model.trust_remote_code
     tokenizer = load_tokenizer(sft_dir, trust)
-    # From the SFT checkpoint: a fresh one-output head on the policy's own features.
+    # From the SFT checkpoint: a fresh one-output head on the policy's own features, drawn from
+    # `seed` (the Trainer seeds only after the model exists, so without this the head depended on
+    # whatever the process had drawn before, e.g. in a retraining round).
+    set_seed(seed)
     model = load_scalar_head_model(sft_dir, trust, pad_token_id=tokenizer.pad_token_id)
     checkpoints = out.parent / f"checkpoints-{out.name}"
     trainer = RewardTrainer(

@@ -107,12 +107,14 @@ def test_a_clearly_better_challenger_is_promoted_and_the_feedback_is_not_reused(
 
 def test_a_worse_challenger_is_rejected_and_stays_registered(pipeline_runs):
     """Champion: the trained policy. This round's PPO maximises the oracle turned upside down, so
-    the challenger is worse on held-out prompts: rejected, the champion alias does not move."""
+    the challenger is worse on held-out prompts: rejected, the champion alias does not move.
+    20 updates: after 10 the loss ranged from -0.03 (interval crossing 0) to -0.21 depending on the
+    champion; after 20 it was -0.15 [-0.22, -0.09] and -0.26 [-0.36, -0.16] on two champions."""
     name = "retrain-worse"
     _seed_champion(pipeline_runs, name, _stage_model(pipeline_runs, "policy", "policy"))
     done = _retrain(
         pipeline_runs, name, "rewards.model_weight=0", f"rewards.rules={INVERTED_ORACLE}",
-        "ppo.updates=10", "ppo.learning_rate=3e-4",
+        "ppo.updates=20", "ppo.learning_rate=3e-4",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{name} v2: rejected" in done.stdout
