@@ -26,8 +26,7 @@ class PolicySamples:
 
 def _sample_batch(model, reference, tokenizer, prompts, sampling: SamplingConfig, greedy: bool):
     s = sample_with_logprobs(model, reference, tokenizer, prompts, sampling, greedy=greedy)
-    kl = ((s.logprobs - s.ref_logprobs) * s.mask).sum(-1)
-    return decode(tokenizer, s.response, s.mask), kl.tolist(), s.mask.sum(-1).tolist()
+    return decode(tokenizer, s.response, s.mask), s.sampled_kl.tolist(), s.mask.sum(-1).tolist()
 
 
 def sample_policy(

@@ -19,7 +19,7 @@ Measured, per run:
   both workers) samples the held-out prompts at the PPO temperature with a fixed seed, and records
   the mean reward-model score (read at the last response token) and the KL to the SFT reference per
   sequence (nats), at that temperature: at each response token the exact KL between the policy's
-  and the reference's next-token distributions, summed over the response (`sequence_kl`). The
+  and the reference's next-token distributions, summed over the response (`exact_kl`). The
   sampled-token estimate, sum of log pi - log pi_ref (k1), has the same mean and is recorded too
   (`kl_sampled`); on the tiny config its spread between evaluations of one policy is 2-4x larger
   (0.05-0.14 vs 0.02-0.035 nats), as large as the KL's rise over the last half of a run, so the
@@ -174,7 +174,7 @@ def evaluate_policy(policy, reference, reward_model, tokenizer, prompts, samplin
     seeds eval_seed + i. The caller's RNG state is restored, so training is not perturbed."""
     import torch
 
-    from alignflow.rl.rollout import sample_with_logprobs, sequence_kl, token_scores
+    from alignflow.rl.rollout import sample_with_logprobs, token_scores
 
     scores, kls, sampled_kls, eos = [], [], [], []
     with torch.no_grad(), torch.random.fork_rng():
@@ -182,13 +182,15 @@ def evaluate_policy(policy, reference, reward_model, tokenizer, prompts, samplin
             torch.manual_seed(spec["eval_seed"] + index)
             for start in range(0, len(prompts), spec["eval_batch"]):
                 batch = prompts[start : start + spec["eval_batch"]]
-                s = sample_with_logprobs(policy, reference, tokenizer, batch, sampling)
+                s = sample_with_logprobs(
+                    policy, reference, tokenizer, batch, sampling, exact_kl=True
+                )
                 last = (s.mask.sum(-1) - 1).clamp(min=0)
                 rows = torch.arange(len(batch))
                 score = token_scores(reward_model, s.sequence, s.attention_mask)
                 scores += score[rows, s.query_len + last].tolist()
-                kls += sequence_kl(policy, reference, s, sampling.temperature).tolist()
-                sampled_kls += ((s.logprobs - s.ref_logprobs) * s.mask).sum(-1).tolist()
+                kls += s.exact_kl.tolist()
+                sampled_kls += s.sampled_kl.tolist()
                 eos += (s.response[rows, last] == tokenizer.eos_token_id).float().tolist()
     n = len(scores)
     return {

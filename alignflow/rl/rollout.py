@@ -162,35 +162,44 @@ class Sampled:
     mask: Tensor  # (b, t) response tokens up to and including EOS
     logprobs: Tensor  # (b, t)
     ref_logprobs: Tensor  # (b, t)
+    # (b,) exact per-sequence KL(policy || reference), when sample_with_logprobs was asked for it
+    exact_kl: Tensor | None = None
+
+    @property
+    def sampled_kl(self) -> Tensor:
+        """Per-sequence KL(policy || reference) in nats read off the sampled tokens: the k1 terms
+        log p - log q summed over each response, EOS included. Unbiased, noisy. Returns (b,)."""
+        return ((self.logprobs - self.ref_logprobs) * self.mask).sum(-1)
 
 
 @torch.no_grad()
 def sample_with_logprobs(
     policy, reference, tokenizer, prompts: Sequence[list[dict]], sampling: SamplingConfig,
-    greedy: bool = False,
+    greedy: bool = False, exact_kl: bool = False,
 ) -> Sampled:  # fmt: skip
-    """Generate from `policy` and score the responses under both models at sampling temperature."""
+    """Generate from `policy` and score the responses under both models at sampling temperature.
+
+    With `exact_kl`, also the exact KL of the two next-token distributions (`kl_exact`) summed over
+    each response's tokens: the sequence-level KL the k1 sum estimates, with much less variance,
+    from the same two forward passes; it holds two (b, t, v) float32 distributions at once."""
     query_ids, query_mask = encode_prompts(tokenizer, prompts, policy.device)
     response = generate(policy, query_ids, query_mask, sampling, greedy=greedy)
     mask = response_mask(response, tokenizer.eos_token_id)
     sequence = torch.cat([query_ids, response], dim=1)
     attention = torch.cat([query_mask, mask], dim=1)
-    q, temperature = query_ids.shape[1], sampling.temperature
-    logprobs, _ = response_logprobs(policy, sequence, attention, q, temperature, False)
-    ref_logprobs, _ = response_logprobs(reference, sequence, attention, q, temperature, False)
-    return Sampled(sequence, attention, q, response, mask, logprobs, ref_logprobs)
-
-
-@torch.no_grad()
-def sequence_kl(policy, reference, sampled: Sampled, temperature: float) -> Tensor:
-    """Per-sequence KL(policy || reference) in nats: the exact KL of the two next-token
-    distributions (`kl_exact`) summed over each response's tokens, EOS included. An unbiased
-    estimate of the sequence-level KL, like the sum of k1 terms, with much less variance; it holds
-    two (b, t, v) float32 distributions at once. Returns (b,)."""
-    args = (sampled.sequence, sampled.attention_mask, sampled.query_len, temperature)
-    p = _response_distributions(policy, *args)
-    q = _response_distributions(reference, *args)
-    return (kl_exact(p, q) * sampled.mask).sum(-1)
+    q = query_ids.shape[1]
+    args = (sequence, attention, q, sampling.temperature)
+    if not exact_kl:
+        logprobs, _ = response_logprobs(policy, *args, with_entropy=False)
+        ref_logprobs, _ = response_logprobs(reference, *args, with_entropy=False)
+        return Sampled(sequence, attention, q, response, mask, logprobs, ref_logprobs)
+    dist = _response_distributions(policy, *args)
+    ref_dist = _response_distributions(reference, *args)
+    picked = response.unsqueeze(-1)
+    logprobs = dist.gather(-1, picked).squeeze(-1)
+    ref_logprobs = ref_dist.gather(-1, picked).squeeze(-1)
+    kl = (kl_exact(dist, ref_dist) * mask).sum(-1)
+    return Sampled(sequence, attention, q, response, mask, logprobs, ref_logprobs, kl)
 
 
 def token_scores(scalar_model, sequence: Tensor, attention_mask: Tensor) -> Tensor:

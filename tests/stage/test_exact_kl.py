@@ -1,6 +1,6 @@
-"""`sequence_kl`, the exact per-token KL summed over a response, against the sampled-token (k1)
-estimate it replaces in the PPO bench's held-out curve: same expectation, never negative, less
-spread, and zero between a model and itself."""
+"""`sample_with_logprobs(exact_kl=True)`: the exact per-token KL summed over a response, against
+the sampled-token (k1) estimate it replaces in the PPO bench's held-out curve: same expectation,
+never negative, less spread, and zero between a model and itself."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from alignflow.models import load_causal_lm, load_tokenizer
-from alignflow.rl.rollout import sample_with_logprobs, sequence_kl
+from alignflow.rl.rollout import sample_with_logprobs
 from tests.stage.ppo_setup import micro_models
 
 
@@ -19,7 +19,7 @@ def models(pipeline_runs):
     return micro_models(pipeline_runs)
 
 
-def test_sequence_kl_has_the_k1_mean_with_less_spread(models):
+def test_exact_kl_has_the_k1_mean_with_less_spread(models):
     tokenizer = load_tokenizer(models.sft_dir)
     reference = load_causal_lm(models.sft_dir).eval()
     policy = load_causal_lm(models.sft_dir).eval()
@@ -32,10 +32,14 @@ def test_sequence_kl_has_the_k1_mean_with_less_spread(models):
     exact, sampled_k1, same = [], [], []
     for seed in range(4):
         torch.manual_seed(seed)
-        s = sample_with_logprobs(policy, reference, tokenizer, prompts, sampling)
-        exact += sequence_kl(policy, reference, s, sampling.temperature).tolist()
-        sampled_k1 += ((s.logprobs - s.ref_logprobs) * s.mask).sum(-1).tolist()
-        same += sequence_kl(policy, policy, s, sampling.temperature).tolist()
+        s = sample_with_logprobs(policy, reference, tokenizer, prompts, sampling, exact_kl=True)
+        exact += s.exact_kl.tolist()
+        sampled_k1 += s.sampled_kl.tolist()
+        # the same draw again, scored against the policy itself
+        torch.manual_seed(seed)
+        itself = sample_with_logprobs(policy, policy, tokenizer, prompts, sampling, exact_kl=True)
+        assert torch.equal(itself.response, s.response)
+        same += itself.exact_kl.tolist()
     n = len(exact)
     assert n >= 64
     assert min(exact) >= 0.0
