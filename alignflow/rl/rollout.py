@@ -147,8 +147,13 @@ def response_logprobs(
     """
     response = sequence[:, query_len:]
     logprobs = _response_distributions(model, sequence, attention_mask, query_len, temperature)
-    token_logprobs = logprobs.gather(dim=-1, index=response.unsqueeze(-1)).squeeze(-1)
+    token_logprobs = _token_logprobs(logprobs, response)
     return token_logprobs, entropy_from_logprobs(logprobs) if with_entropy else None
+
+
+def _token_logprobs(distributions: Tensor, tokens: Tensor) -> Tensor:
+    """The entry of each token in its position's log-softmax: (b, t, v), (b, t) -> (b, t)."""
+    return distributions.gather(dim=-1, index=tokens.unsqueeze(-1)).squeeze(-1)
 
 
 @dataclass
@@ -189,16 +194,13 @@ def sample_with_logprobs(
     attention = torch.cat([query_mask, mask], dim=1)
     q = query_ids.shape[1]
     args = (sequence, attention, q, sampling.temperature)
-    if not exact_kl:
-        logprobs, _ = response_logprobs(policy, *args, with_entropy=False)
-        ref_logprobs, _ = response_logprobs(reference, *args, with_entropy=False)
-        return Sampled(sequence, attention, q, response, mask, logprobs, ref_logprobs)
     dist = _response_distributions(policy, *args)
+    logprobs = _token_logprobs(dist, response)
+    if not exact_kl:
+        dist = None  # freed before the reference's forward
     ref_dist = _response_distributions(reference, *args)
-    picked = response.unsqueeze(-1)
-    logprobs = dist.gather(-1, picked).squeeze(-1)
-    ref_logprobs = ref_dist.gather(-1, picked).squeeze(-1)
-    kl = (kl_exact(dist, ref_dist) * mask).sum(-1)
+    ref_logprobs = _token_logprobs(ref_dist, response)
+    kl = (kl_exact(dist, ref_dist) * mask).sum(-1) if exact_kl else None
     return Sampled(sequence, attention, q, response, mask, logprobs, ref_logprobs, kl)
 
 

@@ -225,7 +225,7 @@ class PPOTrainer:
         advantages, returns = F.gae_advantages(values, rewards, maskf, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
             advantages = self._whiten(advantages, maskf)
-        kl_k1_seq = ((logprobs - ref_logprobs) * maskf).sum(-1)
+        kl_k1_seq = sampled.sampled_kl
         stats = {
             **score_stats,
             "rlhf_reward": rewards.sum(-1).mean().item(),
