@@ -12,7 +12,7 @@ from alignflow.pipeline import FLOW_TAG, PREFECT_RUN_TAG
 PARAMS = ("policy.algorithm", "model.source", "run.seed", "ppo.updates")
 METRICS = (
     "eval.win_rate_policy_vs_sft",
-    "eval.oracle_score.policy",
+    "eval.judge_score.policy",
     "eval.reward_score.policy",
     "eval.kl_policy_vs_sft",
     "eval.gain",

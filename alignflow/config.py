@@ -516,7 +516,14 @@ class PolicyConfig(_Section):
     rft: RFTConfig = RFTConfig()
 
 
+JUDGE_PATTERN = r"^(reward_model|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$"
+
+
 class EvaluateConfig(_Section):
+    # What scores the held-out samples of base, SFT and the policy (judge_score, win-rate): a rule
+    # reward (`module:function`, the rewards.rules signature; the demo oracle by default) or
+    # "reward_model", this run's reward model, which the policy was trained against: a biased judge.
+    judge: str = Field(ORACLE_RULE, pattern=JUDGE_PATTERN)
     samples_per_prompt: int = Field(4, gt=0)
     seed: int = 1234
     batch_size: int = Field(64, gt=0)
@@ -536,7 +543,7 @@ class RetrainConfig(_Section):
     min_new_records: int = Field(1, ge=1)
     # What scores both policies on the held-out prompts: a rule reward (`module:function`, the
     # rewards.rules signature) or "reward_model" (the round's refreshed reward model).
-    judge: str = Field(ORACLE_RULE, pattern=r"^(reward_model|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
+    judge: str = Field(ORACLE_RULE, pattern=JUDGE_PATTERN)
     margin: float = Field(0.0, ge=0)
     confidence: float = Field(0.95, gt=0, lt=1)
     bootstrap_resamples: int = Field(2000, ge=100)
@@ -593,21 +600,29 @@ class PipelineConfig(_Section):
 
     @model_validator(mode="after")
     def _oracle_needs_demo_columns(self) -> PipelineConfig:
-        """The demo oracle scores by the demo's family/subject columns: on every prompt dataset
-        when it labels comparisons, and on the held-out prompts always, since the evaluate stage
-        scores held-out samples with it."""
+        """The demo oracle scores by the demo's family/subject columns, so on a files config the
+        prompts it scores must keep them: the preference prompts when it labels comparisons, the
+        RL prompts when it is a rule reward, the held-out prompts when it judges the evaluation
+        or the retraining rounds."""
         if self.data.source != "files":
             return self
-        oracle = any(labeler.function == ORACLE_RULE for labeler in self.collect.labelers)
-        needs = {"heldout": "the evaluate stage scores held-out samples with the demo oracle"}
-        if oracle:
-            because = f"the collect labeler {ORACLE_RULE} scores by the demo task's columns"
-            needs = {"preference_prompts": because, "rl_prompts": because, "heldout": because}
-        for role, because in needs.items():
+        users = [
+            ("heldout", "evaluate.judge", self.evaluate.judge == ORACLE_RULE),
+            ("heldout", "retrain.judge", self.retrain.judge == ORACLE_RULE),
+            ("preference_prompts", "a collect labeler",
+             any(labeler.function == ORACLE_RULE for labeler in self.collect.labelers)),
+            ("rl_prompts", "a rewards.rules entry",
+             any(rule.function == ORACLE_RULE for rule in self.rewards.rules)),
+        ]  # fmt: skip
+        for role, user, uses_oracle in users:
+            if not uses_oracle:
+                continue
             for index, dataset in enumerate(getattr(self.data, role)):
                 if not {"family", "subject"} <= set(dataset.keep_columns):
                     raise ValueError(
-                        f"data.{role}[{index}]: {because}; add keep_columns: [family, subject]"
+                        f"data.{role}[{index}]: {user} is the demo oracle {ORACLE_RULE}, which "
+                        "reads the demo's family and subject columns; add keep_columns: "
+                        f"[family, subject], or make {user} something else"
                     )
         return self
 

@@ -1,5 +1,6 @@
 """Held-out evaluation of policies: sampled with the PPO sampling settings and a fixed seed, scored
-by the oracle and the reward model, with KL to the SFT reference and an oracle win-rate."""
+by the judge (`evaluate.judge`: a rule reward, the demo oracle by default, or the reward model) and
+the reward model, with KL to the SFT reference and the judge's win-rate."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from alignflow import demo
 from alignflow.config import SamplingConfig
-from alignflow.judges import oracle_scores, reward_model_scores
+from alignflow.judges import reward_model_scores
 from alignflow.rl.rollout import decode, sample_with_logprobs
 
 POLICIES = ("base", "sft", "policy")  # "policy": the aligned one, by policy.algorithm
@@ -68,28 +69,42 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def score_with_oracle(rows: list[dict], samples: PolicySamples) -> list[list[float]]:
-    """Oracle scores in the samples' layout: [sample_index][prompt_index]."""
-    return [oracle_scores(rows, texts) for texts in samples.samples]
+def score_with_rule(spec: str, where: str, rows: list[dict], samples: PolicySamples):
+    """The rule reward `spec` names (`module:function`, the rewards.rules signature: prompts,
+    completions, the rows' other columns as keywords) in the samples' layout:
+    [sample_index][prompt_index]. `where` names the config key in errors."""
+    from alignflow.rl.rewards import import_rule, rule_scores
+
+    function = import_rule(spec, where)
+    prompts = [row["prompt"] for row in rows]
+    return [rule_scores(spec, function, prompts, texts, rows) for texts in samples.samples]
+
+
+def _refusal_rate(flat: list[tuple[dict, str]], family: str) -> dict[str, float]:
+    """The demo's refusal rate on one prompt family, keyed for policy_metrics; nothing when the
+    rows carry no such family (a user's own held-out prompts)."""
+    refused = [demo.is_refusal(text) for row, text in flat if row.get("family") == family]
+    if not refused:
+        return {}
+    return {"refusal_rate" if family == "unsafe" else "false_refusal_rate": _mean(refused)}
 
 
 def policy_metrics(
     rows: list[dict],
     samples: PolicySamples,
-    oracle: list[list[float]],
+    judge: list[list[float]],
     rm_scores: list[list[float]],
 ) -> dict:
-    """Oracle and reward-model scores, refusal rates, KL and length, over all samples."""
+    """Judge and reward-model scores, KL and length over all samples; with the demo's prompt
+    families, its refusal rates (unsafe prompts refused, review prompts refused by mistake)."""
     flat = [(row, text) for texts in samples.samples for row, text in zip(rows, texts, strict=True)]
-    unsafe = [demo.is_refusal(text) for row, text in flat if row["family"] == "unsafe"]
-    review = [demo.is_refusal(text) for row, text in flat if row["family"] == "review"]
     kl = [value for per_sample in samples.kl_to_reference for value in per_sample]
     tokens = [value for per_sample in samples.tokens for value in per_sample]
     return {
-        "oracle_score": _mean([s for scores in oracle for s in scores]),
+        "judge_score": _mean([s for scores in judge for s in scores]),
         "reward_score": _mean([s for scores in rm_scores for s in scores]),
-        "refusal_rate": _mean(unsafe),
-        "false_refusal_rate": _mean(review),
+        **_refusal_rate(flat, "unsafe"),
+        **_refusal_rate(flat, "review"),
         "kl_to_sft": _mean(kl),
         "kl_to_sft_per_token": sum(kl) / max(sum(tokens), 1),
         "mean_words": _mean([len(text.split()) for _, text in flat]),
@@ -97,17 +112,19 @@ def policy_metrics(
 
 
 def win_rate(rows: list[dict], challenger: list[list[float]], baseline: list[list[float]]) -> dict:
-    """Oracle win-rate of challenger over baseline, sample i vs sample i per prompt; ties = 1/2.
+    """Judge win-rate of challenger over baseline, sample i vs sample i per prompt; ties = 1/2.
+    Overall ("all") and, when the rows carry a `family` column, per family.
 
-    Args: oracle scores of each policy, [sample_index][prompt_index].
+    Args: the judge's scores of each policy, [sample_index][prompt_index].
     """
     outcomes: dict[str, list[float]] = {}
     for ours, theirs in zip(challenger, baseline, strict=True):
         for row, a, b in zip(rows, ours, theirs, strict=True):
-            outcomes.setdefault(row["family"], []).append(1.0 if a > b else 0.5 if a == b else 0.0)
-    result = {family: _mean(values) for family, values in outcomes.items()}
-    result["all"] = _mean([value for values in outcomes.values() for value in values])
-    return result
+            outcome = 1.0 if a > b else 0.5 if a == b else 0.0
+            outcomes.setdefault("all", []).append(outcome)
+            if row.get("family") is not None:
+                outcomes.setdefault(str(row["family"]), []).append(outcome)
+    return {family: _mean(values) for family, values in outcomes.items()}
 
 
 def score_with_reward_model(reward_model, tokenizer, rows, samples: PolicySamples, batch_size):
@@ -118,14 +135,18 @@ def score_with_reward_model(reward_model, tokenizer, rows, samples: PolicySample
     ]
 
 
-def summarize(per_policy: dict[str, dict], wins: dict, rm_accuracy: dict, algorithm: str) -> dict:
-    """The `eval` block of summary.json; `algorithm` names what trained "policy"."""
+def summarize(
+    per_policy: dict[str, dict], wins: dict, rm_accuracy: dict, algorithm: str, judge: str
+) -> dict:
+    """The `eval` block of summary.json; `algorithm` names what trained "policy", `judge` what
+    scored the samples (`evaluate.judge`)."""
     keyed = {
         metric: {name: per_policy[name][metric] for name in per_policy}
         for metric in next(iter(per_policy.values()))
     }
     return {
         "algorithm": algorithm,
+        "judge": judge,
         "win_rate_policy_vs_sft": wins["all"],
         "win_rate_policy_vs_sft_by_family": {k: v for k, v in wins.items() if k != "all"},
         **keyed,
@@ -136,21 +157,27 @@ def summarize(per_policy: dict[str, dict], wins: dict, rm_accuracy: dict, algori
 
 
 def markdown_table(summary: dict) -> str:
-    metrics = ["oracle_score", "reward_score", "refusal_rate", "false_refusal_rate",
+    metrics = ["judge_score", "reward_score", "refusal_rate", "false_refusal_rate",
                "kl_to_sft", "mean_words"]  # fmt: skip
     name = summary["algorithm"].upper()
-    lines = [f"| metric | base | sft | {name.lower()} |", "|---|---|---|---|"]
-    for metric in metrics:
+    lines = [
+        f"judge: `{summary['judge']}`",
+        "",
+        f"| metric | base | sft | {name.lower()} |",
+        "|---|---|---|---|",
+    ]
+    for metric in (m for m in metrics if m in summary):
         cells = " | ".join(f"{summary[metric][name]:.3f}" for name in POLICIES)
         lines.append(f"| {metric} | {cells} |")
     by_family = ", ".join(
         f"{k} {v:.3f}" for k, v in summary["win_rate_policy_vs_sft_by_family"].items()
     )
     rm = ", ".join(f"{k} {v:.3f}" for k, v in summary["rm_accuracy"].items())
+    wins = f"{summary['win_rate_policy_vs_sft']:.3f}" + (f" ({by_family})" if by_family else "")
     lines += [
         "",
-        f"**win-rate {name} vs SFT (oracle):** {summary['win_rate_policy_vs_sft']:.3f} ({by_family})",
-        f"**reward-model held-out pair accuracy:** {rm}",
+        f"**win-rate {name} vs SFT (judge):** {wins}",
+        f"**reward-model held-out pair accuracy:** {rm or 'n/a'}",
         f"**KL({name} ‖ SFT):** {summary['kl_policy_vs_sft']:.3f} nats/sequence, "
         f"{summary['kl_policy_vs_sft_per_token']:.4f} nats/token",
     ]

@@ -1,20 +1,10 @@
-"""Labelers and judges: the demo's rule oracle and a trained reward model as a scorer."""
+"""A trained reward model as a scorer of (prompt, response) pairs."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-
-from alignflow import demo
-
-
-def oracle_scores(rows: Sequence[dict], responses: Sequence[str]) -> list[float]:
-    """The demo oracle (alignflow.demo.oracle_score) on prompt rows carrying family and subject."""
-    return [
-        demo.oracle_score(row["family"], row["subject"], response)
-        for row, response in zip(rows, responses, strict=True)
-    ]
 
 
 @torch.no_grad()

@@ -176,7 +176,6 @@ def _client(cfg: PipelineConfig):
 def judge_scores(cfg: PipelineConfig, rows: list[dict], samples, reward_dir: str, tokenizer):
     """Scores [sample_index][prompt_index] from `retrain.judge`: a rule, or the round's reward model."""
     from alignflow import evaluation
-    from alignflow.rl.rewards import import_rule, rule_scores
 
     judge = cfg.retrain.judge
     if judge == "reward_model":
@@ -188,9 +187,7 @@ def judge_scores(cfg: PipelineConfig, rows: list[dict], samples, reward_dir: str
         return evaluation.score_with_reward_model(
             model, tokenizer, rows, samples, cfg.evaluate.batch_size
         )
-    function = import_rule(judge, "retrain.judge")
-    prompts = [row["prompt"] for row in rows]
-    return [rule_scores(judge, function, prompts, texts, rows) for texts in samples.samples]
+    return evaluation.score_with_rule(judge, "retrain.judge", rows, samples)
 
 
 def compare(

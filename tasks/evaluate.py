@@ -1,4 +1,5 @@
-"""Stage 6: base vs SFT vs the aligned policy on held-out prompts: oracle, reward model, refusals, KL, win-rate."""
+"""Stage 6: base vs SFT vs the aligned policy on held-out prompts: the judge (`evaluate.judge`), the
+reward model, refusals (demo prompts), KL, win-rate."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ SAMPLES_FILE = "samples.jsonl"
 TABLE_FILE = "eval.md"
 
 
-def _sample_rows(rows, samples, oracle) -> list[dict]:
+def _sample_rows(rows, samples, judge) -> list[dict]:
     """One row per held-out prompt with every policy's greedy and sampled responses."""
     out = []
     for i, row in enumerate(rows):
@@ -29,7 +30,7 @@ def _sample_rows(rows, samples, oracle) -> list[dict]:
         for name, policy in samples.items():
             record[f"{name}_greedy"] = policy.greedy[i]
             record[f"{name}_samples"] = [texts[i] for texts in policy.samples]
-            record[f"{name}_oracle"] = [scores[i] for scores in oracle[name]]
+            record[f"{name}_judge"] = [scores[i] for scores in judge[name]]
         out.append(record)
     return out
 
@@ -66,7 +67,7 @@ def run_evaluate(
             "policy": str(policy.path(POLICY_DIR)),
         }
         ev = cfg.evaluate
-        samples, per_policy, oracle = {}, {}, {}
+        samples, per_policy, judged = {}, {}, {}
         for name, source in sources.items():
             model = reference if name == "sft" else load_causal_lm(source, trust, device)
             samples[name] = evaluation.sample_policy(
@@ -76,17 +77,25 @@ def run_evaluate(
             rm = evaluation.score_with_reward_model(
                 reward_model, tokenizer, rows, samples[name], ev.batch_size
             )
-            oracle[name] = evaluation.score_with_oracle(rows, samples[name])
-            per_policy[name] = evaluation.policy_metrics(rows, samples[name], oracle[name], rm)
-        wins = evaluation.win_rate(rows, oracle["policy"], oracle["sft"])
-        rm_accuracy = {
-            family.removeprefix("accuracy_"): value
-            for family, value in reward.metrics.items()
-            if family.startswith("accuracy_") and family != "accuracy_all"
+            judged[name] = (
+                rm
+                if ev.judge == "reward_model"
+                else evaluation.score_with_rule(ev.judge, "evaluate.judge", rows, samples[name])
+            )
+            per_policy[name] = evaluation.policy_metrics(rows, samples[name], judged[name], rm)
+        wins = evaluation.win_rate(rows, judged["policy"], judged["sft"])
+        accuracy = {
+            key.removeprefix("accuracy_"): value
+            for key, value in reward.metrics.items()
+            if key.startswith("accuracy_")
         }
-        summary = evaluation.summarize(per_policy, wins, rm_accuracy, cfg.policy.algorithm)
+        # per prompt family when the preference data has families, else over all pairs
+        rm_accuracy = {k: v for k, v in accuracy.items() if k != "all"} or accuracy
+        summary = evaluation.summarize(
+            per_policy, wins, rm_accuracy, cfg.policy.algorithm, ev.judge
+        )
         table = evaluation.markdown_table(summary)
-        sample_rows = _sample_rows(rows, samples, oracle)
+        sample_rows = _sample_rows(rows, samples, judged)
         write_jsonl(work / SAMPLES_FILE, sample_rows)
         write_json_atomic(work / "eval.json", summary)
         (work / TABLE_FILE).write_text(table + "\n")

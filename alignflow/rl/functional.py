@@ -100,21 +100,6 @@ def whiten_from_sums(values: Tensor, mask: Tensor, sums: Tensor, shift_mean: boo
     return torch.where(mask.bool(), whitened, 0.0)
 
 
-def logprobs_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
-    """Log-probability of each label under the softmax of `logits`.
-
-    Args:
-        logits: (b, t, v), any float dtype.
-        labels: (b, t), long token ids in [0, v).
-
-    Returns:
-        (b, t) float32. Computed in float32 because bf16 log-softmax is too coarse for the
-        small ratio differences PPO clips on.
-    """
-    logprobs = logits.float().log_softmax(dim=-1)
-    return logprobs.gather(dim=-1, index=labels.unsqueeze(-1)).squeeze(-1)
-
-
 def entropy_from_logits(logits: Tensor) -> Tensor:
     """Entropy (nats) of the softmax distribution at each position.
 

@@ -178,9 +178,12 @@ class Rewarder:
 
 
 def check_rewards(cfg: PipelineConfig) -> None:
-    """Fail before any work when a rule reward cannot be imported (one line naming the key)."""
+    """Fail before any work when a rule reward or the evaluation's rule judge cannot be imported
+    (one line naming the key)."""
     for index, rule in enumerate(cfg.rewards.rules):
         import_rule(rule.function, f"rewards.rules[{index}].function")
+    if cfg.evaluate.judge != "reward_model":
+        import_rule(cfg.evaluate.judge, "evaluate.judge")
 
 
 def load_rewarder(

@@ -16,9 +16,11 @@ import pytest
 import yaml
 
 from alignflow import demo
+from tests.flow.user_rules import near_twelve_words
 
 REPO = Path(__file__).resolve().parents[2]
 DUPLICATES = 5
+JUDGE = "tests.flow.user_rules:near_twelve_words"
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
@@ -54,7 +56,10 @@ def _user_files(root: Path) -> dict:
     rl = list(demo.prompt_rows(0, 128, 0.3, 0.2, 2))
     _write_jsonl(root / "rl_0.jsonl", rl[:64])
     _write_jsonl(root / "rl_1.jsonl", rl[64:])
-    heldout = [demo.prompt_row(p) for p in demo.heldout_prompts(0, 12, 6, 0.2)]
+    # the user's own held-out prompts: no demo columns, so a judge of their own scores them
+    heldout = [
+        {"prompt": demo.prompt_row(p)["prompt"]} for p in demo.heldout_prompts(0, 12, 6, 0.2)
+    ]
     (root / "heldout.json").write_text(json.dumps(heldout))
     keep = ["family", "subject"]
     return {
@@ -73,7 +78,7 @@ def _user_files(root: Path) -> dict:
             }
         ],
         "rl_prompts": [{"path": str(root / "rl_*.jsonl"), "keep_columns": keep}],
-        "heldout": [{"path": str(root / "heldout.json"), "keep_columns": keep}],
+        "heldout": [{"path": str(root / "heldout.json")}],
     }
 
 
@@ -83,6 +88,8 @@ def _config(tmp_path: Path, data: dict) -> Path:
     tree["run"]["artifacts_root"] = str(tmp_path / "runs")
     tree["sft"]["epochs"] = 1
     tree["ppo"]["updates"] = 2
+    tree["evaluate"] = {**tree.get("evaluate", {}), "judge": JUDGE}
+    tree["retrain"] = {**tree.get("retrain", {}), "judge": "reward_model"}
     path = tmp_path / "files.yaml"
     path.write_text(yaml.safe_dump(tree))
     return path
@@ -130,6 +137,27 @@ def test_pipeline_runs_on_user_files_and_counts_what_it_removed(files_run):
     assert run.data.metrics["sft_removed_duplicate_exact"] == DUPLICATES + repeats
     assert run.data.metrics["sft_skipped_bad_json"] == 1
     assert "data_report.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
+def test_evaluation_scores_prompts_without_demo_columns_with_the_configured_judge(files_run):
+    tmp_path, result = files_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "latest" / "summary.json").read_text())
+    ev = summary["eval"]
+    assert ev["judge"] == JUDGE
+    # the demo's refusal metrics need its prompt families; these held-out prompts have none
+    assert "refusal_rate" not in ev and "false_refusal_rate" not in ev
+    assert ev["win_rate_policy_vs_sft_by_family"] == {}
+    evaluated = Path(summary["stages"]["evaluate"]["output"])
+    rows = [json.loads(line) for line in (evaluated / "samples.jsonl").open()]
+    assert len(rows) == 12 + 6 and "family" not in rows[0]  # review and unsafe prompts
+    for name in ("base", "sft", "policy"):
+        texts = [text for row in rows for text in row[f"{name}_samples"]]
+        expected = near_twelve_words([], texts)
+        assert ev["judge_score"][name] == pytest.approx(sum(expected) / len(expected)), name
+        assert [s for row in rows for s in row[f"{name}_judge"]] == pytest.approx(expected)
+    table = (evaluated / "eval.md").read_text()
+    assert f"judge: `{JUDGE}`" in table and "refusal_rate" not in table
 
 
 def _repeats() -> int:

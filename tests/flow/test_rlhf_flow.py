@@ -37,8 +37,9 @@ def test_summary_json_has_the_documented_shape_and_latest_points_at_newest(pipel
     on_disk = json.loads((root / pipeline_runs.first["run_id"] / "summary.json").read_text())
     assert on_disk["run_id"] == pipeline_runs.first["run_id"]
     ev = on_disk["eval"]
+    assert ev["judge"] == "alignflow.demo:oracle_reward"
     assert 0.0 <= ev["win_rate_policy_vs_sft"] <= 1.0
-    for key in ("oracle_score", "reward_score", "refusal_rate", "false_refusal_rate"):
+    for key in ("judge_score", "reward_score", "refusal_rate", "false_refusal_rate"):
         assert set(ev[key]) == set(POLICY_KEYS), key
     assert set(ev["rm_accuracy"]) == {"review", "unsafe"}
     assert ev["kl_policy_vs_sft"] >= 0.0

@@ -20,7 +20,6 @@ from alignflow.algorithms.online import RewardFunction
 from alignflow.algorithms.preference import pair_rows, unpaired_rows
 from alignflow.algorithms.rft import best_of_n
 from alignflow.config import RewardsConfig, RuleRewardConfig, SamplingConfig
-from alignflow.judges import oracle_scores
 from alignflow.models import load_causal_lm, load_tokenizer
 from alignflow.rl.rewards import load_rewarder
 from alignflow.rl.rollout import sample_texts
@@ -132,7 +131,10 @@ def _held_out_scores(cfg, model_dir: str, rows: list[dict], reward_dirs: list[st
     prompts = [row["prompt"] for row in repeated]
     torch.manual_seed(1234)
     texts = sample_texts(model, tokenizer, prompts, SamplingConfig(), batch_size=len(prompts))
-    oracle = sum(oracle_scores(repeated, texts)) / len(texts)
+    oracle = sum(
+        demo.oracle_score(row["family"], row["subject"], text)
+        for row, text in zip(repeated, texts, strict=True)
+    ) / len(texts)
     rewarder = load_rewarder(cfg, reward_dirs, tokenizer)
     return oracle, rewarder.score(prompts, texts, repeated)[0].mean().item()
 

@@ -216,38 +216,70 @@ def test_bad_answers_name_file_line_and_problem(tmp_path, line, error):
         import_answers(tmp_path / "answers.jsonl", [comparison], "file")
 
 
-def test_the_demo_oracle_needs_its_columns_on_user_files():
+def _prompt_sets(missing: str) -> list[str]:
+    """Overrides for the three prompt datasets, all but `missing` keeping the demo columns."""
+    keep = {role: "" if role == missing else ", keep_columns: [family, subject]"
+            for role in ("preference_prompts", "rl_prompts", "heldout")}  # fmt: skip
+    return [f"data.{role}=[{{path: {role}.jsonl{extra}}}]" for role, extra in keep.items()]
+
+
+@pytest.mark.parametrize(
+    ("missing", "user", "more"),
+    [
+        ("preference_prompts", "a collect labeler", []),  # the default labeler is the oracle
+        ("rl_prompts", "a rewards.rules entry",
+         ["rewards.rules=[{function: alignflow.demo:oracle_reward}]"]),
+    ],
+)  # fmt: skip
+def test_the_demo_oracle_needs_its_columns_on_the_prompts_it_scores(missing, user, more):
     with pytest.raises(
         Exception,
-        match=r"data.preference_prompts\[0\]: .*oracle_reward.*keep_columns: \[family, subject\]",
+        match=rf"data.{missing}\[0\]: {user} is the demo oracle .*keep_columns: \[family, subject\]",
     ):
         load_config(
             REPO / "configs" / "micro.yaml",
             [
                 "data.source=files",
                 "data.sft=[{path: s.jsonl}]",
-                "data.rl_prompts=[{path: r.jsonl, keep_columns: [family, subject]}]",
-                "data.heldout=[{path: h.jsonl, keep_columns: [family, subject]}]",
-                "data.preference_prompts=[{path: p.jsonl}]",
+                *_prompt_sets(missing),
+                *more,
             ],  # fmt: skip
         )
 
 
-def test_held_out_prompts_need_the_oracle_columns_whatever_labels_comparisons():
-    """The evaluate stage scores held-out samples with the demo oracle, so a files config whose
-    comparisons are labelled by a reward model still fails at load, naming the held-out set."""
+FILES_LABELLED_BY_A_REWARD_MODEL = [
+    "data.source=files",
+    "data.sft=[{path: s.jsonl}]",
+    "data.preference_prompts=[{path: p.jsonl}]",
+    "data.rl_prompts=[{path: r.jsonl}]",
+    "data.heldout=[{path: h.jsonl}]",
+    "collect.labelers=[{kind: reward_model, models: [my-org/rm]}]",
+]
+
+
+@pytest.mark.parametrize(
+    ("judges", "key"),
+    [
+        ([], "evaluate.judge"),  # both default to the oracle; the message names the first
+        (["retrain.judge=reward_model"], "evaluate.judge"),
+        (["evaluate.judge=my.rules:score"], "retrain.judge"),
+    ],
+)  # fmt: skip
+def test_held_out_prompts_need_the_oracle_columns_while_the_oracle_judges(judges, key):
+    """The oracle judging the evaluation or the retraining rounds reads the held-out rows' demo
+    columns, so a files config without them fails at load, naming the held-out set and the judge."""
     with pytest.raises(
         Exception,
-        match=r"data.heldout\[0\]: the evaluate stage .*keep_columns: \[family, subject\]",
+        match=rf"data.heldout\[0\]: {key} is the demo oracle .*keep_columns: \[family, subject\]",
     ):
-        load_config(
-            REPO / "configs" / "micro.yaml",
-            [
-                "data.source=files",
-                "data.sft=[{path: s.jsonl}]",
-                "data.preference_prompts=[{path: p.jsonl}]",
-                "data.rl_prompts=[{path: r.jsonl}]",
-                "data.heldout=[{path: h.jsonl}]",
-                "collect.labelers=[{kind: reward_model, models: [my-org/rm]}]",
-            ],  # fmt: skip
-        )
+        load_config(REPO / "configs" / "micro.yaml", FILES_LABELLED_BY_A_REWARD_MODEL + judges)
+
+
+def test_held_out_prompts_need_no_demo_columns_under_other_judges():
+    cfg = load_config(
+        REPO / "configs" / "micro.yaml",
+        [*FILES_LABELLED_BY_A_REWARD_MODEL, "evaluate.judge=reward_model",
+         "retrain.judge=my.rules:score"],
+    )  # fmt: skip
+    assert (cfg.evaluate.judge, cfg.retrain.judge) == ("reward_model", "my.rules:score")
+    assert cfg.data.heldout[0].keep_columns == []

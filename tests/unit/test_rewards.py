@@ -82,6 +82,9 @@ def test_unimportable_rules_fail_before_any_work_naming_the_key() -> None:
     with pytest.raises(RewardError, match=r"module 'alignflow.demo' has no function 'nope'"):
         import_rule("alignflow.demo:nope")
     assert import_rule("alignflow.demo:oracle_reward").__name__ == "oracle_reward"
+    with pytest.raises(RewardError, match=r"^evaluate.judge: module 'alignflow.demo' has no fun"):
+        check_rewards(build_config({"evaluate": {"judge": "alignflow.demo:nope"}}))
+    check_rewards(build_config({"evaluate": {"judge": "reward_model"}}))  # nothing to import
 
 
 def test_a_rule_spec_without_module_colon_function_is_a_config_error() -> None:

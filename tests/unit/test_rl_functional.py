@@ -16,7 +16,6 @@ from alignflow.rl.functional import (
     kl_exact,
     kl_per_token,
     last_token_index,
-    logprobs_from_logits,
     masked_mean,
     masked_sums,
     masked_var,
@@ -95,19 +94,6 @@ def test_masked_whiten_without_shift_mean_adds_the_mean_back() -> None:
 
 
 # --- log-probabilities, entropy, KL ------------------------------------------------------------
-
-
-def test_logprobs_from_logits_gathers_label_log_softmax_in_float32() -> None:
-    # position 0: logits log([1, 2, 3, 4]) -> probs [.1, .2, .3, .4] ; label 2 -> log 0.3
-    # position 1: equal logits -> probs 1/4 each ; label 1 -> log 0.25
-    logits = torch.tensor([[[0.0, math.log(2), math.log(3), math.log(4)], [7.0, 7.0, 7.0, 7.0]]])
-    labels = torch.tensor([[2, 1]])
-    result = logprobs_from_logits(logits.to(torch.bfloat16), labels)
-    assert result.dtype == torch.float32
-    # bf16 rounds log(3) etc. to ~3 significant digits, hence the loose tolerance
-    assert_close(result, torch.tensor([[math.log(0.3), math.log(0.25)]]), atol=1e-2, rtol=0)
-    exact = logprobs_from_logits(logits, labels)
-    assert_close(exact, torch.tensor([[-1.2039728, -1.3862944]]))
 
 
 def test_entropy_from_logits_matches_hand_computed_values_and_ignores_minus_inf() -> None:

@@ -1,0 +1,62 @@
+"""Evaluation metrics worked out by hand, on the demo's prompt families and on a user's prompts
+that have none."""
+
+import pytest
+
+from alignflow.evaluation import PolicySamples, markdown_table, policy_metrics, summarize, win_rate
+
+DEMO_ROWS = [{"prompt": [], "family": "unsafe"}, {"prompt": [], "family": "review"}]
+USER_ROWS = [{"prompt": []}, {"prompt": []}]
+
+
+def _samples(texts: list[list[str]]) -> PolicySamples:
+    """[sample_index][prompt_index] texts, each with KL 0.5 over 2 tokens."""
+    return PolicySamples(
+        samples=texts,
+        kl_to_reference=[[0.5] * len(t) for t in texts],
+        tokens=[[2] * len(t) for t in texts],
+        greedy=[],
+    )
+
+
+def test_win_rate_counts_ties_half_overall_and_per_family():
+    challenger = [[1.0, 0.0], [2.0, 1.0]]  # [sample][prompt]
+    baseline = [[0.0, 0.0], [3.0, 0.0]]
+    # unsafe: win, loss; review: tie, win
+    assert win_rate(DEMO_ROWS, challenger, baseline) == {
+        "all": (1 + 0 + 0.5 + 1) / 4, "unsafe": 0.5, "review": 0.75,
+    }  # fmt: skip
+    assert win_rate(USER_ROWS, challenger, baseline) == {"all": 2.5 / 4}
+
+
+def test_refusal_rates_only_for_the_demo_families():
+    texts = [["Sorry, I can't help with that.", "I love the Nimbus kettle!"],
+             ["Sure, here is how.", "Sorry, I can't review that."]]  # fmt: skip
+    judge, rm = [[1.0, 0.5], [0.0, 0.0]], [[2.0, 1.0], [0.0, -1.0]]
+    demo_metrics = policy_metrics(DEMO_ROWS, _samples(texts), judge, rm)
+    assert demo_metrics == pytest.approx({
+        "judge_score": 1.5 / 4, "reward_score": 2.0 / 4,
+        "refusal_rate": 0.5, "false_refusal_rate": 0.5,
+        "kl_to_sft": 0.5, "kl_to_sft_per_token": 0.25,
+        "mean_words": (6 + 5 + 4 + 5) / 4,
+    })  # fmt: skip
+    user_metrics = policy_metrics(USER_ROWS, _samples(texts), judge, rm)
+    assert set(demo_metrics) - set(user_metrics) == {"refusal_rate", "false_refusal_rate"}
+
+
+def test_the_table_names_the_judge_and_shows_only_the_metrics_there_are():
+    texts = [["a b", "c"]]
+    per_policy = {
+        name: policy_metrics(USER_ROWS, _samples(texts), [[score, 0.0]], [[0.0, 0.0]])
+        for name, score in (("base", 0.0), ("sft", 1.0), ("policy", 2.0))
+    }
+    wins = win_rate(USER_ROWS, [[2.0, 0.0]], [[1.0, 0.0]])
+    summary = summarize(per_policy, wins, {"all": 0.8}, "dpo", "my.rules:score")
+    assert summary["judge"] == "my.rules:score"
+    assert summary["judge_score"] == {"base": 0.0, "sft": 0.5, "policy": 1.0}
+    assert summary["win_rate_policy_vs_sft"] == 0.75
+    table = markdown_table(summary)
+    assert table.startswith("judge: `my.rules:score`")
+    assert "| judge_score | 0.000 | 0.500 | 1.000 |" in table
+    assert "refusal_rate" not in table
+    assert "**win-rate DPO vs SFT (judge):** 0.750\n" in table
