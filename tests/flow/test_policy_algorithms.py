@@ -36,5 +36,7 @@ def test_dpo_run_reuses_upstream_stages_and_is_evaluated_as_the_policy(pipeline_
     assert policy["metrics"]["eval_margin_policy"] > policy["metrics"]["eval_margin_sft"]
     assert summary["eval"]["algorithm"] == "dpo"
     eval_md = (Path(summary["stages"]["evaluate"]["output"]) / "eval.md").read_text()
-    assert eval_md.startswith("| metric | base | sft | dpo |")
+    assert eval_md.startswith(
+        "judge: `alignflow.demo:oracle_reward`\n\n| metric | base | sft | dpo |"
+    )
     assert "win-rate DPO vs SFT" in eval_md

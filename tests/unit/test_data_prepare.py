@@ -241,7 +241,9 @@ def test_fingerprint_changes_when_a_file_changes(tmp_path):
 
 
 def test_readme_files_config_is_a_valid_config():
-    """The README's `data.source: files` example loads (with the keep_columns the oracle needs)."""
+    """The README's `data.source: files` example loads with the keep_columns the oracle needs, or
+    with its labeler-and-judges example, which needs none."""
+    import copy
     import re
 
     import yaml
@@ -249,14 +251,18 @@ def test_readme_files_config_is_a_valid_config():
     from alignflow.config import ConfigError, build_config
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "source: files" in b)
-    tree = yaml.safe_load(block)
-    with pytest.raises(ConfigError, match=r"data.preference_prompts\[0\]: .*keep_columns"):
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    tree = yaml.safe_load(next(b for b in blocks if "source: files" in b))
+    with pytest.raises(ConfigError, match=r"data.heldout\[0\]: evaluate.judge .*keep_columns"):
         build_config(tree)
+    own_judges = yaml.safe_load(next(b for b in blocks if "evaluate: {judge:" in b))
+    cfg = build_config({**tree, **own_judges})
+    assert (cfg.evaluate.judge, cfg.retrain.judge) == ("my_rules:helpfulness", "reward_model")
+    kept = copy.deepcopy(tree)
     for role in ("preference_prompts", "rl_prompts", "heldout"):
-        for dataset in tree["data"][role]:
+        for dataset in kept["data"][role]:
             dataset["keep_columns"] = ["family", "subject"]
-    cfg = build_config(tree)
+    cfg = build_config(kept)
     assert cfg.data.sft[1].roles == {"human": "customer", "gpt": "agent"}
     assert cfg.data.sft[2].format == "classification"
 
