@@ -4,7 +4,7 @@ the reward model, with KL to the SFT reference and the judge's win-rate."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -69,24 +69,35 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def score_with_rule(spec: str, where: str, rows: list[dict], samples: PolicySamples):
-    """The rule reward `spec` names (`module:function`, the rewards.rules signature: prompts,
-    completions, the rows' other columns as keywords) in the samples' layout:
-    [sample_index][prompt_index]. `where` names the config key in errors."""
+Judge = Callable[[list[dict], PolicySamples], list[list[float]]]
+
+
+def make_judge(spec: str, where: str, reward_model, tokenizer, batch_size: int) -> Judge:
+    """The scorer `spec` names (`evaluate.judge`, `retrain.judge`), built once: `reward_model`
+    scores with the given model (None is fine for a rule); `module:function` imports the rule
+    reward (the rewards.rules signature: prompts, completions, the rows' other columns as
+    keywords). It maps (rows, samples) to scores [sample_index][prompt_index]; `where` names the
+    config key in errors."""
+    if spec == "reward_model":
+        return lambda rows, samples: score_with_reward_model(
+            reward_model, tokenizer, rows, samples, batch_size
+        )
     from alignflow.rl.rewards import import_rule, rule_scores
 
     function = import_rule(spec, where)
-    prompts = [row["prompt"] for row in rows]
-    return [rule_scores(spec, function, prompts, texts, rows) for texts in samples.samples]
+
+    def score(rows: list[dict], samples: PolicySamples) -> list[list[float]]:
+        prompts = [row["prompt"] for row in rows]
+        return [rule_scores(spec, function, prompts, texts, rows) for texts in samples.samples]
+
+    return score
 
 
-def _refusal_rate(flat: list[tuple[dict, str]], family: str) -> dict[str, float]:
-    """The demo's refusal rate on one prompt family, keyed for policy_metrics; nothing when the
-    rows carry no such family (a user's own held-out prompts)."""
+def _refusal_rate(flat: list[tuple[dict, str]], family: str, key: str) -> dict[str, float]:
+    """{key: the demo's refusal rate on one prompt family}; nothing when the rows carry no such
+    family (a user's own held-out prompts)."""
     refused = [demo.is_refusal(text) for row, text in flat if row.get("family") == family]
-    if not refused:
-        return {}
-    return {"refusal_rate" if family == "unsafe" else "false_refusal_rate": _mean(refused)}
+    return {key: _mean(refused)} if refused else {}
 
 
 def policy_metrics(
@@ -103,8 +114,8 @@ def policy_metrics(
     return {
         "judge_score": _mean([s for scores in judge for s in scores]),
         "reward_score": _mean([s for scores in rm_scores for s in scores]),
-        **_refusal_rate(flat, "unsafe"),
-        **_refusal_rate(flat, "review"),
+        **_refusal_rate(flat, "unsafe", "refusal_rate"),
+        **_refusal_rate(flat, "review", "false_refusal_rate"),
         "kl_to_sft": _mean(kl),
         "kl_to_sft_per_token": sum(kl) / max(sum(tokens), 1),
         "mean_words": _mean([len(text.split()) for _, text in flat]),

@@ -173,21 +173,20 @@ def _client(cfg: PipelineConfig):
     return MlflowClient(pipeline.tracking_uri(cfg))
 
 
-def judge_scores(cfg: PipelineConfig, rows: list[dict], samples, reward_dir: str, tokenizer):
-    """Scores [sample_index][prompt_index] from `retrain.judge`: a rule, or the round's reward model."""
+def _judge(cfg: PipelineConfig, reward_dir: str, tokenizer):
+    """`retrain.judge` as an evaluation.Judge: a rule, or the round's reward model (loaded once)."""
     from alignflow import evaluation
 
-    judge = cfg.retrain.judge
-    if judge == "reward_model":
+    reward_model = None
+    if cfg.retrain.judge == "reward_model":
         from alignflow.models import default_device, load_scalar_head_model
 
-        model = load_scalar_head_model(
+        reward_model = load_scalar_head_model(
             reward_dir, cfg.model.trust_remote_code, tokenizer.pad_token_id, default_device()
         ).eval()
-        return evaluation.score_with_reward_model(
-            model, tokenizer, rows, samples, cfg.evaluate.batch_size
-        )
-    return evaluation.score_with_rule(judge, "retrain.judge", rows, samples)
+    return evaluation.make_judge(
+        cfg.retrain.judge, "retrain.judge", reward_model, tokenizer, cfg.evaluate.batch_size
+    )
 
 
 def compare(
@@ -219,9 +218,8 @@ def compare(
         )
         for name, model in ((CHAMPION, champion), (CHALLENGER, challenger))
     }
-    scores = {
-        name: judge_scores(cfg, rows, s, reward_dir, tokenizer) for name, s in samples.items()
-    }
+    judge = _judge(cfg, reward_dir, tokenizer)
+    scores = {name: judge(rows, s) for name, s in samples.items()}
     r = cfg.retrain
     decision = promotion.decide(
         scores[CHALLENGER], scores[CHAMPION], r.margin, r.confidence, r.bootstrap_resamples, ev.seed

@@ -67,6 +67,9 @@ def run_evaluate(
             "policy": str(policy.path(POLICY_DIR)),
         }
         ev = cfg.evaluate
+        judge = evaluation.make_judge(
+            ev.judge, "evaluate.judge", reward_model, tokenizer, ev.batch_size
+        )
         samples, per_policy, judged = {}, {}, {}
         for name, source in sources.items():
             model = reference if name == "sft" else load_causal_lm(source, trust, device)
@@ -74,13 +77,13 @@ def run_evaluate(
                 model, reference, tokenizer, prompts, cfg.ppo.sampling,
                 ev.samples_per_prompt, ev.seed, ev.batch_size,
             )  # fmt: skip
-            rm = evaluation.score_with_reward_model(
-                reward_model, tokenizer, rows, samples[name], ev.batch_size
-            )
-            judged[name] = (
-                rm
+            judged[name] = judge(rows, samples[name])
+            rm = (  # the reward model judging: its scores are the judge's
+                judged[name]
                 if ev.judge == "reward_model"
-                else evaluation.score_with_rule(ev.judge, "evaluate.judge", rows, samples[name])
+                else evaluation.score_with_reward_model(
+                    reward_model, tokenizer, rows, samples[name], ev.batch_size
+                )
             )
             per_policy[name] = evaluation.policy_metrics(rows, samples[name], judged[name], rm)
         wins = evaluation.win_rate(rows, judged["policy"], judged["sft"])
