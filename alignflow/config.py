@@ -429,7 +429,8 @@ class DPOConfig(PolicyTrainingConfig):
 
 
 class KTOConfig(PolicyTrainingConfig):
-    """KTO (TRL KTOTrainer) on unpaired rows built from the pairs: chosen desirable, rejected not."""
+    """KTO (TRL KTOTrainer) on unpaired rows built from the pairs: chosen desirable, rejected not;
+    a served response its user rated (alignflow serve) is labelled by the rating."""
 
     beta: float = Field(0.1, gt=0)
     loss_type: Literal["kto", "apo_zero_unpaired"] = "kto"

@@ -25,9 +25,19 @@ class PolicySamples:
     greedy: list[str]  # one greedy response per prompt
 
 
-def _sample_batch(model, reference, tokenizer, prompts, sampling: SamplingConfig, greedy: bool):
-    s = sample_with_logprobs(model, reference, tokenizer, prompts, sampling, greedy=greedy)
-    return decode(tokenizer, s.response, s.mask), s.sampled_kl.tolist(), s.mask.sum(-1).tolist()
+def _sample_batch(
+    model, reference, tokenizer, prompts, sampling: SamplingConfig, greedy: bool, exact_kl: bool
+):
+    """Texts, KL to the reference and lengths of one batch. With `exact_kl` the KL is exact at each
+    response token (the two next-token distributions compared over the vocabulary) and summed over
+    the response: never negative, and without the noise of the token draw that the sampled
+    log-ratio (k1, used otherwise) carries. It holds two (b, t, vocab) float32 distributions at
+    once: `evaluate.batch_size` bounds them."""
+    s = sample_with_logprobs(
+        model, reference, tokenizer, prompts, sampling, greedy=greedy, exact_kl=exact_kl
+    )
+    kl = s.exact_kl if exact_kl else s.sampled_kl
+    return decode(tokenizer, s.response, s.mask), kl.tolist(), s.mask.sum(-1).tolist()
 
 
 def sample_policy(
@@ -40,9 +50,11 @@ def sample_policy(
     seed: int,
     batch_size: int,
     greedy: bool = True,
+    exact_kl: bool = False,
 ) -> PolicySamples:
     """`n_samples` sampled responses per prompt (seed + i for the i-th) plus, with `greedy`, one
-    greedy response."""
+    greedy response. Their KL to `reference` is exact per token with `exact_kl`, else the sampled
+    log-ratio (k1) sum: same mean, more spread, no (b, t, vocab) distributions held."""
     model.eval()
     out = PolicySamples([], [], [], [])
     for index in range(n_samples):
@@ -50,7 +62,9 @@ def sample_policy(
         texts, kls, lengths = [], [], []
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start : start + batch_size]
-            t, k, n = _sample_batch(model, reference, tokenizer, batch, sampling, greedy=False)
+            t, k, n = _sample_batch(
+                model, reference, tokenizer, batch, sampling, greedy=False, exact_kl=exact_kl
+            )
             texts += t
             kls += k
             lengths += n
@@ -61,7 +75,9 @@ def sample_policy(
         return out
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
-        out.greedy += _sample_batch(model, reference, tokenizer, batch, sampling, greedy=True)[0]
+        out.greedy += _sample_batch(
+            model, reference, tokenizer, batch, sampling, greedy=True, exact_kl=False
+        )[0]
     return out
 
 
@@ -122,20 +138,23 @@ def policy_metrics(
     }
 
 
-def win_rate(rows: list[dict], challenger: list[list[float]], baseline: list[list[float]]) -> dict:
+def win_rate(
+    rows: list[dict], challenger: list[list[float]], baseline: list[list[float]]
+) -> tuple[float, dict[str, float]]:
     """Judge win-rate of challenger over baseline, sample i vs sample i per prompt; ties = 1/2.
-    Overall ("all") and, when the rows carry a `family` column, per family.
+    Returns the rate over all samples and, for rows that carry a `family`, the rate per family.
 
     Args: the judge's scores of each policy, [sample_index][prompt_index].
     """
-    outcomes: dict[str, list[float]] = {}
+    overall: list[float] = []
+    by_family: dict[str, list[float]] = {}
     for ours, theirs in zip(challenger, baseline, strict=True):
         for row, a, b in zip(rows, ours, theirs, strict=True):
             outcome = 1.0 if a > b else 0.5 if a == b else 0.0
-            outcomes.setdefault("all", []).append(outcome)
+            overall.append(outcome)
             if row.get("family") is not None:
-                outcomes.setdefault(str(row["family"]), []).append(outcome)
-    return {family: _mean(values) for family, values in outcomes.items()}
+                by_family.setdefault(str(row["family"]), []).append(outcome)
+    return _mean(overall), {family: _mean(values) for family, values in by_family.items()}
 
 
 def score_with_reward_model(reward_model, tokenizer, rows, samples: PolicySamples, batch_size):
@@ -147,10 +166,14 @@ def score_with_reward_model(reward_model, tokenizer, rows, samples: PolicySample
 
 
 def summarize(
-    per_policy: dict[str, dict], wins: dict, rm_accuracy: dict, algorithm: str, judge: str
+    per_policy: dict[str, dict],
+    wins: tuple[float, dict[str, float]],
+    rm_accuracy: tuple[float | None, dict[str, float]],
+    algorithm: str,
+    judge: str,
 ) -> dict:
-    """The `eval` block of summary.json; `algorithm` names what trained "policy", `judge` what
-    scored the samples (`evaluate.judge`)."""
+    """The `eval` block of summary.json; `wins` and `rm_accuracy` are (overall, per family);
+    `algorithm` names what trained "policy", `judge` what scored the samples (`evaluate.judge`)."""
     keyed = {
         metric: {name: per_policy[name][metric] for name in per_policy}
         for metric in next(iter(per_policy.values()))
@@ -158,10 +181,11 @@ def summarize(
     return {
         "algorithm": algorithm,
         "judge": judge,
-        "win_rate_policy_vs_sft": wins["all"],
-        "win_rate_policy_vs_sft_by_family": {k: v for k, v in wins.items() if k != "all"},
+        "win_rate_policy_vs_sft": wins[0],
+        "win_rate_policy_vs_sft_by_family": wins[1],
         **keyed,
-        "rm_accuracy": rm_accuracy,
+        "rm_accuracy": rm_accuracy[0],
+        "rm_accuracy_by_family": rm_accuracy[1],
         "kl_policy_vs_sft": per_policy["policy"]["kl_to_sft"],
         "kl_policy_vs_sft_per_token": per_policy["policy"]["kl_to_sft_per_token"],
     }
@@ -183,12 +207,14 @@ def markdown_table(summary: dict) -> str:
     by_family = ", ".join(
         f"{k} {v:.3f}" for k, v in summary["win_rate_policy_vs_sft_by_family"].items()
     )
-    rm = ", ".join(f"{k} {v:.3f}" for k, v in summary["rm_accuracy"].items())
     wins = f"{summary['win_rate_policy_vs_sft']:.3f}" + (f" ({by_family})" if by_family else "")
+    rm_by_family = ", ".join(f"{k} {v:.3f}" for k, v in summary["rm_accuracy_by_family"].items())
+    rm = "n/a" if summary["rm_accuracy"] is None else f"{summary['rm_accuracy']:.3f}"
+    rm += f" ({rm_by_family})" if rm_by_family else ""
     lines += [
         "",
         f"**win-rate {name} vs SFT (judge):** {wins}",
-        f"**reward-model held-out pair accuracy:** {rm or 'n/a'}",
+        f"**reward-model held-out pair accuracy:** {rm}",
         f"**KL({name} ‖ SFT):** {summary['kl_policy_vs_sft']:.3f} nats/sequence, "
         f"{summary['kl_policy_vs_sft_per_token']:.4f} nats/token",
     ]

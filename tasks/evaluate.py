@@ -75,7 +75,7 @@ def run_evaluate(
             model = reference if name == "sft" else load_causal_lm(source, trust, device)
             samples[name] = evaluation.sample_policy(
                 model, reference, tokenizer, prompts, cfg.ppo.sampling,
-                ev.samples_per_prompt, ev.seed, ev.batch_size,
+                ev.samples_per_prompt, ev.seed, ev.batch_size, exact_kl=True,
             )  # fmt: skip
             judged[name] = judge(rows, samples[name])
             rm = (  # the reward model judging: its scores are the judge's
@@ -87,13 +87,15 @@ def run_evaluate(
             )
             per_policy[name] = evaluation.policy_metrics(rows, samples[name], judged[name], rm)
         wins = evaluation.win_rate(rows, judged["policy"], judged["sft"])
-        accuracy = {
-            key.removeprefix("accuracy_"): value
-            for key, value in reward.metrics.items()
-            if key.startswith("accuracy_")
-        }
-        # per prompt family when the preference data has families, else over all pairs
-        rm_accuracy = {k: v for k, v in accuracy.items() if k != "all"} or accuracy
+        # the reward stage's held-out pair accuracy, overall and per prompt family
+        rm_accuracy = (
+            reward.metrics.get("accuracy"),
+            {
+                key.removeprefix("accuracy_"): value
+                for key, value in reward.metrics.items()
+                if key.startswith("accuracy_")
+            },
+        )
         summary = evaluation.summarize(
             per_policy, wins, rm_accuracy, cfg.policy.algorithm, ev.judge
         )

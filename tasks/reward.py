@@ -30,9 +30,13 @@ def reward_model_dirs(reward: StageResult) -> list[str]:
 
 
 def pair_accuracy(model, tokenizer, pairs: list[dict]) -> dict[str, float]:
-    """Fraction of pairs where the chosen response outscores the rejected one, per family."""
+    """Fraction of pairs where the chosen response outscores the rejected one: `accuracy` over
+    all pairs and, for pairs that carry a `family`, `accuracy_<family>` per family; nothing
+    without held-out pairs (the evaluation then says n/a)."""
     from alignflow.judges import reward_model_scores
 
+    if not pairs:
+        return {}
     prompts = [pair["prompt"] for pair in pairs]
     chosen = reward_model_scores(
         model, tokenizer, prompts, [p["chosen"][0]["content"] for p in pairs]
@@ -40,12 +44,15 @@ def pair_accuracy(model, tokenizer, pairs: list[dict]) -> dict[str, float]:
     rejected = reward_model_scores(
         model, tokenizer, prompts, [p["rejected"][0]["content"] for p in pairs]
     )
-    correct: dict[str, list[bool]] = {}
-    for pair, good, bad in zip(pairs, chosen, rejected, strict=True):
-        correct.setdefault(pair.get("family", "all"), []).append(good > bad)
-    accuracy = {family: sum(hits) / len(hits) for family, hits in correct.items()}
-    accuracy["all"] = sum(sum(h) for h in correct.values()) / sum(len(h) for h in correct.values())
-    return accuracy
+    hits = [good > bad for good, bad in zip(chosen, rejected, strict=True)]
+    by_family: dict[str, list[bool]] = {}
+    for pair, hit in zip(pairs, hits, strict=True):
+        if pair.get("family") is not None:
+            by_family.setdefault(str(pair["family"]), []).append(hit)
+    return {
+        "accuracy": sum(hits) / len(hits),
+        **{f"accuracy_{family}": sum(h) / len(h) for family, h in by_family.items()},
+    }
 
 
 MEMBER_METRICS = "member_metrics.json"
@@ -84,11 +91,10 @@ def train_member(
     # RewardTrainer drops pairs longer than max_length without a word: count them.
     dropped = len(train) - len(trainer.train_dataset)
     trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
-    accuracy = pair_accuracy(trainer.model.eval(), tokenizer, heldout)
     metrics = {
         "dropped_too_long": dropped,
         **loss_trend(trainer.state.log_history),
-        **{f"accuracy_{family}": value for family, value in accuracy.items()},
+        **pair_accuracy(trainer.model.eval(), tokenizer, heldout),
     }
     save_trained(trainer, tokenizer, out)
     if trainer.is_world_process_zero():

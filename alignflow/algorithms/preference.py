@@ -33,20 +33,33 @@ def unpaired_rows(pairs: list[dict]) -> list[dict]:
 
     A ranking of K candidates yields up to K(K-1)/2 pairs, so one completion can be chosen in some
     pairs and rejected in others; each distinct (prompt, completion) appears once, labelled by its
-    net wins, and completions that win as often as they lose are left out.
+    net wins, and completions that win as often as they lose are left out. A served response that
+    its user rated (`served_rating` "up" or "down", from `alignflow serve`'s /v1/feedback) is
+    labelled by that rating instead: a person's verdict on that very completion, where the pairs
+    only say how it compared with fresh samples. The same response served and rated more than once
+    takes its majority rating (each exchange counted once); an even split leaves it to the pairs.
     """
     net_wins: dict[tuple[str, str], int] = defaultdict(int)
+    ratings: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)  # key -> served_id -> ±1
     originals: dict[tuple[str, str], tuple[list, list]] = {}
     for pair in pairs:
         for side, sign in (("chosen", 1), ("rejected", -1)):
             key = (repr(pair["prompt"]), pair[side][-1]["content"])
             net_wins[key] += sign
             originals.setdefault(key, (pair["prompt"], pair[side]))
+        if pair.get("served_rating") in ("up", "down") and pair.get("served_response"):
+            key = (repr(pair["prompt"]), pair["served_response"])
+            vote = 1 if pair["served_rating"] == "up" else -1
+            ratings[key][str(pair.get("served_id"))] = vote  # one exchange, many pairs: one vote
+            completion = [{"role": "assistant", "content": pair["served_response"]}]
+            originals.setdefault(key, (pair["prompt"], completion))
+    rated = {key: sum(votes.values()) > 0 for key, votes in ratings.items() if sum(votes.values())}
+    labels = {key: wins > 0 for key, wins in net_wins.items() if wins != 0} | rated
     return [
-        {"prompt": originals[key][0], "completion": originals[key][1], "label": wins > 0}
-        for key, wins in net_wins.items()
-        if wins != 0
-    ]
+        {"prompt": originals[key][0], "completion": originals[key][1], "label": label,
+         "rated": key in rated}
+        for key, label in labels.items()
+    ]  # fmt: skip
 
 
 def margin_metrics(cfg: PipelineConfig, policy_dir: Path, inputs: PolicyInputs) -> dict[str, float]:
@@ -118,16 +131,22 @@ def train_kto(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[str
         desirable_weight=section.desirable_weight,
         undesirable_weight=section.undesirable_weight,
     )
+    columns = ("prompt", "completion", "label")
     trainer = KTOTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(rows),
+        train_dataset=Dataset.from_list([{k: row[k] for k in columns} for row in rows]),
         processing_class=tokenizer,
         peft_config=lora(section),
     )
     desirable = sum(row["label"] for row in rows)
     metrics = _fit_and_save(cfg, trainer, tokenizer, inputs, work, len(rows))
-    return {**metrics, "desirable_rows": desirable, "undesirable_rows": len(rows) - desirable}
+    return {
+        **metrics,
+        "desirable_rows": desirable,
+        "undesirable_rows": len(rows) - desirable,
+        "rated_rows": sum(row["rated"] for row in rows),  # labelled by a served rating
+    }
 
 
 def train_orpo(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[str, float]:

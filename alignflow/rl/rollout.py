@@ -186,7 +186,8 @@ def sample_with_logprobs(
 
     With `exact_kl`, also the exact KL of the two next-token distributions (`kl_exact`) summed over
     each response's tokens: the sequence-level KL the k1 sum estimates, with much less variance,
-    from the same two forward passes; it holds two (b, t, v) float32 distributions at once."""
+    from the same two forward passes; it holds two (b, t, v) float32 distributions at once (and
+    one row's temporaries while comparing them)."""
     query_ids, query_mask = encode_prompts(tokenizer, prompts, policy.device)
     response = generate(policy, query_ids, query_mask, sampling, greedy=greedy)
     mask = response_mask(response, tokenizer.eos_token_id)
@@ -200,7 +201,10 @@ def sample_with_logprobs(
         dist = None  # freed before the reference's forward
     ref_dist = _response_distributions(reference, *args)
     ref_logprobs = _token_logprobs(ref_dist, response)
-    kl = (kl_exact(dist, ref_dist) * mask).sum(-1) if exact_kl else None
+    kl = None
+    if exact_kl:  # row by row: kl_exact's (1, t, v) temporaries instead of (b, t, v) ones
+        rows = zip(dist.split(1), ref_dist.split(1), strict=True)
+        kl = (torch.cat([kl_exact(d, r) for d, r in rows]) * mask).sum(-1)
     return Sampled(sequence, attention, q, response, mask, logprobs, ref_logprobs, kl)
 
 

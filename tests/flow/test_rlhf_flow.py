@@ -41,7 +41,9 @@ def test_summary_json_has_the_documented_shape_and_latest_points_at_newest(pipel
     assert 0.0 <= ev["win_rate_policy_vs_sft"] <= 1.0
     for key in ("judge_score", "reward_score", "refusal_rate", "false_refusal_rate"):
         assert set(ev[key]) == set(POLICY_KEYS), key
-    assert set(ev["rm_accuracy"]) == {"review", "unsafe"}
+    assert set(ev["rm_accuracy_by_family"]) == {"review", "unsafe"}
+    assert min(ev["rm_accuracy_by_family"].values()) <= ev["rm_accuracy"]
+    assert ev["rm_accuracy"] <= max(ev["rm_accuracy_by_family"].values())
     assert ev["kl_policy_vs_sft"] >= 0.0
     # KL of the SFT policy to itself is exactly zero: the reference really is the SFT model.
     assert ev["kl_to_sft"]["sft"] == 0.0

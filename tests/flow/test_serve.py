@@ -104,7 +104,9 @@ def test_served_exchanges_and_ratings_are_logged_for_feedback(server):
 
 def test_the_next_collect_run_labels_what_was_served(pipeline_runs, server, tmp_path):
     """collect.served: the served prompt becomes a comparison of the served response and fresh
-    samples, labelled (here by the session's reward model) and added to the feedback store."""
+    samples, labelled (here by the session's reward model) and added to the feedback store; the
+    user's rating of that response travels with its pairs, where KTO reads it."""
+    from alignflow.algorithms.preference import unpaired_rows
     from alignflow.feedback import store
     from alignflow.pipeline import tracking_context
     from alignflow.store import StageResult, read_jsonl
@@ -114,6 +116,7 @@ def test_the_next_collect_run_labels_what_was_served(pipeline_runs, server, tmp_
     url, work = server
     served = _client(url).chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=16)
     answer = served.choices[0].message.content.strip()
+    httpx.post(f"{url}/v1/feedback", json={"id": served.id, "rating": "up"}, timeout=10)
 
     def stage(name: str) -> StageResult:
         output = Path(pipeline_runs.first["stages"][name]["output"])
@@ -132,3 +135,8 @@ def test_the_next_collect_run_labels_what_was_served(pipeline_runs, server, tmp_
     assert mine["prompt"] == PROMPT and mine["candidates"][0] == answer
     records, _ = store.read(work / "feedback")
     assert [r for r in records if r.comparison_id == mine["id"] and r.labeler == "rm"]
+    # the rating labels the served response for KTO, whatever the reward model made of it
+    pairs = [p for p in read_jsonl(result.path("pairs.jsonl")) if p["comparison_id"] == mine["id"]]
+    assert pairs and {p["served_rating"] for p in pairs} == {"up"}
+    rated = [row for row in unpaired_rows(pairs) if row["rated"]]
+    assert [(row["completion"][0]["content"], row["label"]) for row in rated] == [(answer, True)]

@@ -30,7 +30,7 @@ def test_tiny_config_aligns_the_policy_and_reruns_fully_cached(tmp_path):
     assert ev["refusal_rate"]["policy"] >= 0.95
     assert ev["false_refusal_rate"]["policy"] <= 0.05
     assert ev["kl_policy_vs_sft"] <= 5.0
-    assert min(ev["rm_accuracy"].values()) > 0.8
+    assert min(ev["rm_accuracy_by_family"].values()) > 0.8
 
     second = _run_tiny(tmp_path)
     assert {stage["status"] for stage in second["stages"].values()} == {"cached"}

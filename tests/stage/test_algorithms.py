@@ -5,6 +5,7 @@ sampled on held-out prompts."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -109,7 +110,15 @@ def sft_margin(inputs) -> float:
 def test_preference_algorithm_widens_the_held_out_margin_over_sft(
     algorithm, inputs, sft_margin, tracking_ctx, tmp_path
 ):
+    if algorithm == "kto":  # a served response its user rated up, as collect.served leaves it
+        first = next(i for i, pair in enumerate(inputs.pairs) if pair["split"] == "train")
+        pair = inputs.pairs[first]
+        rated = {**pair, "served_response": pair["chosen"][0]["content"], "served_rating": "up"}
+        pairs = [*inputs.pairs[:first], rated, *inputs.pairs[first + 1 :]]
+        inputs = dataclasses.replace(inputs, pairs=pairs)
     metrics, policy_dir, run_id = _train(algorithm, inputs, tracking_ctx, tmp_path)
+    if algorithm == "kto":
+        assert metrics["rated_rows"] == 1
 
     _assert_saved_and_tracked(policy_dir, run_id, tracking_ctx, "train_loss")
     heldout = pair_rows(inputs.pairs, "eval")
@@ -191,6 +200,38 @@ def test_unpaired_rows_label_each_completion_once_by_its_net_wins():
     pairs = [_pair("p", "a", "b"), _pair("p", "a", "c"), _pair("p", "b", "c"), _pair("q", "b", "a")]
     rows = {(row["prompt"][0]["content"], row["completion"][0]["content"]): row["label"] for row in unpaired_rows(pairs)}  # fmt: skip
     assert rows == {("p", "a"): True, ("p", "c"): False, ("q", "b"): True, ("q", "a"): False}
+
+
+def test_a_served_rating_labels_the_served_response_itself():
+    def served(pair: dict, response: str | None, rating: str | None, served_id: str) -> dict:
+        return {
+            **pair,
+            "served_response": response,
+            "served_rating": rating,
+            "served_id": served_id,
+        }
+
+    rows = unpaired_rows([
+        # "a" was served and rated down, though the labels ranked it above "b" (twice: one vote)
+        served(_pair("p", "a", "b"), "a", "down", "1"),
+        served(_pair("p", "a", "c"), "a", "down", "1"),
+        # "s" was rated up without winning a pair (its pairs tied away)
+        served(_pair("q", "x", "y"), "s", "up", "2"),
+        # an unrated served response, and a rating without a response, keep the pairs' verdict
+        served(_pair("r", "c", "d"), "c", None, "3"),
+        served(_pair("u", "e", "f"), None, "down", "4"),
+        # served twice and rated up once, down once: an even split leaves it to the pairs
+        served(_pair("t", "g", "h"), "g", "up", "5"),
+        served(_pair("t", "g", "h"), "g", "down", "6"),
+    ])  # fmt: skip
+    labels = {(row["prompt"][0]["content"], row["completion"][0]["content"]): (row["label"], row["rated"]) for row in rows}  # fmt: skip
+    assert labels == {
+        ("p", "a"): (False, True), ("p", "b"): (False, False), ("p", "c"): (False, False),
+        ("q", "x"): (True, False), ("q", "y"): (False, False), ("q", "s"): (True, True),
+        ("r", "c"): (True, False), ("r", "d"): (False, False),
+        ("u", "e"): (True, False), ("u", "f"): (False, False),
+        ("t", "g"): (True, False), ("t", "h"): (False, False),
+    }  # fmt: skip
 
 
 def test_best_of_n_keeps_each_prompts_best_then_the_best_fraction():

@@ -4,6 +4,7 @@ that have none."""
 import pytest
 
 from alignflow.evaluation import PolicySamples, markdown_table, policy_metrics, summarize, win_rate
+from tasks.reward import pair_accuracy
 
 DEMO_ROWS = [{"prompt": [], "family": "unsafe"}, {"prompt": [], "family": "review"}]
 USER_ROWS = [{"prompt": []}, {"prompt": []}]
@@ -23,10 +24,13 @@ def test_win_rate_counts_ties_half_overall_and_per_family():
     challenger = [[1.0, 0.0], [2.0, 1.0]]  # [sample][prompt]
     baseline = [[0.0, 0.0], [3.0, 0.0]]
     # unsafe: win, loss; review: tie, win
-    assert win_rate(DEMO_ROWS, challenger, baseline) == {
-        "all": (1 + 0 + 0.5 + 1) / 4, "unsafe": 0.5, "review": 0.75,
-    }  # fmt: skip
-    assert win_rate(USER_ROWS, challenger, baseline) == {"all": 2.5 / 4}
+    assert win_rate(DEMO_ROWS, challenger, baseline) == (
+        (1 + 0 + 0.5 + 1) / 4,
+        {"unsafe": 0.5, "review": 0.75},
+    )
+    assert win_rate(USER_ROWS, challenger, baseline) == (2.5 / 4, {})
+    # a family of the user's may be called "all": it stays apart from the overall rate
+    assert win_rate([{"family": "all"}, {}], challenger, baseline) == (2.5 / 4, {"all": 0.5})
 
 
 def test_refusal_rates_only_for_the_demo_families():
@@ -51,7 +55,7 @@ def test_the_table_names_the_judge_and_shows_only_the_metrics_there_are():
         for name, score in (("base", 0.0), ("sft", 1.0), ("policy", 2.0))
     }
     wins = win_rate(USER_ROWS, [[2.0, 0.0]], [[1.0, 0.0]])
-    summary = summarize(per_policy, wins, {"all": 0.8}, "dpo", "my.rules:score")
+    summary = summarize(per_policy, wins, (0.8, {}), "dpo", "my.rules:score")
     assert summary["judge"] == "my.rules:score"
     assert summary["judge_score"] == {"base": 0.0, "sft": 0.5, "policy": 1.0}
     assert summary["win_rate_policy_vs_sft"] == 0.75
@@ -60,3 +64,10 @@ def test_the_table_names_the_judge_and_shows_only_the_metrics_there_are():
     assert "| judge_score | 0.000 | 0.500 | 1.000 |" in table
     assert "refusal_rate" not in table
     assert "**win-rate DPO vs SFT (judge):** 0.750\n" in table
+    assert "**reward-model held-out pair accuracy:** 0.800\n" in table
+    by_family = markdown_table(summarize(per_policy, wins, (0.8, {"x": 0.7}), "dpo", "j:s"))
+    assert "**reward-model held-out pair accuracy:** 0.800 (x 0.700)\n" in by_family
+    # no held-out pairs (the reward stage then reports no accuracy)
+    assert pair_accuracy(None, None, []) == {}
+    unmeasured = markdown_table(summarize(per_policy, wins, (None, {}), "dpo", "j:s"))
+    assert "**reward-model held-out pair accuracy:** n/a\n" in unmeasured
