@@ -138,6 +138,16 @@ def policy_metrics(
     }
 
 
+def mean_by_family(rows: Sequence[dict], values: Sequence[float]) -> tuple[float, dict[str, float]]:
+    """The mean of `values` (one per row) over all rows and, for rows that carry a `family`, per
+    family: the overall figure kept apart, so a family may have any name."""
+    by_family: dict[str, list[float]] = {}
+    for row, value in zip(rows, values, strict=True):
+        if row.get("family") is not None:
+            by_family.setdefault(str(row["family"]), []).append(value)
+    return _mean(values), {family: _mean(group) for family, group in by_family.items()}
+
+
 def win_rate(
     rows: list[dict], challenger: list[list[float]], baseline: list[list[float]]
 ) -> tuple[float, dict[str, float]]:
@@ -146,15 +156,12 @@ def win_rate(
 
     Args: the judge's scores of each policy, [sample_index][prompt_index].
     """
-    overall: list[float] = []
-    by_family: dict[str, list[float]] = {}
-    for ours, theirs in zip(challenger, baseline, strict=True):
-        for row, a, b in zip(rows, ours, theirs, strict=True):
-            outcome = 1.0 if a > b else 0.5 if a == b else 0.0
-            overall.append(outcome)
-            if row.get("family") is not None:
-                by_family.setdefault(str(row["family"]), []).append(outcome)
-    return _mean(overall), {family: _mean(values) for family, values in by_family.items()}
+    outcomes = [
+        1.0 if a > b else 0.5 if a == b else 0.0
+        for ours, theirs in zip(challenger, baseline, strict=True)
+        for _, a, b in zip(rows, ours, theirs, strict=True)  # every sample scores every row
+    ]
+    return mean_by_family(rows * len(challenger), outcomes)
 
 
 def score_with_reward_model(reward_model, tokenizer, rows, samples: PolicySamples, batch_size):

@@ -33,6 +33,7 @@ def pair_accuracy(model, tokenizer, pairs: list[dict]) -> dict[str, float]:
     """Fraction of pairs where the chosen response outscores the rejected one: `accuracy` over
     all pairs and, for pairs that carry a `family`, `accuracy_<family>` per family; nothing
     without held-out pairs (the evaluation then says n/a)."""
+    from alignflow.evaluation import mean_by_family
     from alignflow.judges import reward_model_scores
 
     if not pairs:
@@ -44,15 +45,9 @@ def pair_accuracy(model, tokenizer, pairs: list[dict]) -> dict[str, float]:
     rejected = reward_model_scores(
         model, tokenizer, prompts, [p["rejected"][0]["content"] for p in pairs]
     )
-    hits = [good > bad for good, bad in zip(chosen, rejected, strict=True)]
-    by_family: dict[str, list[bool]] = {}
-    for pair, hit in zip(pairs, hits, strict=True):
-        if pair.get("family") is not None:
-            by_family.setdefault(str(pair["family"]), []).append(hit)
-    return {
-        "accuracy": sum(hits) / len(hits),
-        **{f"accuracy_{family}": sum(h) / len(h) for family, h in by_family.items()},
-    }
+    hits = [float(good > bad) for good, bad in zip(chosen, rejected, strict=True)]
+    overall, by_family = mean_by_family(pairs, hits)
+    return {"accuracy": overall, **{f"accuracy_{f}": value for f, value in by_family.items()}}
 
 
 MEMBER_METRICS = "member_metrics.json"

@@ -53,7 +53,8 @@ def unpaired_rows(pairs: list[dict]) -> list[dict]:
             ratings[key][str(pair.get("served_id"))] = vote  # one exchange, many pairs: one vote
             completion = [{"role": "assistant", "content": pair["served_response"]}]
             originals.setdefault(key, (pair["prompt"], completion))
-    rated = {key: sum(votes.values()) > 0 for key, votes in ratings.items() if sum(votes.values())}
+    tallies = {key: sum(votes.values()) for key, votes in ratings.items()}
+    rated = {key: tally > 0 for key, tally in tallies.items() if tally != 0}
     labels = {key: wins > 0 for key, wins in net_wins.items() if wins != 0} | rated
     return [
         {"prompt": originals[key][0], "completion": originals[key][1], "label": label,
