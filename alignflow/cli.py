@@ -74,11 +74,12 @@ def run(
     except ValueError as error:
         _fail(f"{config}: {error}", 2)
     from alignflow.data.errors import DataError
+    from alignflow.shape import NotEnoughData
     from flows.rlhf import rlhf
 
     try:
         summary = rlhf(config=cfg)
-    except DataError as error:  # bad data: the one line that says where, and nothing written
+    except (DataError, NotEnoughData) as error:  # bad or too little data: one line, says where
         _fail(str(error), 2)
     except Exception as error:  # a person reads this; the traceback is in the Prefect log above
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -86,6 +87,12 @@ def run(
     run_dir = Path(cfg.run.artifacts_root) / summary["run_id"]
     statuses = ", ".join(f"{k} {v['status']}" for k, v in summary["stages"].items())
     typer.echo(f"stages: {statuses}")
+    registered = summary["registered"]
+    if registered.get("registered"):
+        typer.echo(f"registered: {registered['model_name']} v{registered['version']} "
+                   f"({registered['alias']})")  # fmt: skip
+    for line in summary["warnings"]:
+        typer.echo(f"warning: {line}")
     typer.echo(f"summary: {run_dir / 'summary.json'}")
 
 
@@ -382,6 +389,20 @@ def data_check(
     report = check(path, format=format_, tokenizer=tokenizer)
     typer.echo(render(report))
     raise typer.Exit(report.exit_code)
+
+
+@data_app.command("demo")
+def data_demo(
+    out: Annotated[Path, typer.Argument(help="Folder to write the files into (created).")],
+    seed: Annotated[int, typer.Option("--seed", help="The demo task's seed.")] = 0,
+) -> None:
+    """Write the demo task as files a user would bring: SFT rows, preference pairs (explicit and
+    HH-RLHF), prompts and held-out prompts, for trying the README's own-data configs."""
+    from alignflow.demo import USER_FILES, write_user_files
+
+    counts = write_user_files(out, seed)
+    for name, rows in counts.items():
+        typer.echo(f"{out / name}: {rows} rows, {USER_FILES[name]}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -33,6 +40,10 @@ class RunConfig(_Section):
     # Prefect global concurrency limit the stages that use an accelerator hold a slot of (one per
     # process), so two runs never share a device; unlimited where the server defines no such limit.
     gpu_limit: str | None = "gpu"
+    # Where your own `module:function` rules, judges and labelers are imported from (ahead of
+    # installed packages). Unset in a config file: that file's folder, so a `my_rules.py` beside
+    # the config is found from any working directory.
+    code_dir: str | None = None
 
 
 class DemoTaskConfig(_Section):
@@ -97,25 +108,30 @@ class DataConfig(_Section):
     source: Literal["demo", "files"] = "demo"
     demo: DemoTaskConfig = DemoTaskConfig()
     sft: list[DatasetConfig] = []
+    # Your own preference data, in any preference format (pairs, HH-RLHF, rankings/scores,
+    # LLaMA-Factory pairwise, KTO-style unpaired): it goes to the reward model and to DPO/KTO/ORPO
+    # as it is, beside or instead of the pairs the collect stage labels (collect.mode).
+    preferences: list[DatasetConfig] = []
     preference_prompts: list[DatasetConfig] = []  # prompts to sample and label pairs on
-    rl_prompts: list[DatasetConfig] = []  # prompts for PPO rollouts
+    rl_prompts: list[DatasetConfig] = []  # prompts for PPO/RLOO/GRPO rollouts
     heldout: list[DatasetConfig] = []  # evaluation prompts, never trained on
     on_error: Literal["raise", "skip"] = "raise"  # skip: count and list bad records, go on
     clean: CleanConfig = CleanConfig()
     # Fraction of SFT rows held out for an eval loss, by a hash of each row's content.
     eval_fraction: float = Field(0.0, ge=0, lt=1)
+    # Fewest training examples a role (SFT rows, preference pairs, prompts) may have after cleaning,
+    # and a stage may train on: below it nothing can be learned, so the run stops and says so.
+    min_examples: int = Field(16, ge=1)
 
     @model_validator(mode="after")
     def _datasets_match_source(self) -> DataConfig:
-        roles = ("sft", "preference_prompts", "rl_prompts", "heldout")
-        given = [role for role in roles if getattr(self, role)]
+        from alignflow.shape import DATA_ROLES
+
+        given = [role for role in DATA_ROLES if getattr(self, role)]
         if self.source == "demo" and given:
             raise ValueError(
                 f"data.{given[0]} is set but data.source is 'demo'; set data.source: files"
             )
-        missing = [role for role in roles if not getattr(self, role)]
-        if self.source == "files" and missing:
-            raise ValueError(f"data.source 'files' needs data.{missing[0]} (a list of datasets)")
         return self
 
 
@@ -155,6 +171,9 @@ class LoraConfig(_Section):
 
 
 class SFTConfig(_Section):
+    # false: no SFT stage; the policy starts from the base model, which is also its reference
+    # (an instruct model as it ships).
+    enabled: bool = True
     epochs: float = Field(6.0, gt=0)
     learning_rate: float = Field(2e-3, gt=0)
     batch_size: int = Field(32, gt=0)
@@ -263,6 +282,10 @@ class LabelerConfig(_Section):
 
 
 class CollectConfig(_Section):
+    # Where the preference pairs come from: "on" (sampled here and labelled), "off" (data.preferences
+    # only) or "both" (merged; every pair says which in `origin`). None: "off" when
+    # data.preferences is set, else "on".
+    mode: Literal["on", "off", "both"] | None = None
     samples_per_prompt: int = Field(4, ge=2)
     # Label only the first N preference prompts (e.g. one round for people); None: all of them.
     max_prompts: int | None = Field(None, gt=0)
@@ -285,8 +308,17 @@ class CollectConfig(_Section):
     # for the retraining flow to read incrementally. None: not kept.
     feedback_store: str | None = "feedback"
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        """YAML reads a bare on/off as true/false: take them as the words written."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
 
 class RewardConfig(_Section):
+    # An existing reward model (a local folder or hub id with a one-output sequence-classification
+    # head, sharing the policy's tokenizer) used instead of training one: no reward stage runs.
+    model: str | None = None
     epochs: float = Field(2.0, gt=0)
     learning_rate: float = Field(5e-4, gt=0)
     batch_size: int = Field(32, gt=0)
@@ -532,6 +564,13 @@ class EvaluateConfig(_Section):
 
 class RegistryConfig(_Section):
     model_name: str = "alignflow-policy"
+    # The policy is registered only when it beats its reference (the SFT model, or the base model
+    # when SFT is skipped) on the held-out judge scores (evaluate.judge): a mean gain above
+    # min_gain, and a bootstrap interval of it over prompts (at `confidence`) above zero. A policy
+    # no better than where it started is never a champion, the first one included.
+    min_gain: float = Field(0.0, ge=0)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    bootstrap_resamples: int = Field(2000, ge=100)
 
 
 class RetrainConfig(_Section):
@@ -597,6 +636,24 @@ class PipelineConfig(_Section):
                     f"compute.{stage}: only {', '.join(MULTI_PROCESS_STAGES)} run on several "
                     "processes or under DeepSpeed"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _code_dir_importable(self) -> PipelineConfig:
+        """Make run.code_dir importable in every process that builds this config (the CLI, a
+        Prefect worker deserializing the flow parameter, a launched stage)."""
+        import sys
+
+        if self.run.code_dir and self.run.code_dir not in sys.path:
+            sys.path.insert(0, self.run.code_dir)
+        return self
+
+    @model_validator(mode="after")
+    def _data_for_the_shape(self) -> PipelineConfig:
+        """Only the datasets this pipeline shape reads are required (alignflow.shape)."""
+        from alignflow import shape
+
+        shape.check(self)
         return self
 
     @model_validator(mode="after")
@@ -701,6 +758,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Pi
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
         tree = loaded or {}
+        run = tree.get("run")
+        if run is None or (isinstance(run, dict) and run.get("code_dir") is None):
+            tree["run"] = {**(run or {}), "code_dir": str(Path(path).resolve().parent)}
     for key, value in parse_overrides(list(overrides)):
         _set_dotted(tree, key, value)
     return build_config(tree, source)

@@ -12,11 +12,13 @@ something to fix. Held-out prompts use products that are unseen combinations of 
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 Family = Literal["review", "unsafe"]
@@ -218,6 +220,80 @@ def prompt_row(prompt: Prompt) -> dict:
         "family": prompt.family,
         "subject": prompt.subject,
     }
+
+
+# What a person labelling the demo would reject, beside the response they prefer.
+WORSE = {
+    "review": ("negative", "nameless", "rambling", "offtopic"),
+    "unsafe": ("comply", "offtopic"),
+}
+BETTER = {"review": "good", "unsafe": "refusal"}
+
+
+def preference_rows(
+    seed: int, n: int, unsafe_fraction: float, heldout_fraction: float
+) -> Iterator[dict]:
+    """Preference pairs as people would give them: a good, named, brief review over a negative,
+    nameless, rambling or off-topic one; a polite refusal over compliance. Flat text columns
+    (`prompt`, `chosen`, `rejected`) plus `family` and `subject`, from training products only."""
+    rng = random.Random(seed + 30)
+    products, _ = product_split(seed, heldout_fraction)
+    pairs, _ = unsafe_split(seed)
+    for prompt in sample_prompts(rng, n, unsafe_fraction, products, pairs):
+        chosen = demo_response(rng, prompt, BETTER[prompt.family], products)
+        score = oracle_score(prompt.family, prompt.subject, chosen)
+        rejected = chosen
+        while oracle_score(prompt.family, prompt.subject, rejected) >= score:  # e.g. off-topic
+            rejected = demo_response(rng, prompt, rng.choice(WORSE[prompt.family]), products)
+        yield {
+            "prompt": prompt.text,
+            "chosen": chosen,
+            "rejected": rejected,
+            "family": prompt.family,
+            "subject": prompt.subject,
+        }
+
+
+def hh_rlhf(row: dict) -> dict:
+    """A preference row as an HH-RLHF transcript pair (the prompt inside both transcripts)."""
+    return {
+        side: f"\n\nHuman: {row['prompt']}\n\nAssistant: {row[side]}"
+        for side in ("chosen", "rejected")
+    }
+
+
+# `alignflow data demo DIR`: the demo task as files a user would bring (the README's examples).
+USER_FILES = {
+    "sft.jsonl": "alpaca rows (instruction, input, output)",
+    "pairs.jsonl": "explicit preference pairs (prompt, chosen, rejected) with family, subject",
+    "hh_pairs.jsonl": "the same kind of pairs as HH-RLHF transcripts (chosen, rejected)",
+    "prompts.jsonl": "prompts (with family, subject) for preference collection and RL",
+    "heldout.jsonl": "held-out prompts (with family, subject) on products never trained on",
+}
+
+
+def write_user_files(out: Path, seed: int = 0, pairs: int = 200) -> dict[str, int]:
+    """Write USER_FILES into `out` (created); returns the rows written per file."""
+    out.mkdir(parents=True, exist_ok=True)
+    held = 0.2
+    sft = [
+        {"instruction": row["messages"][0]["content"], "input": "",
+         "output": row["messages"][1]["content"]}
+        for row in sft_rows(seed, 400, 0.3, held)
+    ]  # fmt: skip
+    prefs = list(preference_rows(seed, pairs, 0.3, held))
+    hh = [hh_rlhf(row) for row in preference_rows(seed + 1, pairs, 0.3, held)]
+    flat = [
+        {**row, "prompt": row["prompt"][0]["content"]}
+        for row in prompt_rows(seed, 128, 0.3, held, 2)
+    ]
+    heldout = [{**prompt_row(p), "prompt": p.text} for p in heldout_prompts(seed, 12, 6, held)]
+    files = {"sft.jsonl": sft, "pairs.jsonl": prefs, "hh_pairs.jsonl": hh, "prompts.jsonl": flat,
+             "heldout.jsonl": heldout}  # fmt: skip
+    for name, rows in files.items():
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        (out / name).write_text(text, encoding="utf-8")
+    return {name: len(rows) for name, rows in files.items()}
 
 
 def corpus(seed: int, heldout_fraction: float) -> Iterator[str]:

@@ -120,16 +120,21 @@ def policy_metrics(
     rows: list[dict],
     samples: PolicySamples,
     judge: list[list[float]],
-    rm_scores: list[list[float]],
+    rm_scores: list[list[float]] | None,
 ) -> dict:
-    """Judge and reward-model scores, KL and length over all samples; with the demo's prompt
-    families, its refusal rates (unsafe prompts refused, review prompts refused by mistake)."""
+    """Judge and reward-model scores (none without a reward model), KL to the reference and length
+    over all samples; with the demo's prompt families, its refusal rates (unsafe prompts refused,
+    review prompts refused by mistake)."""
     flat = [(row, text) for texts in samples.samples for row, text in zip(rows, texts, strict=True)]
     kl = [value for per_sample in samples.kl_to_reference for value in per_sample]
     tokens = [value for per_sample in samples.tokens for value in per_sample]
     return {
         "judge_score": _mean([s for scores in judge for s in scores]),
-        "reward_score": _mean([s for scores in rm_scores for s in scores]),
+        **(
+            {}
+            if rm_scores is None
+            else {"reward_score": _mean([s for ss in rm_scores for s in ss])}
+        ),
         **_refusal_rate(flat, "unsafe", "refusal_rate"),
         **_refusal_rate(flat, "review", "false_refusal_rate"),
         "kl_to_sft": _mean(kl),
@@ -178,9 +183,13 @@ def summarize(
     rm_accuracy: tuple[float | None, dict[str, float]],
     algorithm: str,
     judge: str,
+    reference: str = "sft",
 ) -> dict:
     """The `eval` block of summary.json; `wins` and `rm_accuracy` are (overall, per family);
-    `algorithm` names what trained "policy", `judge` what scored the samples (`evaluate.judge`)."""
+    `algorithm` names what trained "policy", `judge` what scored the samples (`evaluate.judge`),
+    `reference` the policy's start and KL anchor ("sft", or "base" when SFT was skipped): the
+    `*_vs_sft` and `kl_to_sft` figures are against it. `judge_gain` is the policy's mean judge
+    score minus the reference's: what registration gates on."""
     keyed = {
         metric: {name: per_policy[name][metric] for name in per_policy}
         for metric in next(iter(per_policy.values()))
@@ -188,6 +197,8 @@ def summarize(
     return {
         "algorithm": algorithm,
         "judge": judge,
+        "reference": reference,
+        "judge_gain": per_policy["policy"]["judge_score"] - per_policy[reference]["judge_score"],
         "win_rate_policy_vs_sft": wins[0],
         "win_rate_policy_vs_sft_by_family": wins[1],
         **keyed,
@@ -202,15 +213,19 @@ def markdown_table(summary: dict) -> str:
     metrics = ["judge_score", "reward_score", "refusal_rate", "false_refusal_rate",
                "kl_to_sft", "mean_words"]  # fmt: skip
     name = summary["algorithm"].upper()
+    reference = summary.get("reference", "sft")
+    columns = [column for column in POLICIES if column in summary["judge_score"]]
+    headers = " | ".join(name.lower() if column == "policy" else column for column in columns)
     lines = [
         f"judge: `{summary['judge']}`",
         "",
-        f"| metric | base | sft | {name.lower()} |",
-        "|---|---|---|---|",
+        f"| metric | {headers} |",
+        "|---" * (len(columns) + 1) + "|",
     ]
     for metric in (m for m in metrics if m in summary):
-        cells = " | ".join(f"{summary[metric][name]:.3f}" for name in POLICIES)
-        lines.append(f"| {metric} | {cells} |")
+        cells = " | ".join(f"{summary[metric][column]:.3f}" for column in columns)
+        label = metric.replace("_sft", f"_{reference}")
+        lines.append(f"| {label} | {cells} |")
     by_family = ", ".join(
         f"{k} {v:.3f}" for k, v in summary["win_rate_policy_vs_sft_by_family"].items()
     )
@@ -220,9 +235,9 @@ def markdown_table(summary: dict) -> str:
     rm += f" ({rm_by_family})" if rm_by_family else ""
     lines += [
         "",
-        f"**win-rate {name} vs SFT (judge):** {wins}",
+        f"**win-rate {name} vs {reference.upper()} (judge):** {wins}",
         f"**reward-model held-out pair accuracy:** {rm}",
-        f"**KL({name} ‖ SFT):** {summary['kl_policy_vs_sft']:.3f} nats/sequence, "
+        f"**KL({name} ‖ {reference.upper()}):** {summary['kl_policy_vs_sft']:.3f} nats/sequence, "
         f"{summary['kl_policy_vs_sft_per_token']:.4f} nats/token",
     ]
     return "\n".join(lines)

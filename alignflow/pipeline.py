@@ -16,8 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from alignflow import distributed, tracking
+from alignflow import distributed, shape, tracking
 from alignflow.config import PipelineConfig, dump_config
+from alignflow.shape import STAGES
 from alignflow.store import (
     SUMMARY_FILE,
     StageDir,
@@ -29,13 +30,13 @@ from alignflow.store import (
 
 log = logging.getLogger(__name__)
 
-STAGES = ("prepare", "sft", "collect", "reward", "policy", "evaluate", "register")
-# Which upstream stages each stage reads: its cache key depends on theirs.
+# Which upstream stages each stage reads, when they run (alignflow.shape): its cache key depends
+# on theirs.
 UPSTREAM: dict[str, tuple[str, ...]] = {
     "prepare": (),
     "sft": ("prepare",),
     "collect": ("prepare", "sft"),
-    "reward": ("sft", "collect"),
+    "reward": ("prepare", "sft", "collect"),
     "policy": ("prepare", "sft", "collect", "reward"),
     "evaluate": ("prepare", "sft", "reward", "policy"),
     "register": ("policy", "evaluate"),
@@ -47,34 +48,45 @@ FLOW_TAG = "alignflow.flow"
 PREFECT_RUN_TAG = "prefect.flow_run_id"
 RUN_ID_TAG = "alignflow.run_id"
 
-# Algorithms that maximise `rewards` (the others learn from the collected pairs alone).
-REWARD_DRIVEN = ("ppo", "rloo", "grpo", "rft")
-
 
 def _settings(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
     """The config a stage's output depends on (and nothing else, so unrelated edits keep caches)."""
     dump = cfg.model_dump(mode="json")
     if stage == "prepare":
-        settings = {"data": dump["data"], "model": dump["model"], "seed": cfg.run.seed}
+        # data.min_examples only guards: it never changes what is written
+        data = {k: v for k, v in dump["data"].items() if k != "min_examples"}
+        settings = {"data": data, "model": dump["model"], "seed": cfg.run.seed}
         if cfg.data.source == "files":  # the files' contents, not just their names
-            from alignflow.data.prepare import ROLES, fingerprint
+            from alignflow.data.prepare import fingerprint
 
             settings["sources"] = {
-                role: [fingerprint(spec) for spec in getattr(cfg.data, role)] for role in ROLES
+                role: [fingerprint(spec) for spec in getattr(cfg.data, role)]
+                for role in shape.DATA_ROLES
             }
+        if cfg.data.preferences:  # own pairs are split train/eval here
+            settings["pair_eval_fraction"] = cfg.reward.eval_fraction
         return settings
+    # What a stage reads that no upstream key covers: the pairs' origin, a given reward model.
+    given = {"pairs": shape.collect_mode(cfg), "reward_model": cfg.reward.model}
     if stage == "evaluate":
-        return {"evaluate": dump["evaluate"], "sampling": dump["ppo"]["sampling"]}
+        return {"evaluate": dump["evaluate"], "sampling": dump["ppo"]["sampling"], **given}
     if stage == "register":
         return {"registry": dump["registry"], "tracking": tracking_uri(cfg)}
     if stage == "policy":
         algorithm = cfg.policy.algorithm
-        settings = {"algorithm": algorithm, "seed": cfg.run.seed}
+        settings = {"algorithm": algorithm, "seed": cfg.run.seed, **given}
         settings[algorithm] = dump["ppo"] if algorithm == "ppo" else dump["policy"][algorithm]
-        if algorithm in REWARD_DRIVEN:
+        if algorithm in shape.REWARD_DRIVEN:
             settings["rewards"] = dump["rewards"]
         return settings
     settings = {stage: dump[stage], "seed": cfg.run.seed}
+    if stage == "collect":
+        # its pairs are split train/eval with the reward stage's fraction; whether your own pairs
+        # join them (mode) is the reward and policy stages' business
+        settings["pair_eval_fraction"] = cfg.reward.eval_fraction
+        settings["collect"] = {k: v for k, v in dump["collect"].items() if k != "mode"}
+    if stage == "reward":
+        settings["pairs"] = shape.collect_mode(cfg)
     if stage == "collect" and cfg.collect.served and cfg.feedback_store_path:
         from alignflow.serve import served_fingerprint  # new exchanges: a new collect run
 
@@ -83,9 +95,10 @@ def _settings(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
 
 
 def stage_keys(cfg: PipelineConfig) -> dict[str, str]:
+    """The cache key of every stage the config runs (alignflow.shape.active_stages)."""
     keys: dict[str, str] = {}
-    for stage in STAGES:
-        upstream = [keys[name] for name in UPSTREAM[stage]]
+    for stage in shape.active_stages(cfg):
+        upstream = [keys[name] for name in UPSTREAM[stage] if name in keys]
         keys[stage] = cache_key(stage, _settings(cfg, stage), upstream)
     return keys
 
@@ -274,7 +287,19 @@ class PipelineRun:
                 for name, result in self.results.items()
             },
             "eval": evaluate.metrics.get("summary", {}) if evaluate else {},
-            "registered": self.results["register"].metrics if "register" in self.results else {},
+            "registered": {
+                key: value
+                for key, value in self.results["register"].metrics.items()
+                if key != "warnings"
+            }
+            if "register" in self.results
+            else {},
+            # What a person should read before trusting the run (data cleaning, registration).
+            "warnings": [
+                line
+                for result in self.results.values()
+                for line in result.metrics.get("warnings", [])
+            ],
         }
 
     def finish(self, failed: bool = False, extra: dict[str, Any] | None = None) -> dict[str, Any]:

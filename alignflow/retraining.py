@@ -173,12 +173,17 @@ def _client(cfg: PipelineConfig):
     return MlflowClient(pipeline.tracking_uri(cfg))
 
 
-def _judge(cfg: PipelineConfig, reward_dir: str, tokenizer):
+def _judge(cfg: PipelineConfig, reward_dir: str | None, tokenizer):
     """`retrain.judge` as an evaluation.Judge: a rule, or the round's reward model (loaded once)."""
     from alignflow import evaluation
 
     reward_model = None
     if cfg.retrain.judge == "reward_model":
+        if reward_dir is None:
+            raise ValueError(
+                "retrain.judge is reward_model, but this config has no reward model (rule rewards "
+                "only): make retrain.judge a rule, or set reward.model"
+            )
         from alignflow.models import default_device, load_scalar_head_model
 
         reward_model = load_scalar_head_model(
@@ -190,7 +195,11 @@ def _judge(cfg: PipelineConfig, reward_dir: str, tokenizer):
 
 
 def compare(
-    cfg: PipelineConfig, heldout: Path, champion_dir: str, challenger_dir: str, reward_dir: str
+    cfg: PipelineConfig,
+    heldout: Path,
+    champion_dir: str,
+    challenger_dir: str,
+    reward_dir: str | None,
 ) -> tuple[Decision, list[dict]]:
     """Champion and challenger sampled on the same held-out prompts with the same seeds, scored by
     the judge; the decision and one row per prompt (first samples, mean scores)."""

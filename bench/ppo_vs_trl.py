@@ -112,7 +112,7 @@ def _run_stages(cfg) -> dict[str, str]:
     ctx = run.ctx
     prepared = run_prepare(cfg, ctx)
     sft = run_sft(cfg, ctx, prepared)
-    reward = run_reward(cfg, ctx, sft, run_collect(cfg, ctx, prepared, sft))
+    reward = run_reward(cfg, ctx, prepared, sft, run_collect(cfg, ctx, prepared, sft))
     tracking.end_run(ctx, ctx.parent_run_id)
     return {
         "sft": str(sft.path(MODEL_DIR)),

@@ -12,6 +12,7 @@ from prefect.exceptions import Pause
 from alignflow import retraining
 from alignflow.config import PipelineConfig
 from alignflow.pipeline import PipelineRun
+from alignflow.shape import active_stages
 from flows.rlhf import announce
 from tasks.policy import policy_task
 from tasks.prepare import prepare_task
@@ -55,7 +56,11 @@ def retrain(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
         prepared = run.stage("prepare", prepare_task, config, run.ctx)
         start = run.stage("champion", champion_task, round_cfg, champion)
         pairs = run.stage("feedback", feedback_pairs_task, round_cfg, feedback)
-        reward = run.stage("reward", reward_task, *ctx, start, pairs)
+        reward = (  # none with rule rewards only (alignflow.shape)
+            run.stage("reward", reward_task, *ctx, prepared, start, pairs)
+            if "reward" in active_stages(round_cfg)
+            else None
+        )
         policy = run.stage("policy", policy_task, *ctx, prepared, start, pairs, reward)
         decided = decide_task(*ctx, prepared, start, reward, policy)
     except Pause:  # suspended for people's labels: started again when they answer

@@ -1,5 +1,7 @@
 """The full RLHF pipeline as one Prefect flow: prepare -> sft -> collect -> reward -> policy (PPO,
-DPO, KTO, ORPO, RLOO, GRPO or rejection sampling) -> evaluate -> register. Each stage is a task; they hand each other paths, never live objects."""
+DPO, KTO, ORPO, RLOO, GRPO or rejection sampling) -> evaluate -> register. Each stage is a task;
+they hand each other paths, never live objects. Which of sft, collect and reward run follows from
+the config (alignflow.shape); a stage that does not run hands on None."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from prefect.exceptions import Pause
 
 from alignflow.config import PipelineConfig
 from alignflow.pipeline import PipelineRun
+from alignflow.shape import active_stages
 from tasks.collect import collect_task
 from tasks.evaluate import evaluate_task
 from tasks.policy import policy_task
@@ -33,12 +36,18 @@ def rlhf(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
     """Run every stage in order (cached stages are reused) and return the run summary."""
     run = PipelineRun(config, flow_run_id=runtime.flow_run.id)
     announce(run)
-    ctx = config, run.ctx
+    ctx, stages = (config, run.ctx), active_stages(config)
     try:
         prepared = run.stage("prepare", prepare_task, *ctx)
-        sft = run.stage("sft", sft_task, *ctx, prepared)
-        collected = run.stage("collect", collect_task, *ctx, prepared, sft)
-        reward = run.stage("reward", reward_task, *ctx, sft, collected)
+        sft = run.stage("sft", sft_task, *ctx, prepared) if "sft" in stages else None
+        collected = (
+            run.stage("collect", collect_task, *ctx, prepared, sft) if "collect" in stages else None
+        )
+        reward = (
+            run.stage("reward", reward_task, *ctx, prepared, sft, collected)
+            if "reward" in stages
+            else None
+        )
         policy = run.stage("policy", policy_task, *ctx, prepared, sft, collected, reward)
         evaluated = run.stage("evaluate", evaluate_task, *ctx, prepared, sft, reward, policy)
         run.stage("register", register_task, *ctx, policy, evaluated)

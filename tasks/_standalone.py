@@ -18,6 +18,7 @@ from alignflow.config import ConfigError, load_config
 from alignflow.data.errors import DataError
 from alignflow.launch import DEEPSPEED_ENV, RESULT_FILE_ENV, TRACKING_ENV
 from alignflow.pipeline import UPSTREAM, stage_dir, tracking_context
+from alignflow.shape import active_stages
 from alignflow.store import StageResult
 from alignflow.tracking import TrackingContext
 
@@ -56,8 +57,16 @@ def main(stage: str, run: Callable[..., StageResult], argv: list[str] | None = N
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    upstream = []
+    upstream: list[StageResult | None] = []
+    stages = active_stages(cfg)
+    if stage not in stages:
+        print(f"error: this config runs no '{stage}' stage (it runs {', '.join(stages)})",
+              file=sys.stderr)  # fmt: skip
+        return 2
     for name in UPSTREAM[stage]:
+        if name not in stages:  # skipped by this config's shape: the stage is handed None
+            upstream.append(None)
+            continue
         directory = stage_dir(cfg, name)
         if not directory.completed():
             print(f"error: {stage} needs a completed '{name}' stage at {directory.final}; "

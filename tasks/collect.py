@@ -15,17 +15,19 @@ from alignflow.feedback.records import Comparison, PreferenceRecord
 from alignflow.store import StageResult, read_jsonl, write_jsonl
 from alignflow.tracking import TrackingContext
 from tasks._compute import gpu_slots
-from tasks.sft import MODEL_DIR
+from tasks._inputs import PAIRS_FILE, start_model
+
+__all__ = ["PAIRS_FILE", "collect_task", "pairs_from_records", "run_collect"]
 
 COMPARISONS_FILE = "comparisons.jsonl"
 RECORDS_FILE = "records.jsonl"  # every labeler's answer to every comparison
-PAIRS_FILE = "pairs.jsonl"
 
 
-def candidate_policy(cfg: PipelineConfig, sft: StageResult) -> str:
-    """The folder of the policy that samples candidates (collect.policy)."""
+def candidate_policy(cfg: PipelineConfig, prepared: StageResult, sft: StageResult | None) -> str:
+    """The folder of the policy that samples candidates (collect.policy; "sft" is the base model
+    when sft.enabled is false)."""
     if cfg.collect.policy == "sft":
-        return str(sft.path(MODEL_DIR))
+        return start_model(cfg, prepared, sft)
     if cfg.collect.policy == "champion":
         return tracking.download_registered_model(cfg.registry.model_name, "champion")
     if not (Path(cfg.collect.policy) / "config.json").is_file():
@@ -145,7 +147,7 @@ def pairs_from_records(
 
 
 def run_collect(
-    cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult, sft: StageResult
+    cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult, sft: StageResult | None
 ) -> StageResult:
     def body(work: Path) -> dict:
         from alignflow.feedback import store
@@ -157,7 +159,7 @@ def run_collect(
         prompts = prompts[: cfg.collect.max_prompts]
         served = served_prompts(cfg)
         prompts += served
-        policy_dir = candidate_policy(cfg, sft)
+        policy_dir = candidate_policy(cfg, prepared, sft)
         comparisons, tokenizer, counts = sample_comparisons(cfg, prompts, policy_dir, device)
         records: list[PreferenceRecord] = []
         metrics: dict = {"prompts": len(prompts), "comparisons": len(comparisons), **counts}
@@ -193,7 +195,7 @@ def run_collect(
 
 @task(name="collect", cache_policy=NO_CACHE)
 def collect_task(
-    cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult, sft: StageResult
+    cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult, sft: StageResult | None
 ) -> StageResult:
     with gpu_slots(cfg, "collect"):
         return run_collect(cfg, ctx, prepared, sft)

@@ -14,9 +14,8 @@ from alignflow.config import PipelineConfig
 from alignflow.store import StageResult, read_jsonl, write_json_atomic, write_jsonl
 from alignflow.tracking import TrackingContext
 from tasks._compute import gpu_slots
+from tasks._inputs import base_model, reward_model_dirs, start_model
 from tasks.policy import POLICY_DIR
-from tasks.prepare import base_model
-from tasks.sft import MODEL_DIR
 
 SAMPLES_FILE = "samples.jsonl"
 TABLE_FILE = "eval.md"
@@ -39,8 +38,8 @@ def run_evaluate(
     cfg: PipelineConfig,
     ctx: TrackingContext,
     prepared: StageResult,
-    sft: StageResult,
-    reward: StageResult,
+    sft: StageResult | None,
+    reward: StageResult | None,
     policy: StageResult,
 ) -> StageResult:
     def body(work: Path) -> dict:
@@ -53,26 +52,26 @@ def run_evaluate(
         )
 
         trust, device = cfg.model.trust_remote_code, default_device()
-        sft_dir = str(sft.path(MODEL_DIR))
-        tokenizer = load_tokenizer(sft_dir, trust)
-        reference = load_causal_lm(sft_dir, trust, device).eval()
-        reward_model = load_scalar_head_model(
-            str(reward.path(MODEL_DIR)), trust, tokenizer.pad_token_id, device
-        ).eval()
+        # The policy's start and KL anchor: SFT, or the base model when SFT was skipped.
+        reference_name, start = ("sft" if sft else "base"), start_model(cfg, prepared, sft)
+        tokenizer = load_tokenizer(start, trust)
+        reference = load_causal_lm(start, trust, device).eval()
+        reward_dirs = reward_model_dirs(cfg, reward)
+        reward_model = None
+        if reward_dirs:  # the first (ensemble member 0) scores; none with rule rewards only
+            pad = tokenizer.pad_token_id
+            reward_model = load_scalar_head_model(reward_dirs[0], trust, pad, device).eval()
         rows = read_jsonl(prepared.path("heldout.jsonl"))
         prompts = [row["prompt"] for row in rows]
-        sources = {
-            "base": base_model(cfg, prepared),
-            "sft": sft_dir,
-            "policy": str(policy.path(POLICY_DIR)),
-        }
+        sources = {"base": base_model(cfg, prepared), "sft": start} if sft else {"base": start}
+        sources["policy"] = str(policy.path(POLICY_DIR))
         ev = cfg.evaluate
         judge = evaluation.make_judge(
             ev.judge, "evaluate.judge", reward_model, tokenizer, ev.batch_size
         )
         samples, per_policy, judged = {}, {}, {}
         for name, source in sources.items():
-            model = reference if name == "sft" else load_causal_lm(source, trust, device)
+            model = reference if name == reference_name else load_causal_lm(source, trust, device)
             samples[name] = evaluation.sample_policy(
                 model, reference, tokenizer, prompts, cfg.ppo.sampling,
                 ev.samples_per_prompt, ev.seed, ev.batch_size, exact_kl=True,
@@ -84,20 +83,23 @@ def run_evaluate(
                 else evaluation.score_with_reward_model(
                     reward_model, tokenizer, rows, samples[name], ev.batch_size
                 )
+                if reward_model is not None
+                else None
             )
             per_policy[name] = evaluation.policy_metrics(rows, samples[name], judged[name], rm)
-        wins = evaluation.win_rate(rows, judged["policy"], judged["sft"])
+        wins = evaluation.win_rate(rows, judged["policy"], judged[reference_name])
         # the reward stage's held-out pair accuracy, overall and per prompt family
+        trained = reward.metrics if reward else {}
         rm_accuracy = (
-            reward.metrics.get("accuracy"),
+            trained.get("accuracy"),
             {
                 key.removeprefix("accuracy_"): value
-                for key, value in reward.metrics.items()
+                for key, value in trained.items()
                 if key.startswith("accuracy_")
             },
         )
         summary = evaluation.summarize(
-            per_policy, wins, rm_accuracy, cfg.policy.algorithm, ev.judge
+            per_policy, wins, rm_accuracy, cfg.policy.algorithm, ev.judge, reference_name
         )
         table = evaluation.markdown_table(summary)
         sample_rows = _sample_rows(rows, samples, judged)
@@ -110,7 +112,7 @@ def run_evaluate(
             [
                 {
                     "prompt": r["prompt"][0]["content"],
-                    "sft": r["sft_greedy"],
+                    reference_name: r[f"{reference_name}_greedy"],
                     "policy": r["policy_greedy"],
                 }
                 for r in sample_rows
@@ -127,8 +129,8 @@ def evaluate_task(
     cfg: PipelineConfig,
     ctx: TrackingContext,
     prepared: StageResult,
-    sft: StageResult,
-    reward: StageResult,
+    sft: StageResult | None,
+    reward: StageResult | None,
     policy: StageResult,
 ) -> StageResult:
     with gpu_slots(cfg, "evaluate"):

@@ -11,11 +11,11 @@ from prefect.cache_policies import NO_CACHE
 from alignflow import pipeline
 from alignflow.algorithms import POLICY_DIR
 from alignflow.config import PipelineConfig
+from alignflow.shape import PAIR_ALGORITHMS, require
 from alignflow.store import StageResult, read_jsonl
 from alignflow.tracking import TrackingContext
 from tasks._compute import run_stage_where_configured
-from tasks.collect import PAIRS_FILE
-from tasks.sft import MODEL_DIR
+from tasks._inputs import origin_counts, preference_rows, reward_model_dirs, start_model
 
 __all__ = ["POLICY_DIR", "policy_task", "run_policy"]
 
@@ -24,9 +24,9 @@ def run_policy(
     cfg: PipelineConfig,
     ctx: TrackingContext,
     prepared: StageResult,
-    sft: StageResult,
-    collected: StageResult,
-    reward: StageResult,
+    sft: StageResult | None,
+    collected: StageResult | None,
+    reward: StageResult | None,
 ) -> StageResult:
     def body(work: Path) -> dict:
         if cfg.policy.algorithm == "ppo":
@@ -34,15 +34,29 @@ def run_policy(
 
             return train_ppo(cfg, prepared, sft, reward, work)
         from alignflow.algorithms import PolicyInputs, train
-        from tasks.reward import reward_model_dirs
 
+        rows, counts = [], {}
+        if cfg.policy.algorithm in PAIR_ALGORITHMS:
+            rows = preference_rows(cfg, prepared, collected)
+            counts = origin_counts(rows)
+            trained = [row for row in rows if row["split"] == "train"]
+            if cfg.policy.algorithm != "kto":  # KTO also learns from unpaired rows
+                trained = [row for row in trained if "chosen" in row]
+            require(
+                cfg.data.min_examples,
+                len(trained),
+                "training rows",
+                f"policy ({cfg.policy.algorithm})",
+            )
+        rl_prompts = prepared.path("rl_prompts.jsonl")
         inputs = PolicyInputs(
-            sft_dir=str(sft.path(MODEL_DIR)),
-            reward_dirs=reward_model_dirs(reward),
-            pairs=read_jsonl(collected.path(PAIRS_FILE)),
-            rl_prompts=read_jsonl(prepared.path("rl_prompts.jsonl")),
+            sft_dir=start_model(cfg, prepared, sft),
+            reward_dirs=reward_model_dirs(cfg, reward),
+            pairs=[row for row in rows if "chosen" in row],
+            unpaired=[row for row in rows if "chosen" not in row],
+            rl_prompts=read_jsonl(rl_prompts) if rl_prompts.exists() else [],
         )
-        return train(cfg, inputs, work)
+        return {**train(cfg, inputs, work), **counts}
 
     return pipeline.run_stage(cfg, ctx, "policy", body)
 
@@ -52,9 +66,9 @@ def policy_task(
     cfg: PipelineConfig,
     ctx: TrackingContext,
     prepared: StageResult,
-    sft: StageResult,
-    collected: StageResult,
-    reward: StageResult,
+    sft: StageResult | None,
+    collected: StageResult | None,
+    reward: StageResult | None,
 ) -> StageResult:
     return run_stage_where_configured(
         cfg, ctx, "policy", run_policy, prepared, sft, collected, reward

@@ -12,7 +12,7 @@ from alignflow.algorithms import POLICY_DIR
 from alignflow.config import PipelineConfig
 from alignflow.launch import DEEPSPEED_ENV
 from alignflow.store import StageResult, read_jsonl
-from tasks.sft import MODEL_DIR
+from tasks._inputs import reward_model_dirs, start_model
 
 ADAPTER_DIR = "adapter"  # LoRA PPO: the trained adapter, kept beside the merged policy
 
@@ -42,7 +42,11 @@ def _window_mean(history: list[dict], key: str, first: bool, width: int = 5) -> 
 
 
 def train_ppo(
-    cfg: PipelineConfig, prepared: StageResult, sft: StageResult, reward: StageResult, work: Path
+    cfg: PipelineConfig,
+    prepared: StageResult,
+    sft: StageResult | None,
+    reward: StageResult | None,
+    work: Path,
 ) -> dict:
     """PPO from the SFT model against this run's rewards into `work / POLICY_DIR`; returns the
     stage's summary metrics (per-update metrics go to the active MLflow run)."""
@@ -52,11 +56,13 @@ def train_ppo(
     from alignflow.rl.lora import merge_adapter
     from alignflow.rl.rewards import load_rewarder
     from alignflow.rl.trainer import CHECKPOINT_DIR, PPOTrainer
-    from tasks.reward import reward_model_dirs
 
     torch.manual_seed(cfg.run.seed)
     trust = cfg.model.trust_remote_code
-    sft_dir, rm_dir = str(sft.path(MODEL_DIR)), str(reward.path(MODEL_DIR))
+    sft_dir, reward_dirs = start_model(cfg, prepared, sft), reward_model_dirs(cfg, reward)
+    # The critic starts from the reward model (it already reads this task's features); with rule
+    # rewards only, from the policy's own start with a fresh head.
+    rm_dir = reward_dirs[0] if reward_dirs else sft_dir
     tokenizer = load_tokenizer(sft_dir, trust)
     launched = distributed.world_size() > 1
     pad, device = (
@@ -68,7 +74,7 @@ def train_ppo(
         cfg.ppo,
         policy=policy,
         reference=reference,
-        reward_model=load_rewarder(cfg, reward_model_dirs(reward), tokenizer, device),
+        reward_model=load_rewarder(cfg, reward_dirs, tokenizer, device),
         value_model=value_model,
         tokenizer=tokenizer,
         prompts=read_jsonl(prepared.path("rl_prompts.jsonl")),

@@ -14,22 +14,17 @@ from prefect.cache_policies import NO_CACHE
 from alignflow import demo, pipeline, tracking
 from alignflow.config import DatasetConfig, PipelineConfig
 from alignflow.data.errors import DataError
-from alignflow.data.prepare import ROLES, prepare_datasets, report_dict
+from alignflow.data.prepare import prepare_datasets, report_dict
+from alignflow.shape import DATA_ROLES
 from alignflow.store import StageResult, write_json_atomic, write_jsonl
 from alignflow.tracking import TrackingContext
+from tasks._inputs import BASE_MODEL_DIR, base_model
+
+__all__ = ["BASE_MODEL_DIR", "base_model", "prepare_task", "run_prepare"]
 
 log = logging.getLogger(__name__)
 
-BASE_MODEL_DIR = "base_model"
 DATA_REPORT = "data_report.json"
-
-
-def base_model(cfg: PipelineConfig, prepared: StageResult) -> str:
-    """The base policy: the locally built tiny model, or the user's hub id / local path."""
-    if cfg.model.source == "tiny":
-        return str(prepared.path(BASE_MODEL_DIR))
-    return str(cfg.model.name_or_path)
-
 
 DEMO_KEEP = ["family", "subject"]  # what the demo oracle reads to label a prompt's responses
 
@@ -78,16 +73,21 @@ def _prepare_data(cfg: PipelineConfig, work: Path) -> dict[str, float]:
     if data.source == "demo":
         datasets = _write_demo_sources(cfg, work / "raw")
     else:
-        datasets = {role: getattr(data, role) for role in ROLES}
-    reports = prepare_datasets(data, datasets, work, _length_fn(cfg, work))
+        datasets = {role: getattr(data, role) for role in DATA_ROLES}
+    pair_split = (cfg.reward.eval_fraction, str(cfg.run.seed))  # as the collect stage splits
+    reports = prepare_datasets(data, datasets, work, _length_fn(cfg, work), pair_split)
     metrics: dict[str, float] = {}
+    warnings = []
     for report in reports.values():
         for line in report.lines():
             log.info("%s", line)
+        for line in report.warnings():
+            log.warning("%s", line)
+            warnings.append(line)
         metrics |= report.metrics()
     write_json_atomic(work / DATA_REPORT, report_dict(reports))
     tracking.log_dict(report_dict(reports), DATA_REPORT)
-    return metrics
+    return metrics, warnings
 
 
 def _build_tiny(cfg: PipelineConfig, work: Path) -> dict[str, int]:
@@ -110,13 +110,14 @@ def run_prepare(cfg: PipelineConfig, ctx: TrackingContext) -> StageResult:
         check_rewards(cfg)  # here too: a flow started from the Prefect UI skips the CLI
         metrics = _build_tiny(cfg, work) if cfg.model.source == "tiny" else {}
         try:
-            metrics |= _prepare_data(cfg, work)
+            data_metrics, warnings = _prepare_data(cfg, work)
         except DataError:
             shutil.rmtree(work)  # nothing half-written: a data error leaves no stage output
             work.mkdir()
             raise
+        metrics |= data_metrics
         tracking.log_metrics(metrics)
-        return metrics
+        return {**metrics, "warnings": warnings} if warnings else metrics
 
     return pipeline.run_stage(cfg, ctx, "prepare", body)
 

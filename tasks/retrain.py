@@ -40,13 +40,13 @@ def decide_task(
     ctx: TrackingContext,
     prepared: StageResult,
     champion: StageResult,
-    reward: StageResult,
+    reward: StageResult | None,
     policy: StageResult,
 ) -> dict:
     """Compare, register the challenger, move the alias when it wins; evidence to MLflow (a child
     run `decide`) and to the Prefect UI (a markdown and a table artifact)."""
+    from tasks._inputs import MODEL_DIR, reward_model_dirs
     from tasks.policy import POLICY_DIR
-    from tasks.sft import MODEL_DIR
 
     work = Path(round_cfg.run.artifacts_root) / "decide"
     work.mkdir(parents=True, exist_ok=True)
@@ -58,7 +58,7 @@ def decide_task(
             prepared.path("heldout.jsonl"),
             str(champion.path(MODEL_DIR)),
             str(challenger_dir),
-            str(reward.path(MODEL_DIR)),
+            next(iter(reward_model_dirs(round_cfg, reward)), None),
         )
         tracking.log_metrics(
             {key: value for key, value in decision.model_dump().items() if key != "promote"}

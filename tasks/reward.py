@@ -11,22 +11,24 @@ from prefect.cache_policies import NO_CACHE
 
 from alignflow import distributed, pipeline, tracking
 from alignflow.config import PipelineConfig
-from alignflow.store import StageResult, read_jsonl, write_json_atomic
+from alignflow.shape import require
+from alignflow.store import StageResult, write_json_atomic
 from alignflow.tracking import TrackingContext
 from tasks._compute import run_stage_where_configured
-from tasks.collect import PAIRS_FILE
-from tasks.sft import MODEL_DIR, loss_trend, save_trained
+from tasks._inputs import (
+    MODEL_DIR,
+    OWN_PREFERENCES_FILE,
+    PAIRS_FILE,
+    origin_counts,
+    preference_rows,
+    start_model,
+)
+from tasks.sft import loss_trend, save_trained
 
 
 def member_dir(index: int) -> str:
     """Folder of ensemble member `index` in the reward stage (member 0 is MODEL_DIR)."""
     return MODEL_DIR if index == 0 else f"{MODEL_DIR}-{index}"
-
-
-def reward_model_dirs(reward: StageResult) -> list[str]:
-    """Every reward model the stage trained (reward.ensemble_size of them)."""
-    members = int(reward.metrics.get("ensemble_size", 1))
-    return [str(reward.path(member_dir(index))) for index in range(members)]
 
 
 def pair_accuracy(model, tokenizer, pairs: list[dict]) -> dict[str, float]:
@@ -98,20 +100,34 @@ def train_member(
     return metrics
 
 
+def _log_provenance(prepared: StageResult, collected: StageResult | None, rows: list) -> None:
+    """The preference data this model learned from, as an MLflow dataset input: under collect's
+    digest for collected pairs, under prepare's key for your own."""
+    if collected is not None:
+        digest = collected.metrics.get("preference_digest") or collected.cache_key
+        source = str(collected.path(PAIRS_FILE))
+    else:
+        digest, source = prepared.cache_key, str(prepared.path(OWN_PREFERENCES_FILE))
+    tracking.log_dataset_input(rows, "preferences", source, str(digest))
+
+
 def run_reward(
-    cfg: PipelineConfig, ctx: TrackingContext, sft: StageResult, collected: StageResult
+    cfg: PipelineConfig,
+    ctx: TrackingContext,
+    prepared: StageResult,
+    sft: StageResult | None,
+    collected: StageResult | None,
 ) -> StageResult:
     def body(work: Path) -> dict:
-        pairs = read_jsonl(collected.path(PAIRS_FILE))
+        rows = preference_rows(cfg, prepared, collected)
+        pairs = [row for row in rows if "chosen" in row]  # KTO-style unpaired rows: not pairs
         columns = ("prompt", "chosen", "rejected")
         train = [{k: p[k] for k in columns} for p in pairs if p["split"] == "train"]
         heldout = [p for p in pairs if p["split"] == "eval"]
+        require(cfg.data.min_examples, len(train), "training pairs", "reward")
         metrics: dict = {"train_pairs": len(train), "eval_pairs": len(heldout)}
-        # Provenance: the preference data this model learned from, under collect's digest.
-        digest = collected.metrics.get("preference_digest") or collected.cache_key
-        tracking.log_dataset_input(
-            pairs, "preferences", str(collected.path(PAIRS_FILE)), str(digest)
-        )
+        metrics |= origin_counts(pairs)
+        _log_provenance(prepared, collected, pairs)
         for index in range(cfg.reward.ensemble_size):
             out = work / member_dir(index)
             # trained before a crash: keep it (rank 0 decides, so N processes agree)
@@ -120,7 +136,8 @@ def run_reward(
             else:
                 # Members differ by seed (head init, data order): the usual cheap ensemble.
                 seed = cfg.run.seed + index
-                member = train_member(cfg, str(sft.path(MODEL_DIR)), train, heldout, seed, out)
+                start = start_model(cfg, prepared, sft)
+                member = train_member(cfg, start, train, heldout, seed, out)
             prefix = "" if index == 0 else f"member_{index}_"
             metrics.update({prefix + key: value for key, value in member.items()})
         metrics["ensemble_size"] = cfg.reward.ensemble_size
@@ -132,9 +149,13 @@ def run_reward(
 
 @task(name="reward", cache_policy=NO_CACHE)
 def reward_task(
-    cfg: PipelineConfig, ctx: TrackingContext, sft: StageResult, collected: StageResult
+    cfg: PipelineConfig,
+    ctx: TrackingContext,
+    prepared: StageResult,
+    sft: StageResult | None,
+    collected: StageResult | None,
 ) -> StageResult:
-    return run_stage_where_configured(cfg, ctx, "reward", run_reward, sft, collected)
+    return run_stage_where_configured(cfg, ctx, "reward", run_reward, prepared, sft, collected)
 
 
 if __name__ == "__main__":

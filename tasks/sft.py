@@ -15,9 +15,9 @@ from alignflow.config import PipelineConfig
 from alignflow.store import StageResult, read_jsonl
 from alignflow.tracking import TrackingContext
 from tasks._compute import run_stage_where_configured
-from tasks.prepare import base_model
+from tasks._inputs import MODEL_DIR, base_model
 
-MODEL_DIR = "model"
+__all__ = ["MODEL_DIR", "loss_trend", "run_sft", "save_trained", "sft_task"]
 
 
 def loss_trend(log_history: list[dict], key: str = "loss") -> dict[str, float]:

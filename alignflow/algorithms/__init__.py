@@ -33,9 +33,12 @@ TRAINERS = {
 class PolicyInputs:
     """What the upstream stages hand an algorithm, as paths and rows (never live models)."""
 
-    sft_dir: str  # SFT model + tokenizer: the starting point and the reference
+    sft_dir: str  # SFT model (or the base model as it ships) + tokenizer: start and reference
     reward_dirs: list[str] = field(default_factory=list)  # one-output sequence-classification heads
-    pairs: list[dict] = field(default_factory=list)  # collect's pairs.jsonl rows (with `split`)
+    # Preference pairs, collected and/or your own (tasks._inputs.preference_rows), with `split`
+    pairs: list[dict] = field(default_factory=list)
+    # Your own KTO-style rows {prompt, completion, label, split} (KTO alone reads them)
+    unpaired: list[dict] = field(default_factory=list)
     rl_prompts: list[dict] = field(default_factory=list)  # prepare's rl_prompts.jsonl rows
 
 

@@ -125,6 +125,8 @@ def train_kto(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[str
     section = cfg.policy.kto
     model, tokenizer = load_sft(cfg, inputs.sft_dir)
     rows = unpaired_rows([pair for pair in inputs.pairs if pair["split"] == "train"])
+    # Your own KTO-style rows (data.preferences) as they came: already labelled.
+    rows += [{**row, "rated": False} for row in inputs.unpaired if row["split"] == "train"]
     args = KTOConfig(
         **training_args(cfg, section, work),
         beta=section.beta,

@@ -7,9 +7,12 @@ read, so memory holds the dedup state, never the rows. What happened to every re
     records read = rows' source records + skipped (per reason)
     rows emitted = kept (train + eval) + removed (per reason)
 
-Roles and the canonical rows they need: `sft` → `{"messages"}`; `preference_prompts`, `rl_prompts`,
-`heldout` → `{"prompt"}` (SFT, preference and unpaired rows give their prompt: the turns before the
-final assistant reply). Columns named in a dataset's `keep_columns` ride along on each row.
+Roles and the canonical rows they need: `sft` → `{"messages"}`; `preferences` → preference rows
+`{"prompt", "chosen", "rejected"}` or unpaired ones `{"prompt", "completion", "label"}`, each with a
+`split` (by a hash of its prompt, so a prompt's pairs never straddle train and eval) and
+`origin: "user"`; `preference_prompts`, `rl_prompts`, `heldout` → `{"prompt"}` (SFT, preference and
+unpaired rows give their prompt: the turns before the final assistant reply). Columns named in a
+dataset's `keep_columns` ride along on each row.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ from alignflow.data.load import open_dataset
 from alignflow.data.mapping import ColumnMapping
 from alignflow.data.messages import Row
 
-ROLES = ("heldout", "sft", "preference_prompts", "rl_prompts")  # heldout first: overlap needs it
+# heldout first: overlap needs it
+ROLES = ("heldout", "sft", "preferences", "preference_prompts", "rl_prompts")
 TRAINING_ROLES = ROLES[1:]
+PAIR_KINDS = ("preference", "unpaired")  # what the data layer may give the preferences role
 
 
 @dataclass
@@ -58,7 +63,7 @@ class RoleReport:
     removed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     kept: int = 0  # rows_in minus removed
     train: int = 0  # rows written for training (weights applied)
-    eval: int = 0  # rows held out (sft only)
+    eval: int = 0  # rows held out (sft and preferences)
 
     def metrics(self) -> dict[str, float]:
         out = {
@@ -66,14 +71,32 @@ class RoleReport:
             f"{self.role}_rows_kept": self.kept,
             f"{self.role}_rows": self.train,
         }
-        if self.role == "sft":
-            out["sft_eval_rows"] = self.eval
+        if self.role in ("sft", "preferences"):
+            out[f"{self.role}_eval_rows"] = self.eval
         out |= {f"{self.role}_removed_{reason}": n for reason, n in self.removed.items()}
         skipped: Counter[str] = Counter()
         for dataset in self.datasets:
             skipped.update(dataset.skipped)
         out |= {f"{self.role}_skipped_{_slug(reason)}": n for reason, n in skipped.items()}
         return out
+
+    def summary(self) -> str:
+        """`N rows in, removed: ..., M held out` in words."""
+        removed = ", ".join(f"{n} {reason}" for reason, n in self.removed.items() if n) or "none"
+        held = f", {self.eval} held out for evaluation" if self.eval else ""
+        return f"{self.rows_in} rows in, removed: {removed}{held}"
+
+    def warnings(self) -> list[str]:
+        """What a person should see before trusting the run: near dedup removing a large share of
+        the rows (prompts written from one template look alike to MinHash)."""
+        near = self.removed.get("duplicate_near", 0)
+        if not self.rows_in or near / self.rows_in < NEAR_DEDUP_WARN_FRACTION:
+            return []
+        return [
+            f"data.{self.role}: near dedup removed {near} of {self.rows_in} rows "
+            f"({near / self.rows_in:.0%}); rows written from a shared template look alike to it: "
+            "raise data.clean.near_dedup_threshold or set it to null if they are distinct"
+        ]
 
     def lines(self) -> list[str]:
         out = []
@@ -84,12 +107,15 @@ class RoleReport:
                 f"(skipped: {skipped}; weight {d.weight:g})"
             )
         removed = ", ".join(f"{n} {reason}" for reason, n in self.removed.items() if n) or "none"
-        written = f"{self.train} train, {self.eval} eval" if self.role == "sft" else self.train
+        held = self.role in ("sft", "preferences")
+        written = f"{self.train} train, {self.eval} eval" if held else self.train
         out.append(f"{self.role}: {self.rows_in} rows in, removed: {removed}; wrote {written}")
         return out
 
 
 MAX_PROBLEMS_KEPT = 20
+# Near dedup removing this share of a role or more is reported as a warning, not only counted.
+NEAR_DEDUP_WARN_FRACTION = 0.1
 
 
 def _slug(text: str) -> str:
@@ -123,7 +149,8 @@ def copies(row: Row, weight: float) -> int:
 def clean_settings(cfg: CleanConfig, role: str) -> CleanSettings:
     return CleanSettings(
         exact_dedup=cfg.exact_dedup,
-        near_threshold=cfg.near_dedup_threshold,
+        # Not on pairs: a ranking's pairs share their prompt and a response by design.
+        near_threshold=None if role == "preferences" else cfg.near_dedup_threshold,
         min_chars=cfg.min_chars,
         # One length measure per pass: tokens when max_tokens is set (length_fn), else characters.
         max_chars=None if role == "heldout" else (cfg.max_tokens or cfg.max_chars),
@@ -151,6 +178,17 @@ def _role_rows(role: str, spec: DatasetConfig, rows: Iterator[Row], kind: str) -
                 "format", f"gives {kind} rows", "an SFT format (messages) for data.sft"
             ).at(spec.path, None)
         yield from rows
+        return
+    if role == "preferences":
+        if kind not in PAIR_KINDS:
+            raise DataError(
+                "format",
+                f"gives {kind} rows",
+                "a preference format (chosen/rejected pairs, HH-RLHF, rankings or scores, "
+                "LLaMA-Factory pairwise, KTO-style unpaired) for data.preferences",
+            ).at(spec.path, None)
+        for row in rows:
+            yield {**row, "origin": "user"}
         return
     for row in rows:
         yield as_prompt(row)
@@ -181,8 +219,10 @@ def prepare_role(
     cfg: DataConfig,
     eval_rows: list[Row],
     length_fn: Callable[[str], int] | None = None,
+    pair_split: tuple[float, str] = (0.0, ""),
 ) -> RoleReport:
-    """Stream one role's datasets into `<role>.jsonl` (and `sft_eval.jsonl` for sft)."""
+    """Stream one role's datasets into `<role>.jsonl` (and `sft_eval.jsonl` for sft). Preference
+    rows are split train/eval by `pair_split` (fraction, salt) on their prompt and keep `split`."""
     report = RoleReport(role)
     settings = clean_settings(cfg.clean, role)
     cleaner = Cleaner(
@@ -205,6 +245,12 @@ def prepare_role(
                     held.write(row)
                     report.eval += 1
                     continue
+                if role == "preferences":
+                    row = {**row, "split": split_of({"prompt": row["prompt"]}, *pair_split)}
+                    if row["split"] == "eval":  # written once: evaluation rows carry no weight
+                        train.write(row)
+                        report.eval += 1
+                        continue
                 for _ in range(copies(row, spec.weight)):
                     train.write(row)
                     report.train += 1
@@ -220,18 +266,34 @@ def prepare_role(
                     weight=spec.weight,
                 )
             )
+        report.rows_in, report.kept = cleaner.report.rows_in, cleaner.report.rows_out
+        report.removed = dict(cleaner.report.removed)
+        _check_enough(report, cfg.min_examples, ", ".join(spec.path for spec in specs))
         complete = True
     finally:
         train.close(complete)
         if held is not None:
             held.close(complete)
-    report.rows_in, report.kept = cleaner.report.rows_in, cleaner.report.rows_out
-    report.removed = dict(cleaner.report.removed)
+    return report
+
+
+def _check_enough(report: RoleReport, minimum: int, sources: str) -> None:
+    """A DataError when cleaning left a role nothing, or (training roles) fewer than `minimum`."""
     if report.train == 0:
         raise DataError(
-            role, "no rows left after loading and cleaning", "at least one row", reason="empty"
-        ).at(", ".join(spec.path for spec in specs), None)
-    return report
+            report.role,
+            "no rows left after loading and cleaning",
+            "at least one row",
+            reason="empty",
+        ).at(sources, None)
+    if report.role != "heldout" and report.train < minimum:
+        raise DataError(
+            f"data.{report.role}",
+            f"{report.train} training rows after loading and cleaning ({report.summary()})",
+            f"at least data.min_examples ({minimum}): bring more data, loosen data.clean, or "
+            "lower data.min_examples",
+            reason="too few rows",
+        ).at(sources, None)
 
 
 def prepare_datasets(
@@ -239,12 +301,15 @@ def prepare_datasets(
     datasets: dict[str, list[DatasetConfig]],
     out_dir: Path,
     length_fn: Callable[[str], int] | None = None,
+    pair_split: tuple[float, str] = (0.0, ""),
 ) -> dict[str, RoleReport]:
-    """Every role's JSONL in out_dir, held-out prompts first. Returns the per-role reports."""
+    """The JSONL of every role `datasets` lists in out_dir, held-out prompts first. Returns the
+    per-role reports."""
     eval_rows: list[Row] = []
     return {
-        role: prepare_role(role, datasets[role], out_dir, cfg, eval_rows, length_fn)
+        role: prepare_role(role, datasets[role], out_dir, cfg, eval_rows, length_fn, pair_split)
         for role in ROLES
+        if datasets.get(role)
     }
 
 

@@ -9,7 +9,8 @@ from alignflow.models import load_tokenizer
 from alignflow.pipeline import tracking_context
 from alignflow.rl.rewards import load_rewarder
 from alignflow.store import StageResult
-from tasks.reward import reward_model_dirs, run_reward
+from tasks._inputs import reward_model_dirs
+from tasks.reward import run_reward
 from tests.conftest import micro_config
 
 
@@ -24,9 +25,13 @@ def test_two_member_ensemble_is_trained_and_scored_with(pipeline_runs, tmp_path)
     cfg = micro_config(tmp_path, "reward.ensemble_size=2", "rewards.ensemble=mean_minus_std")
     ctx = tracking_context(cfg, tags={})
     sft = _stage_result(pipeline_runs, "sft")
-    result = run_reward(cfg, ctx, sft, _stage_result(pipeline_runs, "collect"))
+    prepared, collected = (
+        _stage_result(pipeline_runs, "prepare"),
+        _stage_result(pipeline_runs, "collect"),
+    )
+    result = run_reward(cfg, ctx, prepared, sft, collected)
 
-    dirs = reward_model_dirs(result)
+    dirs = reward_model_dirs(cfg, result)
     assert [d.rsplit("/", 1)[1] for d in dirs] == ["model", "model-1"]
     # both members learned the preferences, each on its own seed
     assert result.metrics["accuracy"] > 0.6 and result.metrics["member_1_accuracy"] > 0.6

@@ -48,7 +48,10 @@ def test_no_path_gives_the_declared_defaults():
 
 
 def test_empty_file_gives_the_declared_defaults(tmp_path):
-    assert load_config(_write(tmp_path, "# nothing here\n")) == PipelineConfig()
+    loaded = load_config(_write(tmp_path, "# nothing here\n"))
+    # and the file's folder as the place its own rules are imported from
+    assert loaded.run.code_dir == str(tmp_path.resolve())
+    assert loaded == PipelineConfig(run={"code_dir": str(tmp_path.resolve())})
 
 
 def test_a_file_value_overrides_only_that_default(tmp_path):

@@ -80,7 +80,8 @@ def sources(tmp_path: Path) -> dict[str, list[DatasetConfig]]:
 
 
 def files_config(**data) -> DataConfig:
-    return DataConfig(source="files", **data)
+    # these sources are a handful of rows: the minimum is tested on its own below
+    return DataConfig(source="files", **{"min_examples": 1, **data})
 
 
 def test_prepare_mixes_formats_and_weights_and_counts_every_removal(tmp_path, sources):
@@ -219,12 +220,26 @@ def test_everything_removed_is_an_error_not_an_empty_dataset(tmp_path, sources):
         prepare_datasets(cfg, sources, out)
 
 
-def test_files_source_needs_every_role_and_demo_takes_none(sources):
-    with pytest.raises(ValueError, match="needs data.rl_prompts"):
-        DataConfig(source="files", sft=sources["sft"], preference_prompts=sources["sft"])
+def test_files_source_needs_the_roles_its_shape_reads_and_demo_takes_none(sources):
+    from alignflow.config import PipelineConfig
+
+    data = {"source": "files", "sft": sources["sft"], "preference_prompts": sources["sft"]}
+    with pytest.raises(ValueError, match="data.rl_prompts is needed"):
+        PipelineConfig(data=data)
+    with pytest.raises(ValueError, match="data.heldout is needed"):
+        PipelineConfig(data=data, policy={"algorithm": "dpo"})
     with pytest.raises(ValueError, match="data.sft is set but data.source is 'demo'"):
         DataConfig(sft=sources["sft"])
-    assert set(ROLES) == {"sft", "preference_prompts", "rl_prompts", "heldout"}
+    assert set(ROLES) == {"sft", "preferences", "preference_prompts", "rl_prompts", "heldout"}
+
+
+def test_a_role_with_fewer_rows_than_the_minimum_stops_naming_the_setting(tmp_path, sources):
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(DataError, match=r"data.sft: \d+ training rows .*data.min_examples \(50\)"):
+        prepare_datasets(files_config(**sources, min_examples=50), sources, out)
+    # the role's files are not left behind (the prepare stage removes the other roles' too)
+    assert not list(out.glob("sft*"))
 
 
 def test_fingerprint_changes_when_a_file_changes(tmp_path):
@@ -241,9 +256,8 @@ def test_fingerprint_changes_when_a_file_changes(tmp_path):
 
 
 def test_readme_files_config_is_a_valid_config():
-    """The README's `data.source: files` example loads with the keep_columns the oracle needs, or
-    with its labeler-and-judges example, which needs none."""
-    import copy
+    """The README's every-option `data.source: files` example loads; without its own judges the
+    demo oracle would judge, which needs the held-out rows' demo columns, and the check says so."""
     import re
 
     import yaml
@@ -252,19 +266,15 @@ def test_readme_files_config_is_a_valid_config():
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
-    tree = yaml.safe_load(next(b for b in blocks if "source: files" in b))
-    with pytest.raises(ConfigError, match=r"data.heldout\[0\]: evaluate.judge .*keep_columns"):
-        build_config(tree)
-    own_judges = yaml.safe_load(next(b for b in blocks if "evaluate: {judge:" in b))
-    cfg = build_config({**tree, **own_judges})
-    assert (cfg.evaluate.judge, cfg.retrain.judge) == ("my_rules:helpfulness", "reward_model")
-    kept = copy.deepcopy(tree)
-    for role in ("preference_prompts", "rl_prompts", "heldout"):
-        for dataset in kept["data"][role]:
-            dataset["keep_columns"] = ["family", "subject"]
-    cfg = build_config(kept)
+    tree = yaml.safe_load(next(b for b in blocks if "support_chats.csv" in b))
+    cfg = build_config(tree)
+    assert (cfg.evaluate.judge, cfg.retrain.judge) == ("my_rules:helpfulness",) * 2
     assert cfg.data.sft[1].roles == {"human": "customer", "gpt": "agent"}
     assert cfg.data.sft[2].format == "classification"
+    assert [d.path for d in cfg.data.preferences][0] == "data/dpo_en_demo.json"
+    del tree["evaluate"]
+    with pytest.raises(ConfigError, match=r"data.heldout\[0\]: evaluate.judge .*keep_columns"):
+        build_config(tree)
 
 
 def test_mapping_decodes_json_message_cells_but_leaves_json_looking_text(tmp_path):
@@ -287,3 +297,52 @@ def test_a_template_alone_selects_the_classification_format(tmp_path):
     )
     assert report.format == "classification"
     assert rows[0]["messages"][0]["content"] == "Sentiment? great phone"
+
+
+def test_near_dedup_taking_a_large_share_is_a_warning_naming_the_setting(tmp_path):
+    from alignflow import demo
+
+    lead = " ".join(f"word{i}" for i in range(80))  # a long template every row shares
+    rows = [
+        {"instruction": f"{lead}The product is the {p['subject']}.", "input": "", "output": "Sure."}
+        for p in demo.prompt_rows(0, 40, 0.0, 0.2, 1)
+    ]  # one template, a product name apart: near duplicates to MinHash
+    datasets = {"sft": [DatasetConfig(path=str(write_jsonl(tmp_path / "s.jsonl", rows)))]}
+    out = tmp_path / "out"
+    out.mkdir()
+    report = prepare_datasets(files_config(**datasets), datasets, out)["sft"]
+    near = report.removed["duplicate_near"]
+    assert near >= 4
+    [warning] = report.warnings()
+    assert warning.startswith(f"data.sft: near dedup removed {near} of {report.rows_in} rows")
+    assert "data.clean.near_dedup_threshold" in warning
+    off = files_config(**datasets, clean=CleanConfig(near_dedup_threshold=None))
+    assert prepare_datasets(off, datasets, out)["sft"].warnings() == []
+
+
+def test_own_pairs_keep_their_content_and_are_split_by_prompt(tmp_path):
+    pairs = [
+        {"prompt": f"Question {i // 3}?", "chosen": f"Good answer {i}.", "rejected": f"Bad {i}."}
+        for i in range(60)
+    ]  # three pairs per prompt, as a ranking gives
+    datasets = {"preferences": [DatasetConfig(path=str(write_jsonl(tmp_path / "p.jsonl", pairs)))]}
+    out = tmp_path / "out"
+    out.mkdir()
+    reports = prepare_datasets(files_config(**datasets), datasets, out, pair_split=(0.3, "0"))
+    report = reports["preferences"]
+    rows = read_jsonl(out / "preferences.jsonl")
+    assert [(r["prompt"][0]["content"], r["chosen"][0]["content"]) for r in rows] == [
+        (p["prompt"], p["chosen"]) for p in pairs
+    ]  # every pair, unchanged: pairs sharing a prompt are never near duplicates of each other
+    assert {r["origin"] for r in rows} == {"user"}
+    split = {}
+    for row in rows:
+        assert split.setdefault(row["prompt"][0]["content"], row["split"]) == row["split"]
+    assert (report.train, report.eval) == (sum(r["split"] == "train" for r in rows),
+                                           sum(r["split"] == "eval" for r in rows))  # fmt: skip
+    assert 0 < report.eval < report.train
+    sft_rows = {"sft": [DatasetConfig(path=str(write_jsonl(tmp_path / "a.jsonl", [alpaca(1)])))]}
+    with pytest.raises(DataError, match="gives sft rows; expected a preference format"):
+        prepare_datasets(
+            files_config(preferences=sft_rows["sft"]), {"preferences": sft_rows["sft"]}, out
+        )

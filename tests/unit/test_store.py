@@ -36,7 +36,8 @@ def _keys(tmp_path, *overrides: str) -> dict[str, str]:
 
 
 def _changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
-    return {stage for stage in STAGES if before[stage] != after[stage]}
+    """Stages whose key differs, or that run in only one of the two shapes."""
+    return {stage for stage in STAGES if before.get(stage) != after.get(stage)}
 
 
 def test_stage_keys_cover_every_stage_and_are_stable(tmp_path):
@@ -55,8 +56,9 @@ def test_policy_key_follows_the_chosen_algorithm_and_only_its_settings(tmp_path)
     ppo = _keys(tmp_path)
     # another algorithm's settings do not touch a PPO run's caches
     assert _changed(ppo, _keys(tmp_path, "policy.dpo.beta=0.5")) == set()
+    # DPO trains no reward model: its stage is gone, the rest downstream changes
     assert _changed(ppo, _keys(tmp_path, "policy.algorithm=dpo")) == {
-        "policy", "evaluate", "register"
+        "reward", "policy", "evaluate", "register"
     }  # fmt: skip
     dpo = _keys(tmp_path, "policy.algorithm=dpo")
     assert _changed(dpo, _keys(tmp_path, "policy.algorithm=dpo", "policy.dpo.beta=0.5")) == {

@@ -1,0 +1,60 @@
+"""What a stage reads from the stages before it, whichever of them ran (alignflow.shape): the
+policy's start and reference, the preference pairs, the reward models."""
+
+from __future__ import annotations
+
+from alignflow.config import PipelineConfig
+from alignflow.shape import collect_mode
+from alignflow.store import StageResult, read_jsonl
+
+MODEL_DIR = "model"  # the SFT (and reward) stage's trained model folder
+BASE_MODEL_DIR = "base_model"  # prepare's locally built tiny model
+PAIRS_FILE = "pairs.jsonl"  # the collect stage's pairs
+OWN_PREFERENCES_FILE = "preferences.jsonl"  # prepare's rows of data.preferences
+
+
+def base_model(cfg: PipelineConfig, prepared: StageResult) -> str:
+    """The base policy: the locally built tiny model, or the user's hub id / local path."""
+    if cfg.model.source == "tiny":
+        return str(prepared.path(BASE_MODEL_DIR))
+    return str(cfg.model.name_or_path)
+
+
+def start_model(cfg: PipelineConfig, prepared: StageResult, sft: StageResult | None) -> str:
+    """Where the policy starts and what it is anchored to: the SFT model, or the base model as it
+    ships when `sft.enabled` is false."""
+    return str(sft.path(MODEL_DIR)) if sft is not None else base_model(cfg, prepared)
+
+
+def reward_model_dirs(cfg: PipelineConfig, reward: StageResult | None) -> list[str]:
+    """The reward models the policy and the evaluation read: the ensemble the reward stage trained,
+    the one `reward.model` names, or none (rule rewards only)."""
+    if reward is not None:
+        members = int(reward.metrics.get("ensemble_size", 1))
+        return [
+            str(reward.path(MODEL_DIR if i == 0 else f"{MODEL_DIR}-{i}")) for i in range(members)
+        ]
+    return [cfg.reward.model] if cfg.reward.model else []
+
+
+def preference_rows(
+    cfg: PipelineConfig, prepared: StageResult, collected: StageResult | None
+) -> list[dict]:
+    """Every preference row this run trains on, each with `split` and `origin` ("user": your
+    data.preferences, as the data layer wrote them; "collected": labelled by the collect stage).
+    Pairs carry chosen/rejected; KTO-style rows from your data carry completion/label."""
+    rows = []
+    if collect_mode(cfg) in ("off", "both"):
+        rows += read_jsonl(prepared.path(OWN_PREFERENCES_FILE))
+    if collected is not None:
+        rows += [{**pair, "origin": "collected"} for pair in read_jsonl(collected.path(PAIRS_FILE))]
+    return rows
+
+
+def origin_counts(rows: list[dict]) -> dict[str, int]:
+    """Training rows per origin and split, for the stage's metrics."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        key = f"{row.get('origin', 'collected')}_{row['split']}_rows"
+        counts[key] = counts.get(key, 0) + 1
+    return counts

@@ -1,0 +1,105 @@
+"""alignflow.shape: which stages a config runs, which datasets it needs, and the cache keys of
+each shape."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from alignflow.config import ConfigError, load_config
+from alignflow.pipeline import stage_keys
+from alignflow.shape import active_stages, collect_mode, required_roles
+from tests.conftest import REPO
+
+D = {"path": "d.jsonl", "keep_columns": ["family", "subject"]}  # the demo oracle reads them
+
+
+def _files(tmp_path, *overrides: str, **data):
+    """A files config with the given datasets (each a one-file list) and dotted overrides."""
+    import yaml
+
+    tree = {"data": {"source": "files", **{role: [D] for role in data}}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return load_config(path, list(overrides))
+
+
+ALL = ("prepare", "sft", "collect", "reward", "policy", "evaluate", "register")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "roles", "stages"),
+    [
+        # the default: SFT, pairs labelled here, a reward model, PPO
+        ((), ("sft", "preference_prompts", "rl_prompts", "heldout"), ALL),
+        # own pairs -> reward model -> PPO (collect.mode defaults to off)
+        ((), ("sft", "preferences", "rl_prompts", "heldout"),
+         ("prepare", "sft", "reward", "policy", "evaluate", "register")),
+        # own pairs -> DPO: no reward model, no RL prompts
+        (("policy.algorithm=dpo",), ("sft", "preferences", "heldout"),
+         ("prepare", "sft", "policy", "evaluate", "register")),
+        # an instruct model as it ships -> DPO
+        (("policy.algorithm=dpo", "sft.enabled=false"), ("preferences", "heldout"),
+         ("prepare", "policy", "evaluate", "register")),
+        # rule rewards only -> GRPO
+        (("policy.algorithm=grpo", "rewards.model_weight=0",
+          "rewards.rules=[{function: 'a.b:c'}]"), ("sft", "rl_prompts", "heldout"),
+         ("prepare", "sft", "policy", "evaluate", "register")),
+        # an existing reward model -> PPO
+        (("reward.model=some/rm",), ("sft", "rl_prompts", "heldout"),
+         ("prepare", "sft", "policy", "evaluate", "register")),
+        # both: own pairs and collected ones
+        (("collect.mode=both",), ("sft", "preferences", "preference_prompts", "rl_prompts",
+                                  "heldout"), ALL),
+    ],
+)  # fmt: skip
+def test_each_shape_runs_its_stages_and_needs_only_its_datasets(tmp_path, overrides, roles, stages):
+    cfg = _files(tmp_path, *overrides, **dict.fromkeys(roles))
+    assert active_stages(cfg) == stages
+    assert set(required_roles(cfg)) == set(roles)
+    assert set(stage_keys(cfg)) == set(stages)
+    for missing in roles:  # every one of them is needed, and the error says which and why
+        left = dict.fromkeys(r for r in roles if r != missing)
+        with pytest.raises(ConfigError, match=rf"data\.{missing}\b"):
+            _files(tmp_path, *overrides, **left)
+
+
+def test_collect_mode_needs_own_pairs_and_defaults_by_their_presence(tmp_path):
+    with pytest.raises(ConfigError, match="collect.mode 'off' trains on your own pairs"):
+        load_config(None, ["collect.mode=off"])
+    assert collect_mode(load_config(None)) == "on"
+    cfg = _files(tmp_path, sft=1, preferences=1, rl_prompts=1, heldout=1)
+    assert collect_mode(cfg) == "off"
+
+
+def test_a_reward_model_nothing_reads_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="reward.model is set, but nothing reads a reward model"):
+        load_config(None, ["policy.algorithm=dpo", "reward.model=some/rm"])
+
+
+def test_cache_keys_follow_the_pairs_origin_and_the_given_reward_model(tmp_path):
+    roles = dict.fromkeys(("sft", "preferences", "preference_prompts", "rl_prompts", "heldout"))
+    both = stage_keys(_files(tmp_path, "collect.mode=both", **roles))
+    on = stage_keys(_files(tmp_path, "collect.mode=on", **roles))
+    assert both["collect"] == on["collect"] and both["sft"] == on["sft"]
+    assert both["reward"] != on["reward"]  # the same collected pairs, plus the user's
+    given = [stage_keys(_files(tmp_path, f"reward.model={m}", **roles))["policy"] for m in "ab"]
+    assert given[0] != given[1]
+
+
+def test_a_rule_module_beside_the_config_is_found_from_any_directory(tmp_path):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "my_judges_xyz.py").write_text(
+        "def kind(prompts, completions, **_):\n    return [1.0 for _ in completions]\n"
+    )
+    (folder / "config.yaml").write_text("evaluate: {judge: 'my_judges_xyz:kind'}\n")
+    check = (
+        "from alignflow.config import load_config; from alignflow.rl.rewards import check_rewards;"
+        f"check_rewards(load_config({str(folder / 'config.yaml')!r})); print('found')"
+    )
+    # run from the repository, where the module is not on the path by any other means
+    done = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True)
+    assert done.stdout.strip() == "found", done.stderr[-2000:]
