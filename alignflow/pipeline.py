@@ -66,18 +66,25 @@ def _settings(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
         if cfg.data.preferences:  # own pairs are split train/eval here
             settings["pair_eval_fraction"] = cfg.reward.eval_fraction
         return settings
-    # What a stage reads that no upstream key covers: the pairs' origin, a given reward model.
-    given = {"pairs": shape.collect_mode(cfg), "reward_model": cfg.reward.model}
-    if stage == "evaluate":
-        return {"evaluate": dump["evaluate"], "sampling": dump["ppo"]["sampling"], **given}
+    # What a stage reads that no upstream key covers: a given reward model, the pairs' origin.
+    if stage == "evaluate":  # the reward model scores the samples
+        sampling = dump["ppo"]["sampling"]
+        return {
+            "evaluate": dump["evaluate"],
+            "sampling": sampling,
+            "reward_model": cfg.reward.model,
+        }
     if stage == "register":
         return {"registry": dump["registry"], "tracking": tracking_uri(cfg)}
     if stage == "policy":
         algorithm = cfg.policy.algorithm
-        settings = {"algorithm": algorithm, "seed": cfg.run.seed, **given}
+        settings = {"algorithm": algorithm, "seed": cfg.run.seed}
         settings[algorithm] = dump["ppo"] if algorithm == "ppo" else dump["policy"][algorithm]
         if algorithm in shape.REWARD_DRIVEN:
             settings["rewards"] = dump["rewards"]
+            settings["reward_model"] = cfg.reward.model
+        else:  # learns from the pairs: which ones
+            settings["pairs"] = shape.collect_mode(cfg)
         return settings
     settings = {stage: dump[stage], "seed": cfg.run.seed}
     if stage == "collect":

@@ -86,7 +86,8 @@ def current_champion(cfg: PipelineConfig) -> Champion:
     except MlflowException:
         raise ValueError(
             f"registry: no {name}@{CHAMPION} in {pipeline.tracking_uri(cfg)}; run the pipeline "
-            "first (alignflow run CONFIG): its first registered version becomes the champion"
+            "first (alignflow run CONFIG): its first registered version (a policy that beat its "
+            "reference) becomes the champion"
         ) from None
     return Champion(model_name=name, version=str(version))
 

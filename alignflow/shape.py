@@ -30,11 +30,18 @@ class NotEnoughData(ValueError):
     """Too few examples for a stage to learn anything: one line naming the setting."""
 
 
-def require(min_examples: int, count: int, what: str, stage: str) -> None:
-    """Stop `stage` when it has fewer than `data.min_examples` of `what` to train on."""
+def require(min_examples: int, count: int, what: str, stage: str, unpaired: int = 0) -> None:
+    """Stop `stage` when it has fewer than `data.min_examples` of `what` to train on; `unpaired`:
+    KTO-style rows it cannot read, named in the message."""
     if count < min_examples:
+        aside = (
+            f" ({unpaired} KTO-style unpaired rows of data.preferences are read by "
+            "policy.algorithm kto alone)"
+            if unpaired
+            else ""
+        )
         raise NotEnoughData(
-            f"{stage}: {count} {what} to train on, fewer than data.min_examples "
+            f"{stage}: {count} {what} to train on{aside}, fewer than data.min_examples "
             f"({min_examples}): bring more data, or lower data.min_examples"
         )
 
@@ -47,9 +54,11 @@ def collect_mode(cfg: PipelineConfig) -> str:
 
 
 def reward_model_needed(cfg: PipelineConfig) -> bool:
-    """Whether anything reads a reward model: the policy's rewards or the evaluation's judge."""
+    """Whether anything reads a reward model: the policy's rewards, or the evaluation's or the
+    retraining rounds' judge."""
     maximised = cfg.policy.algorithm in REWARD_DRIVEN and cfg.rewards.model_weight > 0
-    return maximised or cfg.evaluate.judge == "reward_model"
+    judged = "reward_model" in (cfg.evaluate.judge, cfg.retrain.judge)
+    return maximised or judged
 
 
 def trains_reward_model(cfg: PipelineConfig) -> bool:
@@ -99,7 +108,7 @@ def required_roles(cfg: PipelineConfig) -> dict[str, str]:
 def check(cfg: PipelineConfig) -> None:
     """A ValueError naming the first key this shape needs and lacks."""
     mode = collect_mode(cfg)
-    if mode in ("off", "both") and not cfg.data.preferences:
+    if needs_pairs(cfg) and mode in ("off", "both") and not cfg.data.preferences:
         raise ValueError(
             f"collect.mode '{mode}' trains on your own pairs: list them in data.preferences"
         )
@@ -107,7 +116,12 @@ def check(cfg: PipelineConfig) -> None:
         raise ValueError(
             f"reward.model is set, but nothing reads a reward model (policy.algorithm "
             f"{cfg.policy.algorithm}, rewards.model_weight {cfg.rewards.model_weight:g}, "
-            f"evaluate.judge {cfg.evaluate.judge}): remove it"
+            f"evaluate.judge {cfg.evaluate.judge}, retrain.judge {cfg.retrain.judge}): remove it"
+        )
+    if not cfg.sft.enabled and cfg.model.chat_template is not None:
+        raise ValueError(
+            "model.chat_template is applied by the SFT stage, and sft.enabled is false: use a "
+            "model whose own chat template fits, or enable SFT"
         )
     if cfg.data.source != "files":
         return

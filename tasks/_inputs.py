@@ -14,8 +14,9 @@ OWN_PREFERENCES_FILE = "preferences.jsonl"  # prepare's rows of data.preferences
 
 
 def base_model(cfg: PipelineConfig, prepared: StageResult) -> str:
-    """The base policy: the locally built tiny model, or the user's hub id / local path."""
-    if cfg.model.source == "tiny":
+    """The base policy: the locally built tiny model or a dequantized GGUF (both in prepare's
+    output), or the user's hub id / local path."""
+    if cfg.model.source == "tiny" or cfg.model.gguf_file:
         return str(prepared.path(BASE_MODEL_DIR))
     return str(cfg.model.name_or_path)
 

@@ -18,7 +18,7 @@ from alignflow.config import ConfigError, load_config
 from alignflow.data.errors import DataError
 from alignflow.launch import DEEPSPEED_ENV, RESULT_FILE_ENV, TRACKING_ENV
 from alignflow.pipeline import UPSTREAM, stage_dir, tracking_context
-from alignflow.shape import active_stages
+from alignflow.shape import NotEnoughData, active_stages
 from alignflow.store import StageResult
 from alignflow.tracking import TrackingContext
 
@@ -78,7 +78,7 @@ def main(stage: str, run: Callable[..., StageResult], argv: list[str] | None = N
     ctx = distributed.broadcast_object(_tracking(cfg) if distributed.is_main() else None)
     try:
         result = run(cfg, ctx, *upstream)
-    except DataError as error:  # bad data: one line naming file, line and field
+    except (DataError, NotEnoughData) as error:  # bad or too little data: one line
         print(f"error: {error}", file=sys.stderr)
         return 2
     if distributed.is_main():

@@ -38,16 +38,11 @@ def run_policy(
         rows, counts = [], {}
         if cfg.policy.algorithm in PAIR_ALGORITHMS:
             rows = preference_rows(cfg, prepared, collected)
-            counts = origin_counts(rows)
-            trained = [row for row in rows if row["split"] == "train"]
-            if cfg.policy.algorithm != "kto":  # KTO also learns from unpaired rows
-                trained = [row for row in trained if "chosen" in row]
-            require(
-                cfg.data.min_examples,
-                len(trained),
-                "training rows",
-                f"policy ({cfg.policy.algorithm})",
-            )
+            read = rows if cfg.policy.algorithm == "kto" else [r for r in rows if "chosen" in r]
+            counts = origin_counts(read)  # KTO also learns from unpaired rows; DPO/ORPO do not
+            trained = sum(row["split"] == "train" for row in read)
+            stage = f"policy ({cfg.policy.algorithm})"
+            require(cfg.data.min_examples, trained, "training rows", stage, len(rows) - len(read))
         rl_prompts = prepared.path("rl_prompts.jsonl")
         inputs = PolicyInputs(
             sft_dir=start_model(cfg, prepared, sft),

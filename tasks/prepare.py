@@ -15,7 +15,7 @@ from alignflow import demo, pipeline, tracking
 from alignflow.config import DatasetConfig, PipelineConfig
 from alignflow.data.errors import DataError
 from alignflow.data.prepare import prepare_datasets, report_dict
-from alignflow.shape import DATA_ROLES
+from alignflow.shape import DATA_ROLES, required_roles
 from alignflow.store import StageResult, write_json_atomic, write_jsonl
 from alignflow.tracking import TrackingContext
 from tasks._inputs import BASE_MODEL_DIR, base_model
@@ -63,7 +63,8 @@ def _length_fn(cfg: PipelineConfig, work: Path) -> Callable[[str], int] | None:
         return None
     from alignflow.models import load_tokenizer
 
-    source = work / BASE_MODEL_DIR if cfg.model.source == "tiny" else cfg.model.name_or_path
+    built = cfg.model.source == "tiny" or cfg.model.gguf_file
+    source = work / BASE_MODEL_DIR if built else cfg.model.name_or_path
     tokenizer = load_tokenizer(str(source), cfg.model.trust_remote_code)
     return lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
 
@@ -73,7 +74,9 @@ def _prepare_data(cfg: PipelineConfig, work: Path) -> dict[str, float]:
     if data.source == "demo":
         datasets = _write_demo_sources(cfg, work / "raw")
     else:
-        datasets = {role: getattr(data, role) for role in DATA_ROLES}
+        # only what this config's shape reads: an unused role neither stops a run nor costs time
+        needed = required_roles(cfg)
+        datasets = {role: getattr(data, role) for role in DATA_ROLES if role in needed}
     pair_split = (cfg.reward.eval_fraction, str(cfg.run.seed))  # as the collect stage splits
     reports = prepare_datasets(data, datasets, work, _length_fn(cfg, work), pair_split)
     metrics: dict[str, float] = {}
@@ -101,6 +104,17 @@ def _build_tiny(cfg: PipelineConfig, work: Path) -> dict[str, int]:
     return {"vocab_size": len(tokenizer), "parameters": model.num_parameters()}
 
 
+def _dequantize_gguf(cfg: PipelineConfig, work: Path) -> dict[str, int]:
+    """model.gguf_file as a safetensors folder, checked like any pretrained model's template."""
+    from alignflow.models import check_chat_template, convert_gguf, load_causal_lm
+
+    out = work / BASE_MODEL_DIR
+    convert_gguf(str(cfg.model.name_or_path), str(cfg.model.gguf_file), out)
+    if cfg.model.chat_template is None:
+        check_chat_template(str(out), cfg.model.trust_remote_code)
+    return {"parameters": load_causal_lm(str(out)).num_parameters()}
+
+
 def run_prepare(cfg: PipelineConfig, ctx: TrackingContext) -> StageResult:
     def body(work: Path) -> dict:
         from alignflow.models import check_base_model
@@ -109,6 +123,8 @@ def run_prepare(cfg: PipelineConfig, ctx: TrackingContext) -> StageResult:
         check_base_model(cfg.model)
         check_rewards(cfg)  # here too: a flow started from the Prefect UI skips the CLI
         metrics = _build_tiny(cfg, work) if cfg.model.source == "tiny" else {}
+        if cfg.model.gguf_file:
+            metrics = _dequantize_gguf(cfg, work)
         try:
             data_metrics, warnings = _prepare_data(cfg, work)
         except DataError:

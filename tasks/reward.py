@@ -124,7 +124,8 @@ def run_reward(
         columns = ("prompt", "chosen", "rejected")
         train = [{k: p[k] for k in columns} for p in pairs if p["split"] == "train"]
         heldout = [p for p in pairs if p["split"] == "eval"]
-        require(cfg.data.min_examples, len(train), "training pairs", "reward")
+        unpaired = len(rows) - len(pairs)
+        require(cfg.data.min_examples, len(train), "training pairs", "reward", unpaired)
         metrics: dict = {"train_pairs": len(train), "eval_pairs": len(heldout)}
         metrics |= origin_counts(pairs)
         _log_provenance(prepared, collected, pairs)

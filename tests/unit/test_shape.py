@@ -103,3 +103,33 @@ def test_a_rule_module_beside_the_config_is_found_from_any_directory(tmp_path):
     # run from the repository, where the module is not on the path by any other means
     done = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True)
     assert done.stdout.strip() == "found", done.stderr[-2000:]
+
+
+def test_combinations_that_would_fail_mid_run_fail_at_load(tmp_path):
+    with pytest.raises(ConfigError, match="model.chat_template is applied by the SFT stage"):
+        load_config(None, ["sft.enabled=false", "model.source=pretrained",
+                           "model.name_or_path=some/model", "model.chat_template=chatml"])  # fmt: skip
+    # collect.mode off where nothing reads pairs is just explicit, not an error
+    rules = [
+        "policy.algorithm=grpo",
+        "rewards.model_weight=0",
+        "rewards.rules=[{function: 'a.b:c'}]",
+    ]
+    assert "collect" not in active_stages(load_config(None, [*rules, "collect.mode=off"]))
+    # a retraining round judged by a reward model needs one: trained here, or given
+    dpo = ["policy.algorithm=dpo", "retrain.judge=reward_model"]
+    assert "reward" in active_stages(load_config(None, dpo))
+    assert "reward" not in active_stages(load_config(None, [*dpo, "reward.model=some/rm"]))
+
+
+def test_too_few_rows_names_the_setting_and_the_unpaired_rows_it_cannot_read():
+    from alignflow.shape import NotEnoughData, require
+
+    require(16, 16, "training pairs", "reward")  # enough
+    with pytest.raises(NotEnoughData) as raised:
+        require(16, 0, "training pairs", "reward", unpaired=40)
+    assert str(raised.value) == (
+        "reward: 0 training pairs to train on (40 KTO-style unpaired rows of data.preferences are "
+        "read by policy.algorithm kto alone), fewer than data.min_examples (16): bring more data, "
+        "or lower data.min_examples"
+    )
