@@ -62,6 +62,7 @@ def test_real_tokenizers_load_with_their_families_quirks(family):
     assert ours.pad_token == (pad or eos)  # Llama-3.1 ships none: ours pads with its EOS
 
 
+@pytest.mark.slow  # ~45 s: converts the 98 MB GGUF again (fetch-real already converts it once)
 def test_a_gguf_file_is_the_model_source_as_a_safetensors_folder(tmp_path):
     from alignflow.config import load_config
     from alignflow.models import load_causal_lm
