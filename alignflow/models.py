@@ -144,12 +144,19 @@ def check_chat_template(path: str, trust_remote_code: bool) -> None:
             f"model.chat_template: {path!r} has no chat template of its own; set "
             f"model.chat_template to one of the built-in ones: {', '.join(templates.TEMPLATES)}"
         ) from None
-    if not _has_generation_markers(tokenizer.chat_template):
+    if _has_generation_markers(tokenizer.chat_template):
+        return
+    probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]
+    try:  # no markers: the reply's tokens are found by rendering the turns (assistant_spans)
+        text, [(start, end)] = assistant_spans(tokenizer, probe)
+        if "Hello there." not in text[start:end]:
+            raise ValueError("the reply is not inside its span")
+    except ValueError as error:
         raise ValueError(
             f"model.chat_template: {path!r}'s own chat template has no {{% generation %}} markers "
-            "(needed for assistant-only loss) and TRL cannot patch it; set model.chat_template to "
-            f"one of the built-in ones: {', '.join(templates.TEMPLATES)}"
-        )
+            f"and its replies cannot be located by rendering the turns ({error}); set "
+            f"model.chat_template to one of the built-in ones: {', '.join(templates.TEMPLATES)}"
+        ) from None
 
 
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -348,6 +355,47 @@ def last_checkpoint(directory: Path) -> str | None:
     return str(checkpoints[-1]) if checkpoints else None
 
 
+def assistant_spans(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict], tools: list | None = None
+) -> tuple[str, list[tuple[int, int]]]:
+    """The conversation as its chat template renders it, and the character span of each trained
+    assistant turn, for templates without `{% generation %}` markers (Qwen3, DeepSeek-V3, SmolLM2
+    as they ship). A turn's span runs from the end of the generation prompt before it (its header:
+    everything the template writes for a reply, e.g. Qwen3's `<think>` block, is trained) to the end
+    of its end-of-turn token, and the newline the template writes after it. Turns with
+    `loss_weight` 0 are skipped. A ValueError when the template renders earlier turns differently
+    once a reply follows, or a reply has no end-of-turn token."""
+    full = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+    end_of_turn = tokenizer.eos_token
+    spans = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant" or message.get("loss_weight", 1) == 0:
+            continue
+        prefix = tokenizer.apply_chat_template(
+            messages[:index], tools=tools, tokenize=False, add_generation_prompt=True
+        )
+        if not full.startswith(prefix):
+            raise ValueError(f"turn {index}: the template renders the turns before it differently")
+        end = full.find(end_of_turn, len(prefix))
+        if end < 0:
+            raise ValueError(f"turn {index}: no end-of-turn token {end_of_turn!r} after the reply")
+        end += len(end_of_turn)
+        spans.append((len(prefix), end + 1 if full.startswith("\n", end) else end))
+    return full, spans
+
+
+def _masked_by_spans(tokenizer, messages: list[dict], tools: list | None) -> dict[str, list[int]]:
+    """`input_ids` and `assistant_masks` from `assistant_spans`: a token is trained when its
+    characters overlap a span."""
+    text, spans = assistant_spans(tokenizer, messages, tools)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    masks = [
+        int(any(start < span_end and end > span_start for span_start, span_end in spans))
+        for start, end in encoded["offset_mapping"]
+    ]
+    return {"input_ids": list(encoded["input_ids"]), "assistant_masks": masks}
+
+
 def tokenize_conversations(tokenizer: PreTrainedTokenizerBase, rows: list[dict]):
     """SFT rows → a `datasets.Dataset` of `input_ids` + `assistant_masks`, rendered by the chat
     template with each row's own `tools`.
@@ -363,14 +411,18 @@ def tokenize_conversations(tokenizer: PreTrainedTokenizerBase, rows: list[dict])
     from datasets import Dataset
 
     ids, masks, untrained = [], [], 0
+    marked = _has_generation_markers(tokenizer.chat_template)
     for row in rows:
-        encoded = tokenizer.apply_chat_template(
-            row["messages"],
-            tools=row.get("tools"),
-            tokenize=True,
-            return_dict=True,
-            return_assistant_tokens_mask=True,
-        )
+        if not marked:  # a template as it ships: the replies are found by rendering the turns
+            encoded = _masked_by_spans(tokenizer, row["messages"], row.get("tools"))
+        else:
+            encoded = tokenizer.apply_chat_template(
+                row["messages"],
+                tools=row.get("tools"),
+                tokenize=True,
+                return_dict=True,
+                return_assistant_tokens_mask=True,
+            )
         if 1 not in encoded["assistant_masks"]:
             untrained += 1
             continue

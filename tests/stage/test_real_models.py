@@ -84,3 +84,45 @@ def test_a_gguf_file_is_the_model_source_as_a_safetensors_folder(tmp_path):
     model = load_causal_lm(folder)
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 30
     assert prepared.metrics["parameters"] == model.num_parameters()
+
+
+# What SFT trains on, decoded: each reply and its end-of-turn token (and the newline the family's
+# template writes after it); Qwen3's template writes an empty think block into the last reply.
+TRAINED = {
+    "qwen3": ["Great kettle.<|im_end|>\n", "<think>\n\n</think>\n\nGreat.<|im_end|>\n"],
+    "llama3_1": ["Great kettle.<|eot_id|>", "Great.<|eot_id|>"],
+    "gemma3": ["Great kettle.<end_of_turn>\n", "Great.<end_of_turn>\n"],
+    "deepseek_v3": ["Great kettle.<｜end▁of▁sentence｜>", "Great.<｜end▁of▁sentence｜>"],
+    "smollm2": ["Great kettle.<|im_end|>\n", "Great.<|im_end|>\n"],
+}
+
+
+@pytest.mark.parametrize("family", list(TRAINED))
+def test_sft_trains_on_exactly_each_reply_and_its_end_of_turn(family, smollm2):
+    from alignflow.models import check_chat_template, load_tokenizer, tokenize_conversations
+
+    folder = smollm2 if family == "smollm2" else str(real.fetch_tokenizer(family))
+    check_chat_template(folder, False)  # usable for SFT as it ships
+    tokenizer = load_tokenizer(folder)
+    conversation = [
+        {"role": "user", "content": "Review the Nimbus kettle."},
+        {"role": "assistant", "content": "Great kettle."},
+        {"role": "user", "content": "Shorter?"},
+        {"role": "assistant", "content": "Great."},
+    ]
+    dataset, untrained = tokenize_conversations(tokenizer, [{"messages": conversation}])
+    assert untrained == 0
+    ids, mask = dataset[0]["input_ids"], dataset[0]["assistant_masks"]
+    spans, current = [], []
+    for token, trained in zip(ids, mask, strict=True):
+        if trained:
+            current.append(token)
+        elif current:
+            spans.append(tokenizer.decode(current))
+            current = []
+    spans += [tokenizer.decode(current)] if current else []
+    assert spans == TRAINED[family]
+    # the ids are the template's own tokenization of the conversation (no re-tokenisation drift)
+    assert ids == list(
+        tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"]
+    )

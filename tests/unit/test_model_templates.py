@@ -203,8 +203,11 @@ def test_a_known_family_template_without_markers_is_patched_by_trl(tmp_path):
 
 
 def test_an_unknown_template_without_markers_fails_before_any_work(tmp_path):
+    # no markers, and no end-of-turn token after a reply: nothing says where a reply ends
     path = _save_with_template(tmp_path, "{% for m in messages %}{{ m['content'] }}{% endfor %}")
     with pytest.raises(
-        ValueError, match=r"has no \{% generation %\} markers .* TRL cannot patch it"
+        ValueError,
+        match=r"has no \{% generation %\} markers and its replies cannot be located .* no "
+        r"end-of-turn token",
     ):
         check_base_model(pretrained(path))
