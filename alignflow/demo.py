@@ -12,7 +12,6 @@ something to fix. Held-out prompts use products that are unseen combinations of 
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Iterator
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+
+from alignflow.store import write_jsonl
 
 Family = Literal["review", "unsafe"]
 
@@ -291,8 +292,7 @@ def write_user_files(out: Path, seed: int = 0, pairs: int = 200) -> dict[str, in
     files = {"sft.jsonl": sft, "pairs.jsonl": prefs, "hh_pairs.jsonl": hh, "prompts.jsonl": flat,
              "heldout.jsonl": heldout}  # fmt: skip
     for name, rows in files.items():
-        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        (out / name).write_text(text, encoding="utf-8")
+        write_jsonl(out / name, rows)
     return {name: len(rows) for name, rows in files.items()}
 
 

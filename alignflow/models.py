@@ -232,10 +232,10 @@ def fit_to_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
         generation.eos_token_id = [eos, *(stop for stop in stops if stop != eos)]
 
 
-def convert_gguf(folder: str, gguf_file: str, out: Path, dtype: str = "float32") -> Path:
+def convert_gguf(folder: str, gguf_file: str, out: Path, dtype: str = "float32") -> int:
     """A GGUF checkpoint (llama.cpp, Ollama) as a plain safetensors model folder in `out`: weights
     dequantized to `dtype`, the tokenizer and chat template read from the file. Every stage after
-    this reads normal folders. Returns `out`."""
+    this reads normal folders. Returns the model's parameter count."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
@@ -253,7 +253,7 @@ def convert_gguf(folder: str, gguf_file: str, out: Path, dtype: str = "float32")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return Path(out)
+    return model.num_parameters()
 
 
 def load_causal_lm(

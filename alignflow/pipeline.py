@@ -87,17 +87,17 @@ def _settings(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
             settings["pairs"] = shape.collect_mode(cfg)
         return settings
     settings = {stage: dump[stage], "seed": cfg.run.seed}
+    if stage == "reward":
+        settings["pairs"] = shape.collect_mode(cfg)
     if stage == "collect":
         # its pairs are split train/eval with the reward stage's fraction; whether your own pairs
         # join them (mode) is the reward and policy stages' business
         settings["pair_eval_fraction"] = cfg.reward.eval_fraction
         settings["collect"] = {k: v for k, v in dump["collect"].items() if k != "mode"}
-    if stage == "reward":
-        settings["pairs"] = shape.collect_mode(cfg)
-    if stage == "collect" and cfg.collect.served and cfg.feedback_store_path:
-        from alignflow.serve import served_fingerprint  # new exchanges: a new collect run
+        if cfg.collect.served and cfg.feedback_store_path:
+            from alignflow.serve import served_fingerprint  # new exchanges: a new collect run
 
-        settings["served"] = served_fingerprint(cfg.feedback_store_path)
+            settings["served"] = served_fingerprint(cfg.feedback_store_path)
     return settings
 
 

@@ -77,16 +77,9 @@ def smollm2_dir(root: str | Path | None = None) -> Path:
     return cache_dir(root) / SMOLLM2
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _checked(path: Path, expected: str, what: str) -> Path:
-    actual = _sha256(path)
+    with path.open("rb") as handle:
+        actual = hashlib.file_digest(handle, "sha256").hexdigest()
     if actual != expected:
         raise FetchError(f"{what}: sha256 {actual} does not match the pinned {expected}")
     return path

@@ -3,6 +3,8 @@ policy's start and reference, the preference pairs, the reward models."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from alignflow.config import PipelineConfig
 from alignflow.shape import collect_mode
 from alignflow.store import StageResult, read_jsonl
@@ -13,12 +15,17 @@ PAIRS_FILE = "pairs.jsonl"  # the collect stage's pairs
 OWN_PREFERENCES_FILE = "preferences.jsonl"  # prepare's rows of data.preferences
 
 
-def base_model(cfg: PipelineConfig, prepared: StageResult) -> str:
-    """The base policy: the locally built tiny model or a dequantized GGUF (both in prepare's
-    output), or the user's hub id / local path."""
+def base_model_in(cfg: PipelineConfig, prepare_dir: Path) -> str:
+    """The base policy given prepare's folder: the locally built tiny model or a dequantized GGUF
+    (both written there), or the user's hub id / local path."""
     if cfg.model.source == "tiny" or cfg.model.gguf_file:
-        return str(prepared.path(BASE_MODEL_DIR))
+        return str(prepare_dir / BASE_MODEL_DIR)
     return str(cfg.model.name_or_path)
+
+
+def base_model(cfg: PipelineConfig, prepared: StageResult) -> str:
+    """The base policy of a completed prepare stage (`base_model_in`)."""
+    return base_model_in(cfg, Path(prepared.output))
 
 
 def start_model(cfg: PipelineConfig, prepared: StageResult, sft: StageResult | None) -> str:
@@ -27,14 +34,17 @@ def start_model(cfg: PipelineConfig, prepared: StageResult, sft: StageResult | N
     return str(sft.path(MODEL_DIR)) if sft is not None else base_model(cfg, prepared)
 
 
+def member_dir(index: int) -> str:
+    """Folder of reward ensemble member `index` in the reward stage (member 0 is MODEL_DIR)."""
+    return MODEL_DIR if index == 0 else f"{MODEL_DIR}-{index}"
+
+
 def reward_model_dirs(cfg: PipelineConfig, reward: StageResult | None) -> list[str]:
     """The reward models the policy and the evaluation read: the ensemble the reward stage trained,
     the one `reward.model` names, or none (rule rewards only)."""
     if reward is not None:
         members = int(reward.metrics.get("ensemble_size", 1))
-        return [
-            str(reward.path(MODEL_DIR if i == 0 else f"{MODEL_DIR}-{i}")) for i in range(members)
-        ]
+        return [str(reward.path(member_dir(index))) for index in range(members)]
     return [cfg.reward.model] if cfg.reward.model else []
 
 

@@ -18,7 +18,7 @@ from alignflow.data.prepare import prepare_datasets, report_dict
 from alignflow.shape import DATA_ROLES, required_roles
 from alignflow.store import StageResult, write_json_atomic, write_jsonl
 from alignflow.tracking import TrackingContext
-from tasks._inputs import BASE_MODEL_DIR, base_model
+from tasks._inputs import BASE_MODEL_DIR, base_model, base_model_in
 
 __all__ = ["BASE_MODEL_DIR", "base_model", "prepare_task", "run_prepare"]
 
@@ -63,9 +63,7 @@ def _length_fn(cfg: PipelineConfig, work: Path) -> Callable[[str], int] | None:
         return None
     from alignflow.models import load_tokenizer
 
-    built = cfg.model.source == "tiny" or cfg.model.gguf_file
-    source = work / BASE_MODEL_DIR if built else cfg.model.name_or_path
-    tokenizer = load_tokenizer(str(source), cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(base_model_in(cfg, work), cfg.model.trust_remote_code)
     return lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
 
 
@@ -106,13 +104,13 @@ def _build_tiny(cfg: PipelineConfig, work: Path) -> dict[str, int]:
 
 def _dequantize_gguf(cfg: PipelineConfig, work: Path) -> dict[str, int]:
     """model.gguf_file as a safetensors folder, checked like any pretrained model's template."""
-    from alignflow.models import check_chat_template, convert_gguf, load_causal_lm
+    from alignflow.models import check_chat_template, convert_gguf
 
     out = work / BASE_MODEL_DIR
-    convert_gguf(str(cfg.model.name_or_path), str(cfg.model.gguf_file), out)
+    parameters = convert_gguf(str(cfg.model.name_or_path), str(cfg.model.gguf_file), out)
     if cfg.model.chat_template is None:
         check_chat_template(str(out), cfg.model.trust_remote_code)
-    return {"parameters": load_causal_lm(str(out)).num_parameters()}
+    return {"parameters": parameters}
 
 
 def run_prepare(cfg: PipelineConfig, ctx: TrackingContext) -> StageResult:

@@ -16,19 +16,14 @@ from alignflow.store import StageResult, write_json_atomic
 from alignflow.tracking import TrackingContext
 from tasks._compute import run_stage_where_configured
 from tasks._inputs import (
-    MODEL_DIR,
     OWN_PREFERENCES_FILE,
     PAIRS_FILE,
+    member_dir,
     origin_counts,
     preference_rows,
     start_model,
 )
 from tasks.sft import loss_trend, save_trained
-
-
-def member_dir(index: int) -> str:
-    """Folder of ensemble member `index` in the reward stage (member 0 is MODEL_DIR)."""
-    return MODEL_DIR if index == 0 else f"{MODEL_DIR}-{index}"
 
 
 def pair_accuracy(model, tokenizer, pairs: list[dict]) -> dict[str, float]:
@@ -129,6 +124,7 @@ def run_reward(
         metrics: dict = {"train_pairs": len(train), "eval_pairs": len(heldout)}
         metrics |= origin_counts(pairs)
         _log_provenance(prepared, collected, pairs)
+        start = start_model(cfg, prepared, sft)
         for index in range(cfg.reward.ensemble_size):
             out = work / member_dir(index)
             # trained before a crash: keep it (rank 0 decides, so N processes agree)
@@ -137,7 +133,6 @@ def run_reward(
             else:
                 # Members differ by seed (head init, data order): the usual cheap ensemble.
                 seed = cfg.run.seed + index
-                start = start_model(cfg, prepared, sft)
                 member = train_member(cfg, start, train, heldout, seed, out)
             prefix = "" if index == 0 else f"member_{index}_"
             metrics.update({prefix + key: value for key, value in member.items()})

@@ -37,6 +37,7 @@ from alignflow.data.messages import Row
 ROLES = ("heldout", "sft", "preferences", "preference_prompts", "rl_prompts")
 TRAINING_ROLES = ROLES[1:]
 PAIR_KINDS = ("preference", "unpaired")  # what the data layer may give the preferences role
+HELD_OUT_ROLES = ("sft", "preferences")  # roles whose rows are split into train and eval
 
 
 @dataclass
@@ -71,7 +72,7 @@ class RoleReport:
             f"{self.role}_rows_kept": self.kept,
             f"{self.role}_rows": self.train,
         }
-        if self.role in ("sft", "preferences"):
+        if self.role in HELD_OUT_ROLES:
             out[f"{self.role}_eval_rows"] = self.eval
         out |= {f"{self.role}_removed_{reason}": n for reason, n in self.removed.items()}
         skipped: Counter[str] = Counter()
@@ -80,11 +81,13 @@ class RoleReport:
         out |= {f"{self.role}_skipped_{_slug(reason)}": n for reason, n in skipped.items()}
         return out
 
+    def _removed_words(self) -> str:
+        return ", ".join(f"{n} {reason}" for reason, n in self.removed.items() if n) or "none"
+
     def summary(self) -> str:
         """`N rows in, removed: ..., M held out` in words."""
-        removed = ", ".join(f"{n} {reason}" for reason, n in self.removed.items() if n) or "none"
         held = f", {self.eval} held out for evaluation" if self.eval else ""
-        return f"{self.rows_in} rows in, removed: {removed}{held}"
+        return f"{self.rows_in} rows in, removed: {self._removed_words()}{held}"
 
     def warnings(self) -> list[str]:
         """What a person should see before trusting the run: near dedup removing a large share of
@@ -106,10 +109,11 @@ class RoleReport:
                 f"{self.role}: {d.path} [{d.format}] {d.records_read} records -> {d.rows} rows "
                 f"(skipped: {skipped}; weight {d.weight:g})"
             )
-        removed = ", ".join(f"{n} {reason}" for reason, n in self.removed.items() if n) or "none"
-        held = self.role in ("sft", "preferences")
+        held = self.role in HELD_OUT_ROLES
         written = f"{self.train} train, {self.eval} eval" if held else self.train
-        out.append(f"{self.role}: {self.rows_in} rows in, removed: {removed}; wrote {written}")
+        out.append(
+            f"{self.role}: {self.rows_in} rows in, removed: {self._removed_words()}; wrote {written}"
+        )
         return out
 
 
