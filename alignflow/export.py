@@ -183,11 +183,29 @@ def model_card(facts: dict[str, Any], ref: str) -> str:
     return "\n".join(lines)
 
 
+def _text_only(folder: Path) -> None:
+    """Drop a `processor_class` the tokenizer inherited from a multimodal sibling (Gemma-3's
+    tokenizer names `Gemma3Processor`) when the export has no processor files: loaders that start
+    from AutoProcessor (`transformers serve`) would look for an image processor and fail."""
+    config_path = folder / "tokenizer_config.json"
+    has_processor = any((folder / name).exists() for name in PROCESSOR_FILES)
+    if has_processor or not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text())
+    if config.pop("processor_class", None) is not None:
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
 def export(
     ref: str, out: Path, tracking_uri: str, trust_remote_code: bool = False, force: bool = False
 ) -> Path:
     """Write the export of `ref` to `out` (atomically: a partial folder renamed at the end)."""
     from transformers import AutoTokenizer, GenerationConfig
+
+    from alignflow.rl.rollout import stop_token_ids
 
     if out.exists() and any(out.iterdir()) and not force:
         raise ExportError(f"{out}: exists and is not empty (--force replaces it)")
@@ -200,11 +218,15 @@ def export(
         if not tokenizer.chat_template:
             raise ExportError(f"{ref}: the tokenizer has no chat template; chat serving needs one")
         generation = GenerationConfig.from_model_config(model.config)
-        generation.eos_token_id = tokenizer.eos_token_id
+        # every stop the trained model had (Llama-3: <|eot_id|> and <|end_of_text|>), EOS first
+        eos, stops = tokenizer.eos_token_id, stop_token_ids(model)
+        stops = [eos, *(stop for stop in stops if stop != eos)]
+        generation.eos_token_id = stops if len(stops) > 1 else eos
         generation.pad_token_id = tokenizer.pad_token_id
         model.generation_config = generation
         model.save_pretrained(partial, safe_serialization=True)
         tokenizer.save_pretrained(partial)
+        _text_only(partial)
         (partial / CARD_FILE).write_text(model_card(facts, ref))
         (partial / PROVENANCE_FILE).write_text(json.dumps(facts, indent=2, default=str))
     if out.exists():

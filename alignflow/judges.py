@@ -17,24 +17,23 @@ def reward_model_scores(
 ) -> list[float]:
     """Score each (prompt, response) with a sequence-classification reward model.
 
-    The conversation is rendered with the chat template, so the score is read at the EOS that ends
-    the assistant turn, as in reward-model training.
+    The one scorer of the pipeline: the layout PPO scores its rollouts in
+    (`alignflow.rl.rollout.encode_completions`: the prompt with its generation prompt, then the
+    reply as the chat template writes it, ending at its end-of-turn token), read at that token, as
+    the reward model was trained (`tasks.reward.preference_ids`).
     """
-    texts = [
-        tokenizer.apply_chat_template(
-            [*prompt, {"role": "assistant", "content": response}], tokenize=False
-        )
-        for prompt, response in zip(prompts, responses, strict=True)
-    ]
-    tokenizer.padding_side = "right"
+    from alignflow.rl.rollout import encode_completions, token_scores
+
+    reward_model.eval()
     scores: list[float] = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(
-            texts[start : start + batch_size],
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=False,
+    for start in range(0, len(prompts), batch_size):
+        sequence, attention, query_len, mask = encode_completions(
+            tokenizer,
+            prompts[start : start + batch_size],
+            responses[start : start + batch_size],
+            reward_model.device,
         )
-        batch = batch.to(reward_model.device)
-        scores.extend(reward_model(**batch).logits[:, 0].float().tolist())
+        rows = torch.arange(sequence.shape[0], device=sequence.device)
+        at_eos = query_len + mask.sum(-1) - 1
+        scores.extend(token_scores(reward_model, sequence, attention)[rows, at_eos].tolist())
     return scores

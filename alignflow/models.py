@@ -181,6 +181,48 @@ def _with_training_markers(tokenizer: PreTrainedTokenizerBase) -> None:
         tokenizer.chat_template = patched
 
 
+# Pads that families ship under other names, in the order they are tried (see `padding_token`)
+_PAD_NAMES = (
+    re.compile(r"^[<\[|｜▁]*pad[>\]|｜▁]*$", re.IGNORECASE),  # <pad>, <|pad|>, [PAD], <｜▁pad▁｜>
+    re.compile(r"pad", re.IGNORECASE),  # <|finetune_right_pad_id|>, <|fim_pad|>, ...
+    re.compile(r"end_?of_?text", re.IGNORECASE),  # Llama-3's <|end_of_text|>, <|endoftext|>
+)
+
+
+def padding_token(tokenizer: PreTrainedTokenizerBase, shipped: str | None) -> str:
+    """The token to pad with: never the end-of-turn token (EOS) when the vocabulary has another.
+
+    A scalar head (reward and value models, in TRL's RewardTrainer as in transformers) reads its
+    score at the last token that is not padding; with pad == EOS that is the token *before* the
+    EOS ending the reply. So: the shipped pad when it differs from EOS, else a vocabulary token named
+    as a pad or end-of-text (Llama-3.1 ships no pad: `<|end_of_text|>`; DeepSeek-V3 pads with its EOS:
+    `<｜▁pad▁｜>`), else UNK (SmolLM2: `<|endoftext|>`), else BOS, else EOS itself (the reward stage
+    then refuses to train: `check_padding`)."""
+    eos = tokenizer.eos_token
+    if shipped and shipped != eos:
+        return shipped
+    added = [token.content for _, token in sorted(tokenizer.added_tokens_decoder.items())]
+    for pattern in _PAD_NAMES:
+        for name in added:
+            if name != eos and pattern.search(name):
+                return name
+    for name in (tokenizer.unk_token, tokenizer.bos_token):
+        if name and name != eos:
+            return name
+    return eos
+
+
+def check_padding(tokenizer: PreTrainedTokenizerBase, where: str) -> None:
+    """A one-line ValueError when padding is the EOS: a scalar head would read the wrong token."""
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise ValueError(
+            f"{where}: the tokenizer pads with its end-of-turn token {tokenizer.eos_token!r} and has "
+            "no other token to pad with; a reward model would read its score before the reply's "
+            "end (add a pad token to the tokenizer, e.g. tokenizer.add_special_tokens"
+            "({'pad_token': '<|pad|>'}), and save it with the model)"
+        )
+
+
 def load_tokenizer(
     path: str,
     trust_remote_code: bool = False,
@@ -196,15 +238,13 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    # Padding stays the original token: a scalar head reads the last non-pad token, which must be
-    # the end-of-turn token, not the one before it.
-    pad = tokenizer.pad_token or tokenizer.eos_token
+    shipped_pad = tokenizer.pad_token
     if chat_template is not None:
         templates.apply_template(tokenizer, chat_template)
         tokenizer.eos_token = templates.end_of_turn_token(chat_template)
     else:
         _with_training_markers(tokenizer)
-    tokenizer.pad_token = pad or tokenizer.eos_token
+    tokenizer.pad_token = padding_token(tokenizer, shipped_pad)
     tokenizer.padding_side = padding_side
     return tokenizer
 
@@ -228,7 +268,7 @@ def fit_to_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
     text_config.eos_token_id = eos
     stops = generation.eos_token_id
     stops = [] if stops is None else [stops] if isinstance(stops, int) else list(stops)
-    if stops[:1] != [eos]:  # first: rollout.eos_token_id reads the first as the model's EOS
+    if stops[:1] != [eos]:  # first: the end-of-turn token (rollout.stop_token_ids)
         generation.eos_token_id = [eos, *(stop for stop in stops if stop != eos)]
 
 

@@ -165,3 +165,77 @@ def fetch_all(root: str | Path | None = None, on_line=print) -> dict[str, Path]:
     folders[SMOLLM2] = fetch_smollm2(root)
     on_line(f"model {SMOLLM2}: {folders[SMOLLM2]}")
     return folders
+
+
+# The real architecture class of each family, for `tiny_family_model`; SmolLM2 is a Llama.
+FAMILIES = ("qwen3", "llama3_1", "gemma3", "deepseek_v3", "smollm2")
+# What each family's generation stops at besides its end-of-turn token (their generation_config)
+_EXTRA_STOPS = {
+    "qwen3": ["<|endoftext|>"],
+    "llama3_1": ["<|end_of_text|>"],
+    "gemma3": ["<eos>"],
+    "deepseek_v3": [],
+    "smollm2": [],
+}
+
+
+def _tiny_config(family: str, vocab_size: int, hidden: int, layers: int):
+    """A few-layer config of the family's real architecture class (random init is its own)."""
+    from transformers import DeepseekV3Config, Gemma3TextConfig, LlamaConfig, Qwen3Config
+
+    shared = {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden,
+        "intermediate_size": hidden * 2,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "tie_word_embeddings": True,
+    }
+    if family == "qwen3":
+        return Qwen3Config(**shared, head_dim=hidden // 4)
+    if family == "gemma3":
+        return Gemma3TextConfig(
+            **shared, head_dim=hidden // 4, sliding_window=64, query_pre_attn_scalar=hidden // 4
+        )
+    if family == "deepseek_v3":  # multi-head latent attention, a dense layer, then routed experts
+        shared["num_key_value_heads"] = shared["num_attention_heads"]  # MLA has no grouped heads
+        return DeepseekV3Config(
+            **shared, moe_intermediate_size=hidden, n_routed_experts=4, num_experts_per_tok=2,
+            n_shared_experts=1, n_group=1, topk_group=1, first_k_dense_replace=1,
+            kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=8,
+            v_head_dim=8,
+        )  # fmt: skip
+    return LlamaConfig(**shared)  # llama3_1, smollm2
+
+
+def family_tokenizer_dir(family: str, root: str | Path | None = None) -> Path:
+    """The folder with the family's real tokenizer (SmolLM2's: the converted model's)."""
+    return fetch_smollm2(root) if family == "smollm2" else fetch_tokenizer(family, root)
+
+
+def tiny_family_model(
+    family: str, out: Path, hidden: int = 32, layers: int = 2, seed: int = 0,
+    root: str | Path | None = None,
+) -> Path:  # fmt: skip
+    """A random-init model of the family's real architecture class (`Qwen3ForCausalLM`,
+    `LlamaForCausalLM`, `Gemma3ForCausalLM`, `DeepseekV3ForCausalLM`; SmolLM2 is a Llama) with the
+    family's real tokenizer and chat template, saved as a model folder in `out`: a family's quirks
+    through every stage in seconds, without its weights. Returns `out`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = family_tokenizer_dir(family, root)
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    config = _tiny_config(family, len(tokenizer), hidden, layers)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    stops = [tokenizer.eos_token, *_EXTRA_STOPS[family]]
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(stops)
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

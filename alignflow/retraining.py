@@ -209,8 +209,8 @@ def compare(
 
     trust, device, ev = cfg.model.trust_remote_code, default_device(), cfg.evaluate
     tokenizer = load_tokenizer(champion_dir, trust)
-    champion = load_causal_lm(champion_dir, trust, device).eval()
-    challenger = load_causal_lm(challenger_dir, trust, device).eval()
+    champion = load_causal_lm(champion_dir, trust, device, tokenizer=tokenizer).eval()
+    challenger = load_causal_lm(challenger_dir, trust, device, tokenizer=tokenizer).eval()
     rows = read_jsonl(heldout)
     prompts = [row["prompt"] for row in rows]
     n = cfg.retrain.samples_per_prompt

@@ -57,7 +57,7 @@ def sample_comparisons(cfg: PipelineConfig, prompts: list[dict], policy_dir: str
 
     k, trust = cfg.collect.samples_per_prompt, cfg.model.trust_remote_code
     tokenizer = load_tokenizer(policy_dir, trust)
-    policy = load_causal_lm(policy_dir, trust, device).eval()
+    policy = load_causal_lm(policy_dir, trust, device, tokenizer=tokenizer).eval()
     repeated = [row["prompt"] for row in prompts for _ in range(k)]
     torch.manual_seed(cfg.run.seed)
     texts = sample_texts(

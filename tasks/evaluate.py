@@ -55,7 +55,8 @@ def run_evaluate(
         # The policy's start and KL anchor: SFT, or the base model when SFT was skipped.
         reference_name, start = ("sft" if sft else "base"), start_model(cfg, prepared, sft)
         tokenizer = load_tokenizer(start, trust)
-        reference = load_causal_lm(start, trust, device).eval()
+        # with the tokenizer: a base model that ships no pad (Llama-3.1) samples with ours
+        reference = load_causal_lm(start, trust, device, tokenizer=tokenizer).eval()
         reward_dirs = reward_model_dirs(cfg, reward)
         reward_model = None
         if reward_dirs:  # the first (ensemble member 0) scores; none with rule rewards only
@@ -71,7 +72,11 @@ def run_evaluate(
         )
         samples, per_policy, judged = {}, {}, {}
         for name, source in sources.items():
-            model = reference if name == reference_name else load_causal_lm(source, trust, device)
+            model = (
+                reference
+                if name == reference_name
+                else load_causal_lm(source, trust, device, tokenizer=tokenizer)
+            )
             samples[name] = evaluation.sample_policy(
                 model, reference, tokenizer, prompts, cfg.ppo.sampling,
                 ev.samples_per_prompt, ev.seed, ev.batch_size, exact_kl=True,

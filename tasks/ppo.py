@@ -17,15 +17,15 @@ from tasks._inputs import reward_model_dirs, start_model
 ADAPTER_DIR = "adapter"  # LoRA PPO: the trained adapter, kept beside the merged policy
 
 
-def ppo_models(cfg: PipelineConfig, sft_dir: str, rm_dir: str, pad: int, device: str):
+def ppo_models(cfg: PipelineConfig, sft_dir: str, rm_dir: str, tokenizer, device: str):
     """(policy, reference, value model): four full models, or one shared base with LoRA."""
     from alignflow.models import load_causal_lm, load_scalar_head_model
 
-    trust = cfg.model.trust_remote_code
+    trust, pad = cfg.model.trust_remote_code, tokenizer.pad_token_id
     if cfg.ppo.lora is None:
         return (
-            load_causal_lm(sft_dir, trust, device),
-            load_causal_lm(sft_dir, trust, device),
+            load_causal_lm(sft_dir, trust, device, tokenizer=tokenizer),
+            load_causal_lm(sft_dir, trust, device, tokenizer=tokenizer),
             # The critic starts from the reward model: it already reads this task's features.
             load_scalar_head_model(rm_dir, trust, pad, device),
         )
@@ -65,11 +65,8 @@ def train_ppo(
     rm_dir = reward_dirs[0] if reward_dirs else sft_dir
     tokenizer = load_tokenizer(sft_dir, trust)
     launched = distributed.world_size() > 1
-    pad, device = (
-        tokenizer.pad_token_id,
-        str(distributed.device()) if launched else default_device(),
-    )
-    policy, reference, value_model = ppo_models(cfg, sft_dir, rm_dir, pad, device)
+    device = str(distributed.device()) if launched else default_device()
+    policy, reference, value_model = ppo_models(cfg, sft_dir, rm_dir, tokenizer, device)
     trainer = PPOTrainer(
         cfg.ppo,
         policy=policy,

@@ -35,19 +35,43 @@ def pair_accuracy(model, tokenizer, pairs: list[dict]) -> dict[str, float]:
 
     if not pairs:
         return {}
-    prompts = [pair["prompt"] for pair in pairs]
-    chosen = reward_model_scores(
-        model, tokenizer, prompts, [p["chosen"][0]["content"] for p in pairs]
-    )
-    rejected = reward_model_scores(
-        model, tokenizer, prompts, [p["rejected"][0]["content"] for p in pairs]
-    )
+
+    def scores(side: str) -> list[float]:  # a multi-message reply: its last message, in context
+        contexts = [[*pair["prompt"], *pair[side][:-1]] for pair in pairs]
+        replies = [pair[side][-1]["content"] for pair in pairs]
+        return reward_model_scores(model, tokenizer, contexts, replies)
+
+    chosen, rejected = scores("chosen"), scores("rejected")
     hits = [float(good > bad) for good, bad in zip(chosen, rejected, strict=True)]
     overall, by_family = mean_by_family(pairs, hits)
     return {"accuracy": overall, **{f"accuracy_{f}": value for f, value in by_family.items()}}
 
 
 MEMBER_METRICS = "member_metrics.json"
+
+
+def preference_ids(tokenizer, pairs: list[dict]) -> list[dict]:
+    """Pairs as `chosen_ids`/`rejected_ids` in the layout the evaluation and PPO score
+    (`alignflow.judges.reward_model_scores`): the prompt with its generation prompt, then the
+    reply's tokens through its end-of-turn token, nothing after (not the newline Qwen3 writes after
+    `<|im_end|>`). Right-padded with a pad that is not the EOS (`models.check_padding`), the
+    model's last non-pad token is that EOS: training reads the score where PPO and the evaluation
+    do. A multi-message reply is scored at its last message, the others being context."""
+    from alignflow.rl.rollout import completion_ids, prompt_ids
+
+    def encoded(prompt: list[dict], reply: list[dict]) -> list[int]:
+        context = [*prompt, *reply[:-1]]
+        return prompt_ids(tokenizer, context) + completion_ids(
+            tokenizer, context, reply[-1]["content"]
+        )
+
+    return [
+        {
+            "chosen_ids": encoded(pair["prompt"], pair["chosen"]),
+            "rejected_ids": encoded(pair["prompt"], pair["rejected"]),
+        }
+        for pair in pairs
+    ]
 
 
 def train_member(
@@ -59,6 +83,7 @@ def train_member(
     from trl import RewardConfig, RewardTrainer
 
     from alignflow.models import (
+        check_padding,
         last_checkpoint,
         load_scalar_head_model,
         load_tokenizer,
@@ -67,6 +92,7 @@ def train_member(
 
     trust = cfg.model.trust_remote_code
     tokenizer = load_tokenizer(sft_dir, trust)
+    check_padding(tokenizer, "reward")
     # From the SFT checkpoint: a fresh one-output head on the policy's own features, drawn from
     # `seed` (the Trainer seeds only after the model exists, so without this the head depended on
     # whatever the process had drawn before, e.g. in a retraining round).
@@ -76,7 +102,7 @@ def train_member(
     trainer = RewardTrainer(
         model=model,
         args=RewardConfig(**trainer_kwargs(cfg.reward, checkpoints, seed)),
-        train_dataset=Dataset.from_list(train),
+        train_dataset=Dataset.from_list(preference_ids(tokenizer, train)),
         processing_class=tokenizer,
         callbacks=[tracking.trainer_callback()],
     )

@@ -38,18 +38,48 @@ def encode_prompts(
     return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 
+def reply_text(tokenizer, prompt: list[dict], completion: str) -> str:
+    """`completion` as the chat template writes a reply after `prompt`'s generation prompt, through
+    its end-of-turn token (EOS) and nothing after it: what a policy trained on the template
+    generates (Qwen3's empty think block included; not the newline Qwen3 writes after
+    `<|im_end|>`). The completion and the EOS when the template renders the prompt differently
+    once a reply follows."""
+    end = tokenizer.eos_token
+    prefix = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(
+        [*prompt, {"role": "assistant", "content": completion}], tokenize=False
+    )
+    stop = full.find(end, len(prefix)) if full.startswith(prefix) else -1
+    return full[len(prefix) : stop + len(end)] if stop >= 0 else completion + end
+
+
+def completion_ids(tokenizer, prompt: list[dict], completion: str) -> list[int]:
+    """The reply's token ids (`reply_text`), ending with the EOS id: the tokens a scorer sees after
+    the prompt's. Tokenized apart from the prompt, as sampled tokens follow the prompt's."""
+    ids = tokenizer(reply_text(tokenizer, prompt, completion), add_special_tokens=False)
+    ids = list(ids["input_ids"])
+    return ids if ids[-1:] == [tokenizer.eos_token_id] else [*ids, tokenizer.eos_token_id]
+
+
+def prompt_ids(tokenizer, prompt: list[dict]) -> list[int]:
+    """The prompt's token ids with the generation prompt, as `encode_prompts` gives them."""
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def encode_completions(
     tokenizer, prompts: Sequence[list[dict]], completions: Sequence[str], device=None
 ) -> tuple[Tensor, Tensor, int, Tensor]:
     """Text completions in the rollout layout: the prompts as `encode_prompts` gives them, then each
-    completion's tokens and EOS, right-padded.
+    completion's reply tokens (`completion_ids`, ending with EOS), right-padded. Reward training,
+    PPO, RLOO/GRPO and the evaluation all score this layout, at the EOS.
 
     Returns (sequence (b, q + t), attention_mask (b, q + t), q, response_mask (b, t)).
     """
     query, query_mask = encode_prompts(tokenizer, prompts, device)
     responses = [
-        tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        for text in completions
+        completion_ids(tokenizer, prompt, text)
+        for prompt, text in zip(prompts, completions, strict=True)
     ]
     width = max(len(ids) for ids in responses)
     pad = tokenizer.pad_token_id
@@ -74,17 +104,21 @@ def _forward_inputs(sequence: Tensor, attention_mask: Tensor) -> dict[str, Tenso
     }
 
 
-def response_mask(response_ids: Tensor, eos_token_id: int) -> Tensor:
-    """1 for response tokens up to and including the first EOS, 0 after. (b, t) -> (b, t) long."""
-    is_eos = (response_ids == eos_token_id).long()
-    after_eos = (is_eos.cumsum(-1) - is_eos) > 0
-    return (~after_eos).long()
+def response_mask(response_ids: Tensor, stop_ids: int | Sequence[int]) -> Tensor:
+    """1 for response tokens up to and including the first stop token (any of `stop_ids`: a model
+    may stop at several, e.g. Llama-3's `<|eot_id|>` and `<|end_of_text|>`), 0 after.
+    (b, t) -> (b, t) long."""
+    stops = torch.tensor([stop_ids] if isinstance(stop_ids, int) else list(stop_ids))
+    is_stop = torch.isin(response_ids, stops.to(response_ids.device)).long()
+    after_stop = (is_stop.cumsum(-1) - is_stop) > 0
+    return (~after_stop).long()
 
 
-def eos_token_id(model) -> int:
-    """The model's (first) EOS id: generation configs may list several."""
+def stop_token_ids(model) -> list[int]:
+    """Every token the model's generation stops at (its generation config's EOS list), first the
+    end-of-turn token (`models.fit_to_tokenizer` puts it first)."""
     eos = model.generation_config.eos_token_id
-    return eos if isinstance(eos, int) else eos[0]
+    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 
 
 @torch.no_grad()
@@ -93,6 +127,9 @@ def generate(
 ) -> Tensor:
     """Sample responses; returns response_ids (b, t) with everything after EOS set to pad."""
     config = model.generation_config
+    stops = stop_token_ids(model)
+    # a model that ships no pad (Llama-3.1) and was loaded without our tokenizer: pad with its EOS
+    pad = config.pad_token_id if config.pad_token_id is not None else stops[0]
     output = model.generate(
         input_ids=query_ids,
         attention_mask=query_mask,
@@ -101,13 +138,12 @@ def generate(
         temperature=None if greedy else sampling.temperature,
         top_k=None if greedy else sampling.top_k,
         top_p=None if greedy else sampling.top_p,
-        pad_token_id=config.pad_token_id,
+        pad_token_id=pad,
         eos_token_id=config.eos_token_id,
         use_cache=True,
     )
     response = output[:, query_ids.shape[1] :]
-    mask = response_mask(response, eos_token_id(model))
-    return response.masked_fill(mask == 0, config.pad_token_id)
+    return response.masked_fill(response_mask(response, stops) == 0, pad)
 
 
 def _keeps_logits(model) -> bool:
@@ -190,7 +226,7 @@ def sample_with_logprobs(
     one row's temporaries while comparing them)."""
     query_ids, query_mask = encode_prompts(tokenizer, prompts, policy.device)
     response = generate(policy, query_ids, query_mask, sampling, greedy=greedy)
-    mask = response_mask(response, tokenizer.eos_token_id)
+    mask = response_mask(response, stop_token_ids(policy))
     sequence = torch.cat([query_ids, response], dim=1)
     attention = torch.cat([query_mask, mask], dim=1)
     q = query_ids.shape[1]
@@ -240,10 +276,10 @@ def sample_texts(
     """Generate one response per prompt, in batches, with a progress bar."""
     from tqdm.auto import tqdm
 
-    eos_id = eos_token_id(model)
+    stops = stop_token_ids(model)
     texts: list[str] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
         ids, mask = encode_prompts(tokenizer, prompts[start : start + batch_size], model.device)
         response = generate(model, ids, mask, sampling, greedy=greedy)
-        texts.extend(decode(tokenizer, response, response_mask(response, eos_id)))
+        texts.extend(decode(tokenizer, response, response_mask(response, stops)))
     return texts

@@ -24,7 +24,13 @@ from alignflow import distributed
 from alignflow.config import PPOConfig, RewardsConfig
 from alignflow.rl import functional as F
 from alignflow.rl.rewards import Rewarder
-from alignflow.rl.rollout import decode, response_logprobs, sample_with_logprobs, token_scores
+from alignflow.rl.rollout import (
+    decode,
+    response_logprobs,
+    sample_with_logprobs,
+    stop_token_ids,
+    token_scores,
+)
 from alignflow.rl.strategy import make_strategy
 
 log = logging.getLogger(__name__)
@@ -143,7 +149,7 @@ class PPOTrainer:
         )
         self.seed, self.output_dir = seed, Path(output_dir)
         self.log_metrics, self.log_samples = log_metrics, log_samples
-        self.eos_id = tokenizer.eos_token_id
+        self.stop_ids = torch.tensor(stop_token_ids(policy))  # a reply ends at any of them
         self.update_index = 0
         self.resumed_from: int | None = None
         self.stopped_early: str | None = None  # why training stopped before cfg.updates
@@ -162,7 +168,8 @@ class PPOTrainer:
         cfg, mask, q = self.cfg, sampled.mask, sampled.query_len
         last = F.last_token_index(mask)
         index = torch.arange(mask.shape[0], device=mask.device)
-        has_eos = (sampled.response[index, last] == self.eos_id) & (mask.sum(-1) > 0)
+        ends = sampled.response[index, last]
+        has_eos = torch.isin(ends, self.stop_ids.to(ends.device)) & (mask.sum(-1) > 0)
         completions = decode(self.tokenizer, sampled.response, mask)
         model_scores = None
         if self.rewarder.models:

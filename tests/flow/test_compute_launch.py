@@ -4,6 +4,7 @@ child of the pipeline's run, tagged with the flow run and the process count."""
 
 from __future__ import annotations
 
+import pytest
 from mlflow import MlflowClient
 from prefect import flow, get_client, runtime
 from prefect.testing.utilities import prefect_test_harness
@@ -21,6 +22,9 @@ def _sft_only(cfg) -> dict:
     return {"result": result, "parent": run.ctx.parent_run_id, "flow_run": str(runtime.flow_run.id)}
 
 
+# slow (30-70 s): the family matrix (tests/flow/test_families.py) took its place in make test's
+# 20 minutes; it runs under make test-all
+@pytest.mark.slow
 def test_sft_task_launches_two_processes_and_streams_them_to_the_prefect_log(
     pipeline_runs, tmp_path
 ):

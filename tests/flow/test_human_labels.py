@@ -12,6 +12,7 @@ import sys
 import time
 
 import httpx
+import pytest
 from mlflow import MlflowClient
 
 from alignflow.pipeline import stage_dir, tracking_uri
@@ -55,6 +56,9 @@ def _label_in_terminal(run_id: str, schema: dict, env: dict) -> None:
     assert "'Z' is not one of" in done.stdout  # the wrong answer was refused, then asked again
 
 
+# slow (30-70 s): the family matrix (tests/flow/test_families.py) took its place in make test's
+# 20 minutes; it runs under make test-all
+@pytest.mark.slow
 def test_people_label_over_the_api_and_the_labels_reach_the_reward_model(
     pipeline_runs, tmp_path, prefect_api
 ):

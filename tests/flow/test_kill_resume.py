@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -29,6 +31,9 @@ def _wait_for_checkpoint(root: Path, process: subprocess.Popen, limit_s: float =
     raise AssertionError("no PPO checkpoint appeared")
 
 
+# slow (30-70 s): the family matrix (tests/flow/test_families.py) took its place in make test's
+# 20 minutes; it runs under make test-all
+@pytest.mark.slow
 def test_rerun_after_kill_resumes_ppo_from_its_checkpoint(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     process = subprocess.Popen(

@@ -24,6 +24,9 @@ def _label(human: HumanLabelConfig):
     return label_by_people(COMPARISONS, human, "human", seed=0)
 
 
+# slow (30-70 s): the family matrix (tests/flow/test_families.py) took its place in make test's
+# 20 minutes; it runs under make test-all
+@pytest.mark.slow
 def test_an_unanswered_pause_fails_or_continues_as_configured():
     with prefect_test_harness():
         records, counts = _label(HumanLabelConfig(timeout_s=2, on_timeout="continue"))

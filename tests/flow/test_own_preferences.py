@@ -85,6 +85,9 @@ def test_llamafactory_demo_data_trains_dpo_end_to_end(tmp_path):
     assert registered["registered"] == (registered["ci_low"] > 0 and registered["gain"] > 0)
 
 
+# slow (30-70 s): the family matrix (tests/flow/test_families.py) took its place in make test's
+# 20 minutes; it runs under make test-all
+@pytest.mark.slow
 def test_twenty_own_pairs_do_not_register_an_unchanged_policy_and_too_few_stop(tmp_path):
     """The new user's case: 20 alpaca rows and 20 pairs of their own, DPO with the defaults. DPO
     takes two steps (train loss 0.693: the policy is the SFT model); the run says so and registers

@@ -10,9 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
+# slow (30-70 s): the family matrix (tests/flow/test_families.py) took its place in make test's
+# 20 minutes; it runs under make test-all
+@pytest.mark.slow
 def test_dpo_run_reuses_upstream_stages_and_is_evaluated_as_the_policy(pipeline_runs, tmp_path):
     # the shared run's upstream outputs, copied: their cache keys do not depend on the root
     for stage in ("prepare", "sft", "collect", "reward"):

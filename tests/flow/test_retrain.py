@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from alignflow import tracking
@@ -52,6 +53,9 @@ def _round_summary(stdout: str) -> dict:
     return json.loads(Path(line.removeprefix("summary: ")).read_text())
 
 
+# slow (30-70 s): the family matrix (tests/flow/test_families.py) took its place in make test's
+# 20 minutes; it runs under make test-all
+@pytest.mark.slow
 def test_a_clearly_better_challenger_is_promoted_and_the_feedback_is_not_reused(pipeline_runs):
     """Champion: the SFT model. The round refreshes the reward model on the feedback store and runs
     PPO from the champion; the challenger wins on held-out prompts and becomes the champion."""
@@ -105,6 +109,9 @@ def test_a_clearly_better_challenger_is_promoted_and_the_feedback_is_not_reused(
     assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
 
 
+# slow (30-70 s): the family matrix (tests/flow/test_families.py) took its place in make test's
+# 20 minutes; it runs under make test-all
+@pytest.mark.slow
 def test_a_worse_challenger_is_rejected_and_stays_registered(pipeline_runs):
     """Champion: the trained policy. This round's PPO maximises the oracle turned upside down, so
     the challenger is worse on held-out prompts: rejected, the champion alias does not move.

@@ -23,7 +23,10 @@ def test_the_real_chat_model_is_real(smollm2):
     tokenizer = load_tokenizer(smollm2, padding_side="left")
     model = load_causal_lm(smollm2, tokenizer=tokenizer).eval()
     assert (model.config.num_hidden_layers, model.config.hidden_size) == (30, 576)
-    assert model.config.vocab_size == 49152 and tokenizer.pad_token == tokenizer.eos_token
+    # it ships pad == eos == <|im_end|>; ours pads with <|endoftext|>, so a scalar head reads the
+    # end-of-turn token (models.padding_token)
+    assert model.config.vocab_size == 49152
+    assert (tokenizer.eos_token, tokenizer.pad_token) == ("<|im_end|>", "<|endoftext|>")
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     ids = tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
@@ -36,12 +39,19 @@ def test_the_real_chat_model_is_real(smollm2):
     assert reply.strip() == "The capital of France is Paris.", reply
 
 
-# family: (eos, pad as shipped (None: none), bos), as the families ship them
+# family: (eos, pad as shipped (None: none), bos), as the families ship them, and the pad we use:
+# never the EOS (models.padding_token)
 QUIRKS = {
     "qwen3": ("<|im_end|>", "<|endoftext|>", None),
     "llama3_1": ("<|eot_id|>", None, "<|begin_of_text|>"),
     "gemma3": ("<end_of_turn>", "<pad>", "<bos>"),
     "deepseek_v3": ("<｜end▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜begin▁of▁sentence｜>"),
+}
+OUR_PAD = {
+    "qwen3": "<|endoftext|>",
+    "llama3_1": "<|end_of_text|>",  # it ships none
+    "gemma3": "<pad>",
+    "deepseek_v3": "<｜▁pad▁｜>",  # it pads with its EOS
 }
 
 
@@ -59,7 +69,7 @@ def test_real_tokenizers_load_with_their_families_quirks(family):
     rendered = shipped.apply_chat_template(conversation, tokenize=False)
     assert "Hello!" in rendered and eos in rendered  # the reply ends with the end-of-turn token
     ours = load_tokenizer(folder)
-    assert ours.pad_token == (pad or eos)  # Llama-3.1 ships none: ours pads with its EOS
+    assert ours.pad_token == OUR_PAD[family] and ours.pad_token_id != ours.eos_token_id
 
 
 @pytest.mark.slow  # ~45 s: converts the 98 MB GGUF again (fetch-real already converts it once)
@@ -126,3 +136,104 @@ def test_sft_trains_on_exactly_each_reply_and_its_end_of_turn(family, smollm2):
     assert ids == list(
         tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"]
     )
+
+
+def _brevity(prompts, completions, **_):
+    """A rule reward for the smoke runs: shorter replies score higher."""
+    return [-len(text) / 100 for text in completions]
+
+
+def _ask(model, tokenizer, question: str) -> str:
+    import torch
+
+    messages = [{"role": "user", "content": question}]
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def test_lora_ppo_on_the_real_chat_model_updates_only_adapters_and_keeps_it_answering(
+    smollm2, tmp_path
+):
+    """Two LoRA PPO updates on SmolLM2-135M-Instruct on CPU: only adapters train, the policy
+    leaves its reference, the rollouts end at `<|im_end|>` and the merged model still answers."""
+    import torch
+
+    from alignflow.config import (
+        LoraConfig,
+        PPOConfig,
+        RewardsConfig,
+        RuleRewardConfig,
+        SamplingConfig,
+    )
+    from alignflow.models import load_causal_lm, load_tokenizer
+    from alignflow.rl.lora import lora_policy, lora_value_model, merge_adapter
+    from alignflow.rl.rewards import Rewarder, Rule
+    from alignflow.rl.trainer import PPOTrainer
+
+    cfg = PPOConfig(
+        updates=2, rollout_batch_size=4, minibatch_size=2, ppo_epochs=1, learning_rate=1e-3,
+        checkpoint_every=1, lora=LoraConfig(r=8, alpha=16),
+        sampling=SamplingConfig(max_new_tokens=24, temperature=0.7),
+    )  # fmt: skip
+    tokenizer = load_tokenizer(smollm2)
+    policy, reference = lora_policy(smollm2, cfg, False, "cpu")
+    rule = "tests.stage.test_real_models:_brevity"
+    rewards = RewardsConfig(model_weight=0, rules=[RuleRewardConfig(function=rule)])
+    rewarder = Rewarder(rewards, tokenizer, [], [Rule(rule, _brevity, 1.0)])
+    questions = ["What is the capital of France?", "Name a primary colour.",
+                 "What is 2 + 2?", "Say hello in Spanish."]  # fmt: skip
+    trainer = PPOTrainer(
+        cfg, policy, reference, rewarder,
+        lora_value_model(smollm2, cfg, False, tokenizer.pad_token_id, "cpu"),
+        tokenizer, [[{"role": "user", "content": q}] for q in questions], seed=0,
+        output_dir=tmp_path / "ppo",
+    )  # fmt: skip
+    assert all("lora_" in n for n, p in trainer.policy.named_parameters() if p.requires_grad)
+    history = trainer.train()
+    assert len(history) == 2 and all(
+        torch.isfinite(torch.tensor(h["policy_loss"])) for h in history
+    )
+    assert history[-1]["eos_rate"] > 0  # the real model ends its replies with <|im_end|>
+    assert max(h["kl"] for h in history) != 0  # the policy left its reference
+    trainer.policy.save_pretrained(tmp_path / "adapter")
+    merge_adapter(smollm2, tmp_path / "adapter", tmp_path / "merged", False)
+    merged = load_causal_lm(str(tmp_path / "merged"), tokenizer=tokenizer).eval()
+    assert "Paris" in _ask(merged, tokenizer, "What is the capital of France?")
+
+
+def test_a_few_lora_dpo_steps_on_the_real_chat_model_widen_its_margins(smollm2, tmp_path):
+    """LoRA DPO (TRL's DPOTrainer through the policy stage's code) on SmolLM2-135M-Instruct:
+    the pairs' log-prob margins widen over the model as it ships."""
+    from alignflow.algorithms import PolicyInputs, train
+    from alignflow.algorithms.common import preference_margins
+    from alignflow.config import load_config
+    from alignflow.models import load_causal_lm, load_tokenizer
+
+    def pair(question: str, good: str, bad: str) -> dict:
+        return {"prompt": [{"role": "user", "content": question}], "split": "train",
+                "chosen": [{"role": "assistant", "content": good}],
+                "rejected": [{"role": "assistant", "content": bad}]}  # fmt: skip
+
+    pairs = [
+        pair("What is the capital of France?", "Paris.", "I do not know, sorry."),
+        pair("What is 2 + 2?", "4.", "I do not know, sorry."),
+        pair("Name a primary colour.", "Red.", "I do not know, sorry."),
+        pair("Say hello in Spanish.", "Hola.", "I do not know, sorry."),
+    ] * 2
+    cfg = load_config(None, [
+        f"run.artifacts_root={tmp_path}", "model.source=pretrained",
+        f"model.name_or_path={smollm2}", "sft.enabled=false", "policy.algorithm=dpo",
+        "policy.dpo.batch_size=4", "policy.dpo.learning_rate=5e-4",
+        "policy.dpo.lora={r: 8, alpha: 16}", "data.min_examples=1",
+    ])  # fmt: skip
+    metrics = train(cfg, PolicyInputs(sft_dir=smollm2, pairs=pairs), tmp_path / "work")
+    assert metrics["train_rows"] == len(pairs)
+    tokenizer = load_tokenizer(smollm2)
+    before = preference_margins(load_causal_lm(smollm2, tokenizer=tokenizer), tokenizer, pairs)
+    policy = load_causal_lm(str(tmp_path / "work" / "policy"), tokenizer=tokenizer)
+    after = preference_margins(policy, tokenizer, pairs)
+    assert after.mean() > before.mean() + 0.5
