@@ -289,6 +289,7 @@ def serve(
     chosen = serving.pick_engine(engine)
     inner = free_port()
     engine_log = Path(scratch.name) / "engine.log"
+    serving.exit_on_sigterm()
     process = serving.start_engine(folder, inner, chosen, engine_log)
     try:
         serving.wait_healthy(f"http://127.0.0.1:{inner}", process, engine_log)

@@ -181,11 +181,36 @@ async def _stream(client, forwarded: dict, body: dict, log: ExchangeLog | None):
         log.write({"id": completion_id, "messages": body["messages"], "response": "".join(pieces)})
 
 
+def _die_with_parent() -> None:
+    """Linux: the engine is sent SIGTERM when the process that started it dies, however it dies
+    (even by SIGKILL), so a served model never outlives `alignflow serve`."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def start_engine(folder: Path, port: int, engine: str, log_path: Path) -> subprocess.Popen:
     with log_path.open("w") as out:
         return subprocess.Popen(
-            engine_command(folder, port, engine), stdout=out, stderr=subprocess.STDOUT
+            engine_command(folder, port, engine),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (a supervisor, `kill`, a container stop) ends `alignflow serve` through its
+    `finally`, which stops the engine. uvicorn shuts down gracefully on SIGTERM and then raises the
+    signal again, which by default killed the process before that `finally` ran."""
+    import signal
+
+    def _exit(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
 
 
 def wait_healthy(url: str, process: subprocess.Popen, log_path: Path, limit_s: float = 300) -> None:

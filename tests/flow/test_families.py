@@ -30,11 +30,11 @@ FAMILIES = os.environ.get("FAMILIES", " ".join(real.FAMILIES)).split()
 # The micro pipeline, smaller still: the families' vocabularies are 49k-262k tokens wide.
 OVERRIDES = [
     "data.demo.sft_examples=16",
-    "data.demo.preference_prompts=24",
+    "data.demo.preference_prompts=16",
     "data.demo.rl_prompts=8",
     "data.demo.heldout_review_prompts=2",
     "data.demo.heldout_unsafe_prompts=1",
-    "data.min_examples=4",
+    "data.min_examples=2",
     "sft.epochs=1",
     "sft.batch_size=4",
     "sft.max_length=256",
@@ -53,7 +53,8 @@ OVERRIDES = [
 ]
 ALGORITHM_OVERRIDES = {
     "ppo": [],
-    "dpo": ["policy.algorithm=dpo", "policy.dpo.batch_size=4", "policy.dpo.max_length=256"],
+    "dpo": ["policy.algorithm=dpo", "policy.dpo.epochs=4", "policy.dpo.batch_size=2",
+            "policy.dpo.warmup_ratio=0", "policy.dpo.max_length=256"],
     "grpo": ["policy.algorithm=grpo", "policy.grpo.steps=2", "policy.grpo.num_generations=2",
              "policy.grpo.batch_size=4", "policy.grpo.sampling.max_new_tokens=12"],
 }  # fmt: skip
@@ -310,6 +311,22 @@ def serving(folder: Path, name: str, log_path: Path):
         finally:
             process.terminate()
             process.wait(timeout=60)
+    # SIGTERM stopped the engine it started too: no `transformers serve` left behind
+    deadline = time.monotonic() + 30
+    while _engines(folder) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _engines(folder)
+
+
+def _engines(folder: Path) -> list[int]:
+    """Processes serving `folder` (their command line names it), from /proc."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            words = cmdline.read_bytes().split(b"\0")
+            if b"serve" in words and str(folder).encode() in words:
+                pids.append(int(cmdline.parent.name))
+    return pids
 
 
 CONVERSATION = [

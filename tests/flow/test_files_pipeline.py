@@ -166,6 +166,9 @@ def _repeats() -> int:
     return len(raw) - len(set(raw))
 
 
+# slow (15-20 s): the family matrix (tests/flow/test_families.py) took its place in make test's
+# 20 minutes; it runs under make test-all
+@pytest.mark.slow
 def test_bad_record_stops_the_run_in_one_line_with_nothing_written(tmp_path):
     root = tmp_path / "data"
     data = _user_files(root)

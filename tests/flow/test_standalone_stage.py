@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -18,6 +20,9 @@ def _stage(stage: str, root: Path) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+# slow (15-20 s): the family matrix (tests/flow/test_families.py) took its place in make test's
+# 20 minutes; it runs under make test-all
+@pytest.mark.slow
 def test_stage_module_runs_prepare_into_its_cache_dir(tmp_path):
     result = _stage("prepare", tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
