@@ -183,6 +183,9 @@ def model_card(facts: dict[str, Any], ref: str) -> str:
     return "\n".join(lines)
 
 
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
 def _text_only(folder: Path) -> None:
     """Drop a `processor_class` the tokenizer inherited from a multimodal sibling (Gemma-3's
     tokenizer names `Gemma3Processor`) when the export has no processor files: loaders that start
@@ -194,9 +197,6 @@ def _text_only(folder: Path) -> None:
     config = json.loads(config_path.read_text())
     if config.pop("processor_class", None) is not None:
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-
-
-PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 
 
 def export(

@@ -22,17 +22,12 @@ def reward_model_scores(
     reply as the chat template writes it, ending at its end-of-turn token), read at that token, as
     the reward model was trained (`tasks.reward.preference_ids`).
     """
-    from alignflow.rl.rollout import encode_completions, token_scores
+    from alignflow.rl.rollout import completion_batches, token_scores
 
     reward_model.eval()
     scores: list[float] = []
-    for start in range(0, len(prompts), batch_size):
-        sequence, attention, query_len, mask = encode_completions(
-            tokenizer,
-            prompts[start : start + batch_size],
-            responses[start : start + batch_size],
-            reward_model.device,
-        )
+    batches = completion_batches(tokenizer, prompts, responses, batch_size, reward_model.device)
+    for sequence, attention, query_len, mask in batches:
         rows = torch.arange(sequence.shape[0], device=sequence.device)
         at_eos = query_len + mask.sum(-1) - 1
         scores.extend(token_scores(reward_model, sequence, attention)[rows, at_eos].tolist())

@@ -24,7 +24,7 @@ from alignflow.models import (
     peft_lora_config,
     trainer_kwargs,
 )
-from alignflow.rl.rollout import encode_completions, response_logprobs
+from alignflow.rl.rollout import completion_batches, response_logprobs
 
 CHECKPOINTS = "checkpoints"
 
@@ -146,18 +146,13 @@ def completion_logprobs(
 ) -> Tensor:
     """Summed log-prob of each completion (its tokens, then EOS) after its chat prompt. Returns (n,).
 
-    Tokenized as the rollouts are (alignflow.rl.rollout): the prompt with the generation prompt,
-    left-padded, then the completion's own tokens.
+    Tokenized as the rollouts are scored (alignflow.rl.rollout.encode_completions): the prompt with
+    the generation prompt, left-padded, then the reply as the chat template writes it.
     """
     model.eval()
     totals = []
-    for start in range(0, len(prompts), batch_size):
-        sequence, attention, query_len, mask = encode_completions(
-            tokenizer,
-            prompts[start : start + batch_size],
-            completions[start : start + batch_size],
-            model.device,
-        )
+    batches = completion_batches(tokenizer, prompts, completions, batch_size, model.device)
+    for sequence, attention, query_len, mask in batches:
         logprobs, _ = response_logprobs(
             model, sequence, attention, query_len, 1.0, with_entropy=False
         )

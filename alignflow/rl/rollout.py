@@ -18,17 +18,18 @@ from alignflow.config import SamplingConfig
 from alignflow.rl.functional import entropy_from_logprobs, kl_exact
 
 
+def prompt_text(tokenizer, prompt: list[dict]) -> str:
+    """The prompt as the chat template renders it, with the generation prompt."""
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
 def encode_prompts(
     tokenizer, prompts: Sequence[list[dict]], device=None, max_length: int | None = None
 ):
     """Chat-format prompts, tokenized and left-padded for generation. Returns (ids, mask)."""
-    texts = [
-        tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        for messages in prompts
-    ]
     tokenizer.padding_side = "left"
     batch = tokenizer(
-        texts,
+        [prompt_text(tokenizer, messages) for messages in prompts],
         return_tensors="pt",
         padding=True,
         add_special_tokens=False,
@@ -45,7 +46,7 @@ def reply_text(tokenizer, prompt: list[dict], completion: str) -> str:
     `<|im_end|>`). The completion and the EOS when the template renders the prompt differently
     once a reply follows."""
     end = tokenizer.eos_token
-    prefix = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    prefix = prompt_text(tokenizer, prompt)
     full = tokenizer.apply_chat_template(
         [*prompt, {"role": "assistant", "content": completion}], tokenize=False
     )
@@ -63,8 +64,7 @@ def completion_ids(tokenizer, prompt: list[dict], completion: str) -> list[int]:
 
 def prompt_ids(tokenizer, prompt: list[dict]) -> list[int]:
     """The prompt's token ids with the generation prompt, as `encode_prompts` gives them."""
-    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"])
 
 
 def encode_completions(
@@ -88,6 +88,16 @@ def encode_completions(
     mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
     sequence = torch.cat([query, response], dim=1)
     return sequence, torch.cat([query_mask, mask], dim=1), query.shape[1], mask
+
+
+def completion_batches(
+    tokenizer, prompts: Sequence[list[dict]], completions: Sequence[str], batch_size: int,
+    device=None,
+):  # fmt: skip
+    """`encode_completions` over consecutive batches of `batch_size` (prompt, completion) pairs."""
+    for start in range(0, len(prompts), batch_size):
+        end = start + batch_size
+        yield encode_completions(tokenizer, prompts[start:end], completions[start:end], device)
 
 
 def position_ids(attention_mask: Tensor) -> Tensor:
