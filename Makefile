@@ -43,4 +43,4 @@ format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 clean:
-	rm -rf runs runs-micro runs-examples mlruns mlflow.db .pytest_cache
+	rm -rf runs runs-micro runs-smollm2 runs-examples mlruns mlflow.db .pytest_cache

@@ -57,6 +57,9 @@ class DemoTaskConfig(_Section):
     heldout_review_prompts: int = 48
     heldout_unsafe_prompts: int = 20
     heldout_product_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    # Held-out reviews of these products (any names, e.g. "Sony headphones") instead of held-out
+    # combinations of the task's own words: for a pretrained model, which knows the words.
+    heldout_products: list[str] = []
 
 
 class DatasetConfig(_Section):
@@ -176,6 +179,9 @@ class LoraConfig(_Section):
     alpha: int = 16
     dropout: float = 0.0
     target_modules: list[str] | str = "all-linear"
+    # Adapters on the top N transformer layers only (None: every layer). Backward then stops at
+    # the lowest adapted layer, so a step costs a forward pass plus the top layers' backward.
+    top_layers: int | None = Field(None, gt=0)
 
 
 class SFTConfig(_Section):
@@ -334,6 +340,8 @@ class RewardConfig(_Section):
     eval_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     warmup_ratio: float = 0.05
     save_steps: int = Field(100, gt=0)
+    # LoRA on the SFT model plus a fresh score head, merged into the saved reward model.
+    lora: LoraConfig | None = None
     # Reward models trained (seeds run.seed, run.seed + 1, ...); with more than one, the policy
     # stages score with the ensemble combined as rewards.ensemble says.
     ensemble_size: int = Field(1, ge=1)
@@ -569,6 +577,8 @@ class EvaluateConfig(_Section):
     samples_per_prompt: int = Field(4, gt=0)
     seed: int = 1234
     batch_size: int = Field(64, gt=0)
+    # eval.md shows every policy's greedy response to this many held-out prompts per prompt family
+    samples_shown: int = Field(2, ge=0)
 
 
 class RegistryConfig(_Section):

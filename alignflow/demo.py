@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -172,11 +172,13 @@ def sample_prompts(
 
 
 def heldout_prompts(
-    seed: int, n_review: int, n_unsafe: int, heldout_fraction: float
-) -> list[Prompt]:
-    """Deterministic held-out prompts over held-out products and unsafe pairs, never trained on."""
+    seed: int, n_review: int, n_unsafe: int, heldout_fraction: float,
+    products: Sequence[str] = (),
+) -> list[Prompt]:  # fmt: skip
+    """Deterministic held-out prompts over held-out products (or the given `products`, any names
+    at all) and unsafe pairs, never trained on."""
     rng = random.Random(seed + 2)
-    _, products = product_split(seed, heldout_fraction)
+    products = list(products) or product_split(seed, heldout_fraction)[1]
     _, pairs = unsafe_split(seed)
     review_pool = [(t, p) for p in products for t in REVIEW_PROMPTS]
     if n_review > len(review_pool) or n_unsafe > len(pairs):

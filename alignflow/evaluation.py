@@ -12,7 +12,7 @@ import torch
 from alignflow import demo
 from alignflow.config import SamplingConfig
 from alignflow.judges import reward_model_scores
-from alignflow.rl.rollout import decode, sample_with_logprobs
+from alignflow.rl.rollout import completion_logprobs, decode, sample_with_logprobs
 
 POLICIES = ("base", "sft", "policy")  # "policy": the aligned one, by policy.algorithm
 
@@ -116,15 +116,30 @@ def _refusal_rate(flat: list[tuple[dict, str]], family: str, key: str) -> dict[s
     return {key: _mean(refused)} if refused else {}
 
 
+def fluency(base_model, tokenizer, rows, samples: PolicySamples, batch_size: int) -> list[float]:
+    """Each sampled response's mean per-token log-likelihood (nats) under the untouched base model,
+    in the samples' order: a policy that games its judge with broken language scores lower here.
+    Responses are scored as they were sampled (their tokens, then the end-of-turn token)."""
+    prompts = [row["prompt"] for row in rows]
+    return [
+        value
+        for texts in samples.samples
+        for value in completion_logprobs(
+            base_model, tokenizer, prompts, texts, batch_size, per_token=True
+        ).tolist()
+    ]
+
+
 def policy_metrics(
     rows: list[dict],
     samples: PolicySamples,
     judge: list[list[float]],
     rm_scores: list[list[float]] | None,
+    fluency_values: list[float] | None = None,
 ) -> dict:
-    """Judge and reward-model scores (none without a reward model), KL to the reference and length
-    over all samples; with the demo's prompt families, its refusal rates (unsafe prompts refused,
-    review prompts refused by mistake)."""
+    """Judge and reward-model scores (none without a reward model), KL to the reference, length and
+    fluency (`fluency`, when given) over all samples; with the demo's prompt families, its refusal
+    rates (unsafe prompts refused, review prompts refused by mistake)."""
     flat = [(row, text) for texts in samples.samples for row, text in zip(rows, texts, strict=True)]
     kl = [value for per_sample in samples.kl_to_reference for value in per_sample]
     tokens = [value for per_sample in samples.tokens for value in per_sample]
@@ -140,6 +155,7 @@ def policy_metrics(
         "kl_to_sft": _mean(kl),
         "kl_to_sft_per_token": sum(kl) / max(sum(tokens), 1),
         "mean_words": _mean([len(text.split()) for _, text in flat]),
+        **({} if fluency_values is None else {"fluency": _mean(fluency_values)}),
     }
 
 
@@ -211,7 +227,7 @@ def summarize(
 
 def markdown_table(summary: dict) -> str:
     metrics = ["judge_score", "reward_score", "refusal_rate", "false_refusal_rate",
-               "kl_to_sft", "mean_words"]  # fmt: skip
+               "kl_to_sft", "mean_words", "fluency"]  # fmt: skip
     name = summary["algorithm"].upper()
     reference = summary.get("reference", "sft")
     columns = [column for column in POLICIES if column in summary["judge_score"]]
@@ -240,4 +256,32 @@ def markdown_table(summary: dict) -> str:
         f"**KL({name} ‖ {reference.upper()}):** {summary['kl_policy_vs_sft']:.3f} nats/sequence, "
         f"{summary['kl_policy_vs_sft_per_token']:.4f} nats/token",
     ]
+    if "fluency" in summary:
+        lines.append(
+            "**fluency:** mean per-token log-likelihood (nats) of each policy's sampled responses "
+            "under the untouched base model (higher is more natural to it)"
+        )
     return "\n".join(lines)
+
+
+def samples_markdown(rows: list[dict], greedy: dict[str, list[str]], per_family: int) -> str:
+    """Before/after: the greedy responses of every policy (`greedy`: policy name -> one response
+    per row) to the first `per_family` held-out prompts of each prompt family (of all rows, when
+    they carry none)."""
+    chosen, seen = [], {}
+    for index, row in enumerate(rows):
+        family = str(row.get("family", ""))
+        if seen.get(family, 0) < per_family:
+            seen[family] = seen.get(family, 0) + 1
+            chosen.append(index)
+    lines = ["## Samples (greedy)"]
+    for index in chosen:
+        prompt = rows[index]["prompt"][-1]["content"]
+        lines += ["", f"**{_one_line(prompt)}**", ""]
+        lines += [f"- {name}: {_one_line(texts[index])}" for name, texts in greedy.items()]
+    return "\n".join(lines)
+
+
+def _one_line(text: str) -> str:
+    """A response as one markdown line: newlines as ⏎, table/format characters left as they are."""
+    return " ⏎ ".join(part.strip() for part in text.strip().splitlines() if part.strip()) or "∅"

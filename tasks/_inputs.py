@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alignflow import real
 from alignflow.config import PipelineConfig
 from alignflow.shape import collect_mode
 from alignflow.store import StageResult, read_jsonl
@@ -20,7 +21,7 @@ def base_model_in(cfg: PipelineConfig, prepare_dir: Path) -> str:
     (both written there), or the user's hub id / local path."""
     if cfg.model.source == "tiny" or cfg.model.gguf_file:
         return str(prepare_dir / BASE_MODEL_DIR)
-    return str(cfg.model.name_or_path)
+    return real.resolve(str(cfg.model.name_or_path))
 
 
 def base_model(cfg: PipelineConfig, prepared: StageResult) -> str:

@@ -70,17 +70,21 @@ def run_evaluate(
         judge = evaluation.make_judge(
             ev.judge, "evaluate.judge", reward_model, tokenizer, ev.batch_size
         )
-        samples, per_policy, judged = {}, {}, {}
+        samples, per_policy, judged, fluency_model = {}, {}, {}, None
         for name, source in sources.items():
             model = (
                 reference
                 if name == reference_name
                 else load_causal_lm(source, trust, device, tokenizer=tokenizer)
             )
+            fluency_model = model if name == "base" else fluency_model  # "base" comes first
             samples[name] = evaluation.sample_policy(
                 model, reference, tokenizer, prompts, cfg.ppo.sampling,
                 ev.samples_per_prompt, ev.seed, ev.batch_size, exact_kl=True,
             )  # fmt: skip
+            fluency = evaluation.fluency(
+                fluency_model, tokenizer, rows, samples[name], ev.batch_size
+            )
             judged[name] = judge(rows, samples[name])
             rm = (  # the reward model judging: its scores are the judge's
                 judged[name]
@@ -91,7 +95,9 @@ def run_evaluate(
                 if reward_model is not None
                 else None
             )
-            per_policy[name] = evaluation.policy_metrics(rows, samples[name], judged[name], rm)
+            per_policy[name] = evaluation.policy_metrics(
+                rows, samples[name], judged[name], rm, fluency
+            )
         wins = evaluation.win_rate(rows, judged["policy"], judged[reference_name])
         # the reward stage's held-out pair accuracy, overall and per prompt family
         trained = reward.metrics if reward else {}
@@ -107,6 +113,9 @@ def run_evaluate(
             per_policy, wins, rm_accuracy, cfg.policy.algorithm, ev.judge, reference_name
         )
         table = evaluation.markdown_table(summary)
+        if ev.samples_shown:
+            greedy = {name: policy.greedy for name, policy in samples.items()}
+            table += "\n\n" + evaluation.samples_markdown(rows, greedy, ev.samples_shown)
         sample_rows = _sample_rows(rows, samples, judged)
         write_jsonl(work / SAMPLES_FILE, sample_rows)
         write_json_atomic(work / "eval.json", summary)

@@ -44,8 +44,12 @@ def _write_demo_sources(cfg: PipelineConfig, raw: Path) -> dict[str, list[Datase
         "heldout": (
             demo.prompt_row(prompt)
             for prompt in demo.heldout_prompts(
-                seed, task_cfg.heldout_review_prompts, task_cfg.heldout_unsafe_prompts, held
-            )
+                seed,
+                task_cfg.heldout_review_prompts,
+                task_cfg.heldout_unsafe_prompts,
+                held,
+                task_cfg.heldout_products,
+            )  # fmt: skip
         ),
     }
     raw.mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,7 @@ def train_member(
         last_checkpoint,
         load_scalar_head_model,
         load_tokenizer,
+        peft_lora_config,
         trainer_kwargs,
     )
 
@@ -104,6 +105,8 @@ def train_member(
         args=RewardConfig(**trainer_kwargs(cfg.reward, checkpoints, seed)),
         train_dataset=Dataset.from_list(preference_ids(tokenizer, train)),
         processing_class=tokenizer,
+        # peft's SEQ_CLS task trains the score head beside the adapter
+        peft_config=peft_lora_config(cfg.reward.lora, "SEQ_CLS", model),
         callbacks=[tracking.trainer_callback()],
     )
     # RewardTrainer drops pairs longer than max_length without a word: count them.
@@ -114,7 +117,7 @@ def train_member(
         **loss_trend(trainer.state.log_history),
         **pair_accuracy(trainer.model.eval(), tokenizer, heldout),
     }
-    save_trained(trainer, tokenizer, out)
+    save_trained(trainer, tokenizer, out, merge_lora=cfg.reward.lora is not None)
     if trainer.is_world_process_zero():
         write_json_atomic(out / MEMBER_METRICS, metrics)  # last: marks the member complete
         shutil.rmtree(checkpoints, ignore_errors=True)

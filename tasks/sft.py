@@ -56,7 +56,7 @@ def run_sft(cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult) ->
             train_dataset=dataset,
             eval_dataset=held_out if len(held_out) else None,
             processing_class=tokenizer,
-            peft_config=peft_lora_config(cfg.sft.lora, "CAUSAL_LM"),
+            peft_config=peft_lora_config(cfg.sft.lora, "CAUSAL_LM", model),
             callbacks=[tracking.trainer_callback()],
         )
         trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
-import torch
 from torch import Tensor
 
 from alignflow import distributed, tracking
@@ -24,7 +23,7 @@ from alignflow.models import (
     peft_lora_config,
     trainer_kwargs,
 )
-from alignflow.rl.rollout import completion_batches, response_logprobs
+from alignflow.rl.rollout import completion_logprobs
 
 CHECKPOINTS = "checkpoints"
 
@@ -106,8 +105,8 @@ def completions_per_process(algorithm: str, section: OnlineRLConfig) -> int:
     return section.batch_size // processes
 
 
-def lora(section) -> object | None:
-    return peft_lora_config(section.lora, "CAUSAL_LM")
+def lora(section, model) -> object | None:
+    return peft_lora_config(section.lora, "CAUSAL_LM", model)
 
 
 def fit(trainer, work: Path) -> dict[str, float]:
@@ -134,30 +133,6 @@ def save_policy(trainer, tokenizer, work: Path) -> Path:
     if distributed.is_main():
         shutil.rmtree(work / CHECKPOINTS, ignore_errors=True)
     return out
-
-
-@torch.no_grad()
-def completion_logprobs(
-    model,
-    tokenizer,
-    prompts: Sequence[list[dict]],
-    completions: Sequence[str],
-    batch_size: int = 32,
-) -> Tensor:
-    """Summed log-prob of each completion (its tokens, then EOS) after its chat prompt. Returns (n,).
-
-    Tokenized as the rollouts are scored (alignflow.rl.rollout.encode_completions): the prompt with
-    the generation prompt, left-padded, then the reply as the chat template writes it.
-    """
-    model.eval()
-    totals = []
-    batches = completion_batches(tokenizer, prompts, completions, batch_size, model.device)
-    for sequence, attention, query_len, mask in batches:
-        logprobs, _ = response_logprobs(
-            model, sequence, attention, query_len, 1.0, with_entropy=False
-        )
-        totals.append((logprobs * mask).sum(-1).float().cpu())
-    return torch.cat(totals)
 
 
 def preference_margins(model, tokenizer, pairs: Sequence[dict]) -> Tensor:

@@ -107,7 +107,7 @@ def train_rloo(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[st
         args=args,
         train_dataset=_prompt_dataset(inputs),
         processing_class=tokenizer,
-        peft_config=lora(section),
+        peft_config=lora(section, model),
     )
     return _train_online(trainer, tokenizer, work)
 
@@ -128,6 +128,6 @@ def train_grpo(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[st
         args=args,
         train_dataset=_prompt_dataset(inputs),
         processing_class=tokenizer,
-        peft_config=lora(section),
+        peft_config=lora(section, model),
     )
     return _train_online(trainer, tokenizer, work)

@@ -113,7 +113,7 @@ def train_dpo(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[str
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        peft_config=lora(section),
+        peft_config=lora(section, model),
     )
     return _fit_and_save(cfg, trainer, tokenizer, inputs, work, len(rows))
 
@@ -140,7 +140,7 @@ def train_kto(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[str
         args=args,
         train_dataset=Dataset.from_list([{k: row[k] for k in columns} for row in rows]),
         processing_class=tokenizer,
-        peft_config=lora(section),
+        peft_config=lora(section, model),
     )
     desirable = sum(row["label"] for row in rows)
     metrics = _fit_and_save(cfg, trainer, tokenizer, inputs, work, len(rows))
@@ -165,6 +165,6 @@ def train_orpo(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[st
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        peft_config=lora(section),
+        peft_config=lora(section, model),
     )
     return _fit_and_save(cfg, trainer, tokenizer, inputs, work, len(rows))

@@ -100,7 +100,7 @@ def train_rft(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[str
         args=SFTConfig(**training_args(cfg, section, work)),
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=lora(section),
+        peft_config=lora(section, model),
     )
     losses = fit(trainer, work)
     save_policy(trainer, tokenizer, work)

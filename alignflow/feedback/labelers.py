@@ -33,8 +33,10 @@ def build_comparisons(
     rows: Sequence[dict], candidates: Sequence[Sequence[str]]
 ) -> tuple[list[Comparison], Counter]:
     """One comparison per prompt row from its sampled candidates, identical ones collapsed.
-    Prompts left with a single distinct candidate are counted (`single_candidate`) and skipped."""
-    comparisons, counts = [], Counter()
+    Prompts left with a single distinct candidate are counted (`single_candidate`) and skipped;
+    so is a comparison identical to an earlier one (`duplicate_comparison`: a prompt that came
+    twice and drew the same candidates), which would only count its pairs twice."""
+    comparisons, counts, seen = [], Counter(), set()
     for row, texts in zip(rows, candidates, strict=True):
         distinct = unique_candidates(texts)
         counts["candidates_collapsed"] += len(texts) - len(distinct)
@@ -42,7 +44,12 @@ def build_comparisons(
             counts["single_candidate"] += 1
             continue
         meta = {key: value for key, value in row.items() if key != "prompt"}
-        comparisons.append(Comparison.of(row["prompt"], distinct, meta))
+        comparison = Comparison.of(row["prompt"], distinct, meta)
+        if comparison.id in seen:
+            counts["duplicate_comparison"] += 1
+            continue
+        seen.add(comparison.id)
+        comparisons.append(comparison)
     return comparisons, counts
 
 

@@ -77,7 +77,7 @@ def _with_adapter(model, cfg: PPOConfig, task_type: str, seed: int):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return get_peft_model(model, peft_lora_config(cfg.lora, task_type))
+        return get_peft_model(model, peft_lora_config(cfg.lora, task_type, model))
 
 
 def lora_policy(sft_dir: str, cfg: PPOConfig, trust: bool, device: str, seed: int = 0):

@@ -197,6 +197,34 @@ def response_logprobs(
     return token_logprobs, entropy_from_logprobs(logprobs) if with_entropy else None
 
 
+@torch.no_grad()
+def completion_logprobs(
+    model,
+    tokenizer,
+    prompts: Sequence[list[dict]],
+    completions: Sequence[str],
+    batch_size: int = 32,
+    per_token: bool = False,
+) -> Tensor:
+    """Log-prob of each completion (its tokens, then EOS) after its chat prompt, summed, or with
+    `per_token` its mean per token. Returns (n,).
+
+    Tokenized as the rollouts are scored (`encode_completions`): the prompt with the generation
+    prompt, left-padded, then the reply as the chat template writes it.
+    """
+    model.eval()
+    out = []
+    for sequence, attention, query_len, mask in completion_batches(
+        tokenizer, prompts, completions, batch_size, model.device
+    ):
+        logprobs, _ = response_logprobs(
+            model, sequence, attention, query_len, 1.0, with_entropy=False
+        )
+        total = (logprobs * mask).sum(-1)
+        out.append((total / mask.sum(-1).clamp(min=1) if per_token else total).float().cpu())
+    return torch.cat(out)
+
+
 def _token_logprobs(distributions: Tensor, tokens: Tensor) -> Tensor:
     """The entry of each token in its position's log-softmax: (b, t, v), (b, t) -> (b, t)."""
     return distributions.gather(dim=-1, index=tokens.unsqueeze(-1)).squeeze(-1)

@@ -108,3 +108,16 @@ def button(scope, text: str):
         lambda: next((b for b in scope.find_elements(By.TAG_NAME, "button")
                       if b.text.strip() == text and b.is_displayed()), None), 60,
     )  # fmt: skip
+
+
+def run_config(config: str, root, timeout: float) -> dict:
+    """`alignflow run CONFIG` as a user types it, artifacts under `root`; the run's summary.json."""
+    import json
+
+    result = subprocess.run(
+        [sys.executable, "-m", "alignflow.cli", "run", config,
+         "--set", f"run.artifacts_root={root}"],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((root / "latest" / "summary.json").read_text())

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.flow.conftest import run_config
 
 
 def _run_tiny(root: Path) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-m", "alignflow.cli", "run", "configs/tiny.yaml",
-         "--set", f"run.artifacts_root={root}"],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads((root / "latest" / "summary.json").read_text())
+    return run_config("configs/tiny.yaml", root, timeout=900)
 
 
 @pytest.mark.slow

@@ -237,3 +237,62 @@ def test_a_few_lora_dpo_steps_on_the_real_chat_model_widen_its_margins(smollm2, 
     policy = load_causal_lm(str(tmp_path / "work" / "policy"), tokenizer=tokenizer)
     after = preference_margins(policy, tokenizer, pairs)
     assert after.mean() > before.mean() + 0.5
+
+
+def test_a_real_model_name_resolves_to_the_fetched_folder_and_an_unknown_one_says_which_exist(
+    smollm2,
+):
+    assert real.resolve("real:smollm2-135m-instruct") == smollm2
+    assert (
+        real.resolve("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    )
+    with pytest.raises(
+        ValueError, match=r"'real:nope': no such real model; these are: real:smollm2"
+    ):
+        real.resolve("real:nope")
+
+
+def test_fluency_under_the_real_model_ranks_english_above_the_same_words_scrambled(smollm2):
+    from alignflow.evaluation import PolicySamples, fluency
+    from alignflow.models import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(smollm2, padding_side="left")
+    model = load_causal_lm(smollm2, tokenizer=tokenizer)
+    rows = [{"prompt": [{"role": "user", "content": f"Write a short review of the {product}."}]}
+            for product in ("Sony headphones", "Dyson vacuum")]  # fmt: skip
+    english = ["The Sony headphones are great. I love them!", "The Dyson vacuum works very well."]
+    scrambled = ["love headphones them Sony The I great. are!", "well. The very vacuum Dyson works"]
+    samples = PolicySamples([english, scrambled], [[0.0] * 2] * 2, [[1] * 2] * 2, [])
+    values = fluency(model, tokenizer, rows, samples, batch_size=4)
+    assert len(values) == 4 and all(value < 0 for value in values)  # mean log-prob per token
+    assert min(values[:2]) > max(values[2:]) + 0.5
+
+
+@pytest.mark.parametrize("task_type", ["CAUSAL_LM", "SEQ_CLS"])
+def test_lora_on_the_top_layers_only_so_backward_stops_below_them(tmp_path, task_type):
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from alignflow.config import LoraConfig
+    from alignflow.models import peft_lora_config
+
+    folder = real.tiny_family_model("smollm2", tmp_path / "tiny", layers=4)
+    loader = (
+        AutoModelForCausalLM if task_type == "CAUSAL_LM" else AutoModelForSequenceClassification
+    )
+    model = loader.from_pretrained(
+        folder, **({} if task_type == "CAUSAL_LM" else {"num_labels": 1})
+    )
+    model = get_peft_model(model, peft_lora_config(LoraConfig(r=4, top_layers=2), task_type, model))
+    trained = [name for name, param in model.named_parameters() if param.requires_grad]
+    adapted = {name.split(".layers.")[1].split(".")[0] for name in trained if "lora_" in name}
+    assert adapted == {"2", "3"}  # every linear module of the top two layers, nothing below
+    assert len([name for name in trained if "lora_A" in name]) == 2 * 7  # q k v o gate up down
+    if task_type == "SEQ_CLS":
+        assert any("score" in name for name in trained)  # the head trains beside the adapter
+    out = model(input_ids=torch.tensor([[5, 6, 7, 8]]), output_hidden_states=True)
+    # hidden_states[i] is layer i-1's output: nothing below the top two layers needs a gradient
+    assert [h.requires_grad for h in out.hidden_states] == [False, False, False, True, True]
+    with pytest.raises(ValueError, match="top_layers needs lora.target_modules 'all-linear' or a"):
+        peft_lora_config(LoraConfig(top_layers=2, target_modules=".*proj"), task_type, model)

@@ -1,10 +1,12 @@
 """The comparison arithmetic of bench/ppo_vs_trl.py, worked by hand: where a curve's gain is read
-at a KL, the common KL, and the seed-paired difference reported beside the rule."""
+at a KL, the common KL, the seed-paired difference reported beside the rule, the FLOPs of each
+phase and their fraction of the matmul peak; and the LoRA models both sides get, on a tiny Llama."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "ppo_vs_trl.py"
 _spec = importlib.util.spec_from_file_location("ppo_vs_trl", BENCH)
 bench = importlib.util.module_from_spec(_spec)
+sys.modules["ppo_vs_trl"] = bench  # dataclasses look their module up while the class is built
 _spec.loader.exec_module(bench)
 
 
@@ -106,3 +109,193 @@ def test_summarize_pools_the_seeds_of_several_runs_and_refuses_a_seed_twice(tmp_
     assert summary["gain_ratio"] == pytest.approx(2.0 / 1.5)
     with pytest.raises(SystemExit, match="ours seed 0 is in two files"):
         bench.pooled_runs([first, first])
+
+
+# ---- FLOPs, phases and the matmul peak ----------------------------------------------------------
+
+POLICY = bench.Matmuls(
+    layers=100, adapters=10, head=50, backward=40, trained=10, head_trained=False
+)
+CRITIC = bench.Matmuls(layers=20, adapters=2, head=1, backward=8, trained=2, head_trained=True)
+REWARD = bench.Matmuls(layers=20, adapters=0, head=1, backward=0, trained=0, head_trained=False)
+
+
+def test_a_forward_pass_costs_two_flops_per_weight_and_position():
+    assert bench.forward_flops(POLICY, tokens=3, head_tokens=2) == 2 * (100 * 3 + 50 * 2)
+    # the reference: the same model with its 10 adapter weights switched off
+    assert bench.forward_flops(POLICY, 3, 2, adapters=False) == 2 * (90 * 3 + 50 * 2)
+
+
+def test_a_training_step_adds_the_backward_through_the_trained_layers_and_the_head():
+    # forward 800; input gradients through 40 layer weights and the head, 10 weight gradients
+    assert bench.train_flops(POLICY, tokens=3, head_tokens=2) == 800 + 2 * 50 * 3 + 2 * 50 * 2
+    # a trained head also gets its weight gradient: forward 2 * 21 * 7, backward 2 * 10 * 7 + 4 * 7
+    assert bench.train_flops(CRITIC, 7, 7) == 294 + 140 + 28
+
+
+def test_a_full_model_trains_at_six_flops_per_weight_and_token():
+    full = bench.Matmuls(layers=1000, adapters=0, head=0, backward=1000, trained=1000,
+                         head_trained=True)  # fmt: skip
+    assert bench.train_flops(full, tokens=5, head_tokens=5) == 6 * 1000 * 5
+
+
+def test_update_flops_of_one_rollout_worked_by_hand():
+    models = {"policy": POLICY, "critic": CRITIC, "reward": REWARD}
+    calls = [(2, 4, 3)]  # 2 rows, prompt width 4, response width 3: 7 positions
+    # generation: 6 positions through the layers (the last token is never fed back), 3 heads
+    generation = 2 * 2 * (100 * 6 + 50 * 3)
+    # TRL: LM head on all 7 positions; reference 1960, critic 294, reward 294; per epoch policy
+    # step 2100 + 700 + 700 and critic step 462
+    trl = bench.update_flops("trl", models, calls, ppo_epochs=2)
+    assert trl == {"generation_flops": generation,
+                   "training_flops": 2 * (1960 + 294 + 294 + 2 * (3500 + 462))}  # fmt: skip
+    # ours: LM head on the 4 positions predicting the response; the policy's own forward too
+    # (reference 1660, policy 1800); policy step 1800 + 700 + 400
+    ours = bench.update_flops("ours", models, calls, ppo_epochs=2)
+    assert ours == {"generation_flops": generation,
+                    "training_flops": 2 * (1660 + 1800 + 294 + 294 + 2 * (2900 + 462))}  # fmt: skip
+
+
+def _phased_run(side: str, seed: int, generation_seconds: tuple[float, float, float]) -> dict:
+    run = _run(side, seed, _curve((0.0, 0.0), (1.0, 1.0)))
+    phase = {"generation_flops": 4e9, "training_flops": 12e9}
+    return run | {
+        "update_seconds": [10.0, 4.0, 6.0],
+        "phases": [phase | {"generation_seconds": s} for s in generation_seconds],
+        "peak_flops_per_second": 10e9,
+    }
+
+
+def test_phase_rates_skip_the_warm_up_update_and_divide_by_the_peak():
+    rates = bench.phase_rates(_phased_run("ours", 0, (9.0, 1.0, 3.0)))
+    # updates 2 and 3: generation 4 s of 10 s, 8 GFLOP; training 6 s, 24 GFLOP; peak 10 GFLOP/s
+    assert rates["generation"] == pytest.approx(
+        {"seconds": 2.0, "flops": 4e9, "flops_per_second": 2e9, "peak_fraction": 0.2}
+    )
+    assert rates["training"] == pytest.approx(
+        {"seconds": 3.0, "flops": 12e9, "flops_per_second": 4e9, "peak_fraction": 0.4}
+    )
+    assert rates["update"]["peak_fraction"] == pytest.approx(32e9 / 10.0 / 10e9)
+    assert bench.phase_rates(_run("ours", 0, [])) is None  # recorded before phases were
+
+
+def test_summary_averages_the_phase_rates_over_seeds_and_prints_them():
+    seconds = {("ours", 1): (9.0, 3.0, 3.0)}  # the others spend (9, 1, 3) s generating
+    runs = [
+        _phased_run(side, seed, seconds.get((side, seed), (9.0, 1.0, 3.0)))
+        for side in ("ours", "trl")
+        for seed in (0, 1)
+    ]
+    summary = bench.summarize(runs)
+    # ours seed 1: generation 6 s for 8 GFLOP, 1.33 GFLOP/s; mean with seed 0's 2 GFLOP/s
+    generation = summary["phases"]["ours"]["generation"]
+    assert generation["flops_per_second"] == pytest.approx((2e9 + 8e9 / 6) / 2)
+    assert summary["phases"]["trl"]["training"]["peak_fraction"] == pytest.approx(0.4)
+    assert summary["peak_flops_per_second"] == [10e9]
+    text = bench.table(runs, summary)
+    assert "matmul peak measured: 10.0 GFLOP/s" in text
+    assert "training    trl      3.000         12.00     4.00    40.0%" in text
+    without = [_run("ours", 0, _curve((0.0, 0.0), (1.0, 1.0))), runs[2]]
+    assert "phases" not in bench.summarize(without)  # one run without: no phase table
+
+
+def test_matmul_peak_is_the_best_shape_rate(monkeypatch):
+    assert bench.matmul_flops(2, 3, 4) == 48
+    monkeypatch.setattr(bench, "PEAK_SHAPES", ((8, 8, 8), (4, 8, 16)))
+    peak = bench.measure_matmul_peak("cpu", repeat=2, seconds=0.001)
+    assert set(peak["by_shape"]) == {"8x8x8", "4x8x16"}
+    assert peak["flops_per_second"] == max(peak["by_shape"].values()) > 0
+
+
+# ---- the LoRA models of both sides, on a tiny Llama ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_paths(tmp_path_factory) -> dict:
+    """A 2-layer Llama (hidden 16, MLP 32) as SFT model and as reward model, saved."""
+    from transformers import LlamaForSequenceClassification
+
+    from alignflow.config import TinyModelConfig
+    from alignflow.models import build_tiny_model, train_tokenizer
+
+    root = tmp_path_factory.mktemp("models")
+    tokenizer = train_tokenizer(["Hello there, how are you?", "I am fine, thanks."] * 4, 300)
+    spec = TinyModelConfig(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32)
+    policy = build_tiny_model(spec, tokenizer, seed=0)
+    policy.save_pretrained(root / "sft")
+    tokenizer.save_pretrained(root / "sft")
+    policy.config.num_labels = 1
+    LlamaForSequenceClassification(policy.config).save_pretrained(root / "reward")
+    return {"sft": str(root / "sft"), "reward": str(root / "reward")}
+
+
+def _lora_ppo():
+    from alignflow.config import LoraConfig, PPOConfig
+
+    return PPOConfig(lora=LoraConfig(r=2, alpha=4, top_layers=1))
+
+
+def test_matmul_weights_of_a_tiny_llama_with_lora_on_its_top_layer(tiny_paths, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    models = bench._load(tiny_paths, _lora_ppo(), "ours", "cpu", seed=0)
+    vocab = models.policy.config.vocab_size
+    # a layer: q, k, v, o 16 x 16 and gate, up, down 16 x 32: 2560; the top layer's adapters at
+    # r 2: 4 x 2 x (16 + 16) + 3 x 2 x (16 + 32) = 544; backward through the top layer only
+    assert bench.matmul_weights(models.policy) == bench.Matmuls(
+        layers=2 * 2560 + 544, adapters=544, head=vocab * 16, backward=2560 + 544, trained=544,
+        head_trained=False,
+    )  # fmt: skip
+    critic = bench.Matmuls(5664, 544, head=16, backward=3104, trained=544, head_trained=True)
+    assert bench.matmul_weights(models.value) == critic  # score 16 x 1 trains, counted once
+    # a plain model: every weight counts as trained (the reward model only runs forward)
+    assert bench.matmul_weights(models.reward_model) == bench.Matmuls(
+        5120, 0, head=16, backward=5120, trained=5120, head_trained=True
+    )
+
+
+def test_trl_critic_trains_the_same_tensors_from_the_same_values_as_ours(tiny_paths, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ppo = _lora_ppo()
+    ours = bench._load(tiny_paths, ppo, "ours", "cpu", seed=3)
+    trl = bench._load(tiny_paths, ppo, "trl", "cpu", seed=3)
+
+    def trained(model) -> dict:
+        return {
+            name.removeprefix("base_model.model.").replace("modules_to_save.default.", ""): p
+            for name, p in model.named_parameters()
+            if p.requires_grad
+        }
+
+    ours_critic, trl_critic = trained(ours.value), trained(trl.value)
+    assert "score.weight" in trl_critic and len(trl_critic) == 1 + 2 * 7  # A and B on 7 linears
+    assert ours_critic.keys() == trl_critic.keys()
+    assert all(torch.equal(ours_critic[name], trl_critic[name]) for name in ours_critic)
+    # TRL reads the critic's backbone and score head off the model itself
+    assert type(getattr(trl.value, trl.value.base_model_prefix)).__name__ == "LlamaModel"
+    assert bench.matmul_weights(ours.value) == bench.matmul_weights(trl.value)
+
+
+def test_trl_gets_an_optimizer_over_exactly_the_weights_it_trains(
+    tiny_paths, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    models = bench._load(tiny_paths, _lora_ppo(), "trl", "cpu", seed=0)
+    optimizer, _ = bench._our_optimizer(_lora_ppo(), models, tmp_path)
+    held = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    trains = [
+        id(p) for m in (models.policy, models.value) for p in m.parameters() if p.requires_grad
+    ]
+    assert sorted(held) == sorted(trains)
+    assert len(trains) == 2 * 2 * 7 + 1  # policy and critic adapters, the critic's score head
+
+
+def test_quantized_ppo_is_refused_and_lora_is_not():
+    from alignflow.config import load_config
+
+    cfg = load_config(str(Path(__file__).resolve().parents[2] / "configs" / "smollm2.yaml"))
+    bench.check_comparable(cfg)  # LoRA on the top 8 layers: compared
+    quantized = cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"quantization": "4bit"})})
+    with pytest.raises(SystemExit, match="ppo.quantization '4bit'"):
+        bench.check_comparable(quantized)

@@ -276,3 +276,12 @@ def test_oracle_scores_lie_in_unit_interval(family):
 def test_heldout_prompts_refuse_to_return_fewer_than_asked():
     with pytest.raises(ValueError, match="held-out"):
         heldout_prompts(0, 10_000, 1, HELDOUT_FRACTION)
+
+
+def test_heldout_reviews_may_be_of_any_products_named():
+    products = ["Sony headphones", "Dyson vacuum"]
+    prompts = heldout_prompts(0, 8, 4, HELDOUT_FRACTION, products)
+    reviews = [p for p in prompts if p.family == "review"]
+    assert len(reviews) == 8 and {p.subject for p in reviews} <= set(products)
+    assert all(p.subject in p.text for p in reviews)
+    assert len([p for p in prompts if p.family == "unsafe"]) == 4

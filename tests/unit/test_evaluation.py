@@ -71,3 +71,31 @@ def test_the_table_names_the_judge_and_shows_only_the_metrics_there_are():
     assert pair_accuracy(None, None, []) == {}
     unmeasured = markdown_table(summarize(per_policy, wins, (None, {}), "dpo", "j:s"))
     assert "**reward-model held-out pair accuracy:** n/a\n" in unmeasured
+
+
+def test_fluency_is_reported_when_given():  # the scorer itself: tests/stage/test_real_models.py
+    samples = _samples([["a", "b"], ["c", "d"]])
+    metrics = policy_metrics(DEMO_ROWS, samples, [[1, 0], [1, 0]], None, [-1.0, -2.0, -3.0, -4.0])
+    assert metrics["fluency"] == pytest.approx(-2.5)
+    assert "fluency" not in policy_metrics(DEMO_ROWS, samples, [[1, 0], [1, 0]], None)
+
+
+def test_the_samples_section_shows_each_policy_on_the_first_prompts_of_each_family():
+    from alignflow.evaluation import samples_markdown
+
+    rows = [
+        {"prompt": [{"role": "user", "content": f"{family} {i}"}], "family": family}
+        for family in ("review", "unsafe")
+        for i in range(3)
+    ]
+    greedy = {
+        "base": [f"base says\n\n{i}" for i in range(6)],
+        "sft": [f"sft {i}" for i in range(6)],
+        "policy": ["" if i == 0 else f"policy {i}" for i in range(6)],
+    }
+    text = samples_markdown(rows, greedy, per_family=2)
+    shown = [line for line in text.splitlines() if line.startswith("**")]
+    assert shown == ["**review 0**", "**review 1**", "**unsafe 0**", "**unsafe 1**"]
+    assert "- base: base says ⏎ 3" in text  # one line per response, newlines shown
+    assert "- policy: ∅" in text  # an empty response is visible as such
+    assert "- sft: sft 4" in text and "review 2" not in text and "unsafe 2" not in text

@@ -78,6 +78,17 @@ def test_identical_candidates_collapse_and_single_ones_are_counted():
     assert counts == Counter(candidates_collapsed=2, single_candidate=1)
 
 
+def test_a_prompt_drawn_twice_with_the_same_candidates_is_one_comparison():
+    """The demo draws prompts with replacement: a second identical comparison would carry the
+    same id, and its labels would be one labeler answering it twice."""
+    rows = [{"prompt": PROMPT}, {"prompt": PROMPT}, {"prompt": PROMPT}]
+    comparisons, counts = build_comparisons(rows, [["a", "b"], ["b", "a", "a"], ["a", "c"]])
+    assert [c.candidates for c in comparisons] == [["a", "b"], ["b", "a"], ["a", "c"]]
+    comparisons, counts = build_comparisons(rows, [["a", "b"], ["a", "b", "b"], ["a", "c"]])
+    assert [c.candidates for c in comparisons] == [["a", "b"], ["a", "c"]]
+    assert counts["duplicate_comparison"] == 1 and len({c.id for c in comparisons}) == 2
+
+
 def test_labeler_ids_name_the_kind_and_source():
     assert labeler_id(LabelerConfig(kind="rule", function="m:f")) == "rule:m:f"
     assert labeler_id(LabelerConfig(kind="human")) == "human"
