@@ -340,6 +340,19 @@ def peft_lora_config(lora: LoraConfig | None, task_type: str, model=None):
     )
 
 
+def decoder_layers(model, where: str) -> tuple[str, int]:
+    """(the module name of `model`'s stack of decoder layers, their count): the first ModuleList
+    as long as the config's num_hidden_layers (a PeftModel's included). `where` names the caller
+    in the one-line error when there is none."""
+    import torch
+
+    count = model.config.get_text_config().num_hidden_layers
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return name, count
+    raise ValueError(f"{where}: no stack of {count} decoder layers in the model")
+
+
 def top_layer_modules(model, top: int, targets: list[str] | str) -> list[str]:
     """The full names of the linear modules LoRA adapts in the model's top `top` decoder layers:
     every linear one ("all-linear"), or those whose own name is in `targets`. (peft's own
@@ -351,15 +364,8 @@ def top_layer_modules(model, top: int, targets: list[str] | str) -> list[str]:
             f"lora.top_layers needs lora.target_modules 'all-linear' or a list of module names, "
             f"not the pattern {targets!r}"
         )
-    count = model.config.get_text_config().num_hidden_layers
-    stacks = [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.ModuleList) and len(module) == count
-    ]
-    if not stacks:
-        raise ValueError(f"lora.top_layers: no stack of {count} decoder layers in the model")
-    prefixes = tuple(f"{stacks[0]}.{index}." for index in range(max(0, count - top), count))
+    stack, count = decoder_layers(model, "lora.top_layers")
+    prefixes = tuple(f"{stack}.{index}." for index in range(max(0, count - top), count))
     return [
         name
         for name, module in model.named_modules()

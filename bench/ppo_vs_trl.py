@@ -265,12 +265,9 @@ def matmul_weights(model) -> Matmuls:
     of a head it trains (`original_module`) is left out."""
     import torch
 
-    count = model.config.get_text_config().num_hidden_layers
-    stack = next(
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.ModuleList) and len(module) == count
-    )
+    from alignflow.models import decoder_layers
+
+    stack, count = decoder_layers(model, "bench")
     per_layer, adapters, trained, head, head_trained = [0] * count, 0, 0, 0, False
     lowest = count
     for name, module in model.named_modules():
