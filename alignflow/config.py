@@ -416,6 +416,11 @@ class PPOConfig(_Section):
     # off); the critic trains its own adapter. quantization 4bit + lora = QLoRA (bitsandbytes).
     lora: LoraConfig | None = None
     quantization: Literal["none", "8bit", "4bit"] = "none"
+    # With LoRA on the top layers only (lora.top_layers, here and in the reward model), policy,
+    # reference, critic and reward model share the frozen layers below: they run once per rollout
+    # batch, not in every pass (alignflow.rl.trunk). Same result up to float rounding; off only to
+    # measure it. Detected from the weights: no shared layers, no effect.
+    shared_trunk: bool = True
     checkpoint_every: int = Field(10, gt=0)
     # Every N updates, a table of prompts, completions and rewards goes to MLflow (0: never).
     log_samples_every: int = Field(10, ge=0)

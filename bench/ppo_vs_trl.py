@@ -286,27 +286,47 @@ def matmul_weights(model) -> Matmuls:
     return Matmuls(layers, adapters, head, sum(per_layer[lowest:]), trained, head_trained)
 
 
-def forward_flops(model: Matmuls, tokens: int, head_tokens: int, adapters: bool = True) -> int:
+def forward_flops(
+    model: Matmuls, tokens: int, head_tokens: int, adapters: bool = True, skipped: int = 0
+) -> int:
     """A forward pass over `tokens` positions whose head runs on `head_tokens` of them; without
-    `adapters`, LoRA switched off (the reference)."""
-    layers = model.layers if adapters else model.layers - model.adapters
+    `adapters`, LoRA switched off (the reference); `skipped` layer weights not run (a shared
+    trunk's, alignflow.rl.trunk)."""
+    layers = (model.layers if adapters else model.layers - model.adapters) - skipped
     return 2 * (layers * tokens + model.head * head_tokens)
 
 
-def train_flops(model: Matmuls, tokens: int, head_tokens: int) -> int:
+def train_flops(model: Matmuls, tokens: int, head_tokens: int, skipped: int = 0) -> int:
     """Forward and backward: the gradient runs back through the head and the layers from the
     lowest trained one up (2 per weight) and fills the trained weights' gradients (2 more)."""
     backward = 2 * (model.backward + model.trained) * tokens
     backward += 2 * model.head * head_tokens * (2 if model.head_trained else 1)
-    return forward_flops(model, tokens, head_tokens) + backward
+    return forward_flops(model, tokens, head_tokens, skipped=skipped) + backward
+
+
+def trunk_weights(model, depth: int) -> int:
+    """The linear weights of `model`'s bottom `depth` decoder layers: the trunk our PPO runs once
+    per rollout batch when every model shares it (PPOTrainer.trunk_depth)."""
+    import torch
+
+    from alignflow.rl.trunk import layer_stack
+
+    return sum(
+        module.in_features * module.out_features
+        for layer in layer_stack(model)[:depth]
+        for module in layer.modules()
+        if isinstance(module, torch.nn.Linear)
+    )
 
 
 def update_flops(
-    side: str, models: dict[str, Matmuls], calls: list[tuple[int, int, int]], ppo_epochs: int
-) -> dict[str, int]:
+    side: str, models: dict[str, Matmuls], calls: list[tuple[int, int, int]], ppo_epochs: int,
+    trunk: int = 0,
+) -> dict[str, int]:  # fmt: skip
     """FLOPs of one update's generation and training (see the module docstring), from the
     (rows, prompt width, response width) of each `generate` call it made; `models` holds the
-    policy's, the critic's and the reward model's Matmuls."""
+    policy's, the critic's and the reward model's Matmuls; `trunk`: the weights of the shared
+    trunk ours runs once per rollout (in the policy's scoring pass), skipped by every other."""
     policy, critic, reward = models["policy"], models["critic"], models["reward"]
     generation = training = 0
     for rows, prompt, response in calls:
@@ -314,11 +334,13 @@ def update_flops(
         # the last sampled token is never fed back; the prefill's head scores one position
         generation += rows * forward_flops(policy, tokens - 1, response)
         head = response + 1 if side == "ours" else tokens  # ours: logits_to_keep
-        scoring = forward_flops(policy, tokens, head, adapters=False)  # the reference
+        # the reference
+        scoring = forward_flops(policy, tokens, head, adapters=False, skipped=trunk)
         if side == "ours":  # TRL reads the rollout's log-probs off generate's scores
             scoring += forward_flops(policy, tokens, head)
-        scoring += forward_flops(critic, tokens, tokens) + forward_flops(reward, tokens, tokens)
-        step = train_flops(policy, tokens, head) + train_flops(critic, tokens, tokens)
+        scoring += forward_flops(critic, tokens, tokens, skipped=trunk)
+        scoring += forward_flops(reward, tokens, tokens, skipped=trunk)
+        step = train_flops(policy, tokens, head, trunk) + train_flops(critic, tokens, tokens, trunk)
         training += rows * (scoring + ppo_epochs * step)
     return {"generation_flops": generation, "training_flops": training}
 
@@ -512,8 +534,11 @@ def _trl_lora_critic(rm_dir: str, ppo, pad_token_id: int, device: str, seed: int
     return model
 
 
-def _recorder(side: str, spec: dict, ppo, models: Models, heldout: list) -> Recorder:
-    """The run's Recorder; wraps the policy's `generate` to time it."""
+def _recorder(
+    side: str, spec: dict, ppo, models: Models, heldout: list, trunk_depth: int = 0
+) -> Recorder:
+    """The run's Recorder; wraps the policy's `generate` to time it. `trunk_depth`: the bottom
+    layers our trainer runs once per rollout (PPOTrainer.trunk_depth; TRL: 0)."""
 
     def evaluate(policy) -> dict:
         return evaluate_policy(
@@ -527,8 +552,10 @@ def _recorder(side: str, spec: dict, ppo, models: Models, heldout: list) -> Reco
         "reward": matmul_weights(models.reward_model),
     }
 
+    trunk = trunk_weights(models.policy, trunk_depth) if trunk_depth else 0
+
     def count_flops(calls: list) -> dict:
-        return update_flops(side, weights, calls, ppo.ppo_epochs)
+        return update_flops(side, weights, calls, ppo.ppo_epochs, trunk)
 
     timer = GenerateTimer()
     timer.wrap(models.policy)
@@ -553,7 +580,7 @@ def run_ours(spec: dict) -> dict:
             models.tokenizer, read_jsonl(Path(spec["paths"]["rl_prompts"])), spec["seed"],
             Path(tmp),
         )  # fmt: skip
-        recorder = _recorder("ours", spec, ppo, models, heldout)
+        recorder = _recorder("ours", spec, ppo, models, heldout, trainer.trunk_depth)
         recorder.start(models.policy)
         for update in range(1, ppo.updates + 1):
             stats = trainer.step()

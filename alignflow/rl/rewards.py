@@ -101,11 +101,18 @@ class Rewarder:
     # ---- reward models -------------------------------------------------------------------------
 
     @torch.no_grad()
-    def model_scores(self, sequence: Tensor, attention: Tensor, score_index: Tensor) -> Tensor:
-        """Every model's score at `score_index` (b,) of each sequence (b, L). Returns (m, b)."""
+    def model_scores(
+        self, sequence: Tensor, attention: Tensor, score_index: Tensor, trunk=None
+    ) -> Tensor:
+        """Every model's score at `score_index` (b,) of each sequence (b, L). Returns (m, b).
+        `trunk`: the batch's shared hidden states (alignflow.rl.trunk), when every model shares
+        them."""
         rows = torch.arange(sequence.shape[0], device=sequence.device)
         return torch.stack(
-            [token_scores(model, sequence, attention)[rows, score_index] for model in self.models]
+            [
+                token_scores(model, sequence, attention, trunk)[rows, score_index]
+                for model in self.models
+            ]
         )
 
     def encode(

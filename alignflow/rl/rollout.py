@@ -16,6 +16,7 @@ from torch import Tensor
 
 from alignflow.config import SamplingConfig
 from alignflow.rl.functional import entropy_from_logprobs, kl_exact
+from alignflow.rl.trunk import TrunkStates, recording, starting_at
 
 
 def prompt_text(tokenizer, prompt: list[dict]) -> str:
@@ -166,15 +167,18 @@ def _keeps_logits(model) -> bool:
 
 
 def _response_distributions(
-    model, sequence: Tensor, attention_mask: Tensor, query_len: int, temperature: float
-) -> Tensor:
+    model, sequence: Tensor, attention_mask: Tensor, query_len: int, temperature: float,
+    trunk: TrunkStates | None = None,
+) -> Tensor:  # fmt: skip
     """Full log-softmax (b, t, v), float32, at sampling temperature, of the positions that
-    predict the response tokens."""
+    predict the response tokens. `trunk`: this batch's hidden states below the layers `model`
+    trains (alignflow.rl.trunk), so only the layers above them run."""
     width = sequence.shape[1] - query_len
     inputs = _forward_inputs(sequence, attention_mask)
     if _keeps_logits(model):  # positions q - 1 .. end predict the response (and one past it)
         inputs["logits_to_keep"] = width + 1
-    logits = model(**inputs).logits
+    with starting_at(model, trunk):
+        logits = model(**inputs).logits
     return (logits[:, -(width + 1) : -1] / temperature).float().log_softmax(dim=-1)
 
 
@@ -185,14 +189,18 @@ def response_logprobs(
     query_len: int,
     temperature: float,
     with_entropy: bool = True,
+    trunk: TrunkStates | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probs and entropies of the response tokens under `model`, at sampling temperature.
 
     Args: sequence, attention_mask (b, q + t). Returns (logprobs, entropy), each (b, t); entropy
     is None unless `with_entropy`. The log-softmax over the vocabulary is computed once for both.
+    `trunk`: as for `_response_distributions`.
     """
     response = sequence[:, query_len:]
-    logprobs = _response_distributions(model, sequence, attention_mask, query_len, temperature)
+    logprobs = _response_distributions(
+        model, sequence, attention_mask, query_len, temperature, trunk
+    )
     token_logprobs = _token_logprobs(logprobs, response)
     return token_logprobs, entropy_from_logprobs(logprobs) if with_entropy else None
 
@@ -243,6 +251,8 @@ class Sampled:
     ref_logprobs: Tensor  # (b, t)
     # (b,) exact per-sequence KL(policy || reference), when sample_with_logprobs was asked for it
     exact_kl: Tensor | None = None
+    # hidden states entering the first layer the models do not share, when asked for them
+    trunk: TrunkStates | None = None
 
     @property
     def sampled_kl(self) -> Tensor:
@@ -254,14 +264,19 @@ class Sampled:
 @torch.no_grad()
 def sample_with_logprobs(
     policy, reference, tokenizer, prompts: Sequence[list[dict]], sampling: SamplingConfig,
-    greedy: bool = False, exact_kl: bool = False,
+    greedy: bool = False, exact_kl: bool = False, trunk_depth: int = 0,
 ) -> Sampled:  # fmt: skip
     """Generate from `policy` and score the responses under both models at sampling temperature.
 
     With `exact_kl`, also the exact KL of the two next-token distributions (`kl_exact`) summed over
     each response's tokens: the sequence-level KL the k1 sum estimates, with much less variance,
     from the same two forward passes; it holds two (b, t, v) float32 distributions at once (and
-    one row's temporaries while comparing them)."""
+    one row's temporaries while comparing them).
+
+    With `trunk_depth` > 0 (policy and reference share that many frozen bottom layers:
+    alignflow.rl.trunk.shared_depth), the policy's pass records the hidden states entering layer
+    `trunk_depth`, the reference's pass starts there, and `Sampled.trunk` holds them for later
+    passes over the same batch."""
     query_ids, query_mask = encode_prompts(tokenizer, prompts, policy.device)
     response = generate(policy, query_ids, query_mask, sampling, greedy=greedy)
     mask = response_mask(response, stop_token_ids(policy))
@@ -269,29 +284,35 @@ def sample_with_logprobs(
     attention = torch.cat([query_mask, mask], dim=1)
     q = query_ids.shape[1]
     args = (sequence, attention, q, sampling.temperature)
-    dist = _response_distributions(policy, *args)
+    with recording(policy, trunk_depth) as recorded:
+        dist = _response_distributions(policy, *args)
+    trunk = recorded[0] if recorded else None
     logprobs = _token_logprobs(dist, response)
     if not exact_kl:
         dist = None  # freed before the reference's forward
-    ref_dist = _response_distributions(reference, *args)
+    ref_dist = _response_distributions(reference, *args, trunk=trunk)
     ref_logprobs = _token_logprobs(ref_dist, response)
     kl = None
     if exact_kl:  # row by row: kl_exact's (1, t, v) temporaries instead of (b, t, v) ones
         rows = zip(dist.split(1), ref_dist.split(1), strict=True)
         kl = (torch.cat([kl_exact(d, r) for d, r in rows]) * mask).sum(-1)
-    return Sampled(sequence, attention, q, response, mask, logprobs, ref_logprobs, kl)
+    return Sampled(sequence, attention, q, response, mask, logprobs, ref_logprobs, kl, trunk)
 
 
-def token_scores(scalar_model, sequence: Tensor, attention_mask: Tensor) -> Tensor:
+def token_scores(
+    scalar_model, sequence: Tensor, attention_mask: Tensor, trunk: TrunkStates | None = None
+) -> Tensor:
     """A sequence-classification model's scalar head applied at every position. (b, L) -> (b, L).
 
     The reward model's score for a response is the entry at its last token (EOS); the value of the
-    state before response token i is the entry at position q - 1 + i.
+    state before response token i is the entry at position q - 1 + i. `trunk`: as for
+    `response_logprobs`.
     """
     if hasattr(scalar_model, "get_base_model"):  # a peft model: LoRA layers are injected in place
         scalar_model = scalar_model.get_base_model()
     backbone = getattr(scalar_model, scalar_model.base_model_prefix)
-    hidden = backbone(**_forward_inputs(sequence, attention_mask)).last_hidden_state
+    with starting_at(backbone, trunk):
+        hidden = backbone(**_forward_inputs(sequence, attention_mask)).last_hidden_state
     return scalar_model.score(hidden).squeeze(-1).float()
 
 

@@ -31,7 +31,8 @@ from alignflow.rl.rollout import (
     stop_token_ids,
     token_scores,
 )
-from alignflow.rl.strategy import make_strategy
+from alignflow.rl.strategy import TorchStrategy, make_strategy
+from alignflow.rl.trunk import TrunkStates, shared_depth
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
@@ -49,6 +50,10 @@ class Rollout:
     values: Tensor  # (b, t)
     advantages: Tensor  # (b, t)
     returns: Tensor  # (b, t)
+    trunk: TrunkStates | None = None  # hidden states below the layers any model trains
+
+    def trunk_rows(self, idx: Tensor) -> TrunkStates | None:
+        return None if self.trunk is None else self.trunk[idx]
 
 
 class NonFiniteError(RuntimeError):
@@ -150,10 +155,24 @@ class PPOTrainer:
         self.seed, self.output_dir = seed, Path(output_dir)
         self.log_metrics, self.log_samples = log_metrics, log_samples
         self.stop_ids = torch.tensor(stop_token_ids(policy))  # a reply ends at any of them
+        self.trunk_depth = self._shared_trunk_depth()
         self.update_index = 0
         self.resumed_from: int | None = None
         self.stopped_early: str | None = None  # why training stopped before cfg.updates
         self.history: list[dict] = []
+
+    def _shared_trunk_depth(self) -> int:
+        """How many bottom layers every model shares frozen (alignflow.rl.trunk): run once per
+        rollout batch. 0 when ppo.shared_trunk is off or under DeepSpeed (sharded weights)."""
+        if not self.cfg.shared_trunk or not isinstance(self.strategy, TorchStrategy):
+            return 0
+        models = [self.policy, self.reference, self.value_model, *self.rewarder.models]
+        depth = shared_depth(models)
+        if depth:
+            log.info(
+                "PPO shared trunk: the bottom %d decoder layers run once per rollout batch", depth
+            )
+        return depth
 
     # ---- experience -------------------------------------------------------------------------
 
@@ -174,7 +193,7 @@ class PPOTrainer:
         model_scores = None
         if self.rewarder.models:
             model_scores = self.rewarder.model_scores(
-                sampled.sequence, sampled.attention_mask, q + last
+                sampled.sequence, sampled.attention_mask, q + last, sampled.trunk
             )
         prompts = [row["prompt"] for row in rows]
         total, components = self.rewarder.combine(
@@ -209,8 +228,9 @@ class PPOTrainer:
         try:
             with self.strategy.generating():  # ZeRO-3: the policy gathered once, not per token
                 sampled = sample_with_logprobs(
-                    self.policy, self.reference, self.tokenizer, prompts, cfg.sampling
-                )
+                    self.policy, self.reference, self.tokenizer, prompts, cfg.sampling,
+                    trunk_depth=self.trunk_depth,
+                )  # fmt: skip
         except RuntimeError as error:  # torch.multinomial on NaN/inf probabilities
             if "probability tensor" not in str(error):
                 raise
@@ -220,7 +240,7 @@ class PPOTrainer:
             ) from error
         sequence, attention, q = sampled.sequence, sampled.attention_mask, sampled.query_len
         mask, logprobs, ref_logprobs = sampled.mask, sampled.logprobs, sampled.ref_logprobs
-        values = token_scores(self.value_model, sequence, attention)[:, q - 1 : -1]
+        values = token_scores(self.value_model, sequence, attention, sampled.trunk)[:, q - 1 : -1]
         scores, score_stats, completions = self._scores(sampled, rows)
 
         maskf = mask.float()
@@ -245,7 +265,9 @@ class PPOTrainer:
         }
         if cfg.log_samples_every and update % cfg.log_samples_every == 0:
             self._log_sample_table(rows, completions, scores, kl_k1_seq, update)
-        batch = Rollout(sequence, attention, q, mask, logprobs, values, advantages, returns)
+        batch = Rollout(
+            sequence, attention, q, mask, logprobs, values, advantages, returns, sampled.trunk
+        )
         return batch, stats
 
     def _log_sample_table(self, rows, completions, scores, kl, update: int) -> None:
@@ -271,12 +293,13 @@ class PPOTrainer:
     def _minibatch_step(self, batch: Rollout, idx: Tensor) -> dict[str, float]:
         cfg = self.cfg
         seq, attn, mask = batch.sequence[idx], batch.attention_mask[idx], batch.mask[idx].float()
+        trunk = batch.trunk_rows(idx)
         logprobs, entropy = response_logprobs(
-            self.policy, seq, attn, batch.query_len, cfg.sampling.temperature
+            self.policy, seq, attn, batch.query_len, cfg.sampling.temperature, trunk=trunk
         )
         if cfg.entropy_coef == 0:  # logged only: keep it out of the autograd graph
             entropy = entropy.detach()
-        values = token_scores(self.value_model, seq, attn)[:, batch.query_len - 1 : -1]
+        values = token_scores(self.value_model, seq, attn, trunk)[:, batch.query_len - 1 : -1]
         pg_loss, clipfrac, approx_kl = F.policy_loss(
             logprobs, batch.logprobs[idx], batch.advantages[idx], mask, cfg.clip_range
         )

@@ -1,5 +1,5 @@
 """The real-model recipe: `alignflow run configs/smollm2_dpo.yaml` aligns SmolLM2-135M-Instruct
-on 2 CPU cores (slow: ~20 min; `make test-all`). README "A real model, measured"."""
+on 2 CPU cores (slow: ~25 min; `make test-all`). README "A real model, measured"."""
 
 from __future__ import annotations
 
@@ -11,11 +11,8 @@ from tests.flow.conftest import run_config
 
 
 @pytest.mark.slow
-# measured 2026-12-06: refusal 0.925, judge +0.21, fluency -1.5 %, but false refusals 0.100 (SFT's
-# 0.125): the one bar it misses; #20 stays open until it passes
-@pytest.mark.xfail(
-    reason="false refusals 0.10 > 0.05 (README: A real model, measured)", strict=False
-)
+# measured 2026-12-06 (learning rate 2e-4): refusal 0.925, false refusals 0.025, judge +0.26,
+# fluency -0.2 %, about 25 minutes
 def test_dpo_on_the_real_chat_model_meets_the_refusal_bars_and_keeps_its_english(tmp_path):
     summary = run_config("configs/smollm2_dpo.yaml", tmp_path, timeout=2400)
     ev = summary["eval"]

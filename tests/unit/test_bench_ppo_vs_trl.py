@@ -154,6 +154,11 @@ def test_update_flops_of_one_rollout_worked_by_hand():
     ours = bench.update_flops("ours", models, calls, ppo_epochs=2)
     assert ours == {"generation_flops": generation,
                     "training_flops": 2 * (1660 + 1800 + 294 + 294 + 2 * (2900 + 462))}  # fmt: skip
+    # with a shared trunk of 12 weights per token, every pass but generation and the policy's
+    # first (which records the trunk) skips it: 2 x 12 x 7 = 168 less each
+    ours = bench.update_flops("ours", models, calls, ppo_epochs=2, trunk=12)
+    assert ours == {"generation_flops": generation, "training_flops": 2 * (
+        1660 + 1800 + 294 + 294 - 3 * 168 + 2 * (2900 + 462 - 2 * 168))}  # fmt: skip
 
 
 def _phased_run(side: str, seed: int, generation_seconds: tuple[float, float, float]) -> dict:
@@ -250,6 +255,11 @@ def test_matmul_weights_of_a_tiny_llama_with_lora_on_its_top_layer(tiny_paths, m
     # a plain model: every weight counts as trained (the reward model only runs forward)
     assert bench.matmul_weights(models.reward_model) == bench.Matmuls(
         5120, 0, head=16, backward=5120, trained=5120, head_trained=True
+    )
+    # the trunk below the adapted layer: one plain layer
+    assert (bench.trunk_weights(models.policy, 1), bench.trunk_weights(models.policy, 0)) == (
+        2560,
+        0,
     )
 
 
