@@ -39,6 +39,8 @@ Measured, per run:
     backward = 2 x (the layers from the lowest one with a trained weight up) + 2 x head (its
     input gradient) + 2 x trained weights (their own gradient), i.e. 6N for a full model. The
     policy's LM head scores t + 1 positions per row on ours (logits_to_keep), all s on TRL.
+    Ours with LoRA on the top layers only (PPOTrainer.trunk_depth > 0): the layers below run
+    while sampling (and for the last sampled token), every pass after it skips them.
   Attention's QK^T and AV and elementwise work are not counted (a few % at these lengths).
   FLOP/s is divided by the machine's float32 matmul peak, measured once per bench run
   (`measure_matmul_peak`: best `torch.matmul` rate over PEAK_SHAPES), to give the fraction.
@@ -326,18 +328,20 @@ def update_flops(
     """FLOPs of one update's generation and training (see the module docstring), from the
     (rows, prompt width, response width) of each `generate` call it made; `models` holds the
     policy's, the critic's and the reward model's Matmuls; `trunk`: the weights of the shared
-    trunk ours runs once per rollout (in the policy's scoring pass), skipped by every other."""
+    trunk ours runs once per rollout, while sampling (plus the last sampled token, which generate
+    never feeds back), skipped by every pass after it."""
     policy, critic, reward = models["policy"], models["critic"], models["reward"]
     generation = training = 0
     for rows, prompt, response in calls:
         tokens = prompt + response
         # the last sampled token is never fed back; the prefill's head scores one position
         generation += rows * forward_flops(policy, tokens - 1, response)
+        generation += rows * 2 * trunk  # the last token through the trunk
         head = response + 1 if side == "ours" else tokens  # ours: logits_to_keep
         # the reference
         scoring = forward_flops(policy, tokens, head, adapters=False, skipped=trunk)
         if side == "ours":  # TRL reads the rollout's log-probs off generate's scores
-            scoring += forward_flops(policy, tokens, head)
+            scoring += forward_flops(policy, tokens, head, skipped=trunk)
         scoring += forward_flops(critic, tokens, tokens, skipped=trunk)
         scoring += forward_flops(reward, tokens, tokens, skipped=trunk)
         step = train_flops(policy, tokens, head, trunk) + train_flops(critic, tokens, tokens, trunk)

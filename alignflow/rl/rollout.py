@@ -16,7 +16,7 @@ from torch import Tensor
 
 from alignflow.config import SamplingConfig
 from alignflow.rl.functional import entropy_from_logprobs, kl_exact
-from alignflow.rl.trunk import TrunkStates, recording, starting_at
+from alignflow.rl.trunk import TrunkStates, generated_trunk, recording, starting_at
 
 
 def prompt_text(tokenizer, prompt: list[dict]) -> str:
@@ -132,15 +132,13 @@ def stop_token_ids(model) -> list[int]:
     return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 
 
-@torch.no_grad()
-def generate(
-    model, query_ids: Tensor, query_mask: Tensor, sampling: SamplingConfig, greedy: bool = False
-) -> Tensor:
-    """Sample responses; returns response_ids (b, t) with everything after EOS set to pad."""
+def _generate(
+    model, query_ids: Tensor, query_mask: Tensor, sampling: SamplingConfig, greedy: bool, **extra
+):
+    """HF `generate` with our sampling settings and stop tokens; returns (its output, pad id)."""
     config = model.generation_config
-    stops = stop_token_ids(model)
     # a model that ships no pad (Llama-3.1) and was loaded without our tokenizer: pad with its EOS
-    pad = config.pad_token_id if config.pad_token_id is not None else stops[0]
+    pad = config.pad_token_id if config.pad_token_id is not None else stop_token_ids(model)[0]
     output = model.generate(
         input_ids=query_ids,
         attention_mask=query_mask,
@@ -152,9 +150,39 @@ def generate(
         pad_token_id=pad,
         eos_token_id=config.eos_token_id,
         use_cache=True,
+        **extra,
     )
-    response = output[:, query_ids.shape[1] :]
-    return response.masked_fill(response_mask(response, stops) == 0, pad)
+    return output, pad
+
+
+def _responses(model, sequences: Tensor, query_len: int, pad: int) -> Tensor:
+    response = sequences[:, query_len:]
+    return response.masked_fill(response_mask(response, stop_token_ids(model)) == 0, pad)
+
+
+@torch.no_grad()
+def generate(
+    model, query_ids: Tensor, query_mask: Tensor, sampling: SamplingConfig, greedy: bool = False
+) -> Tensor:
+    """Sample responses; returns response_ids (b, t) with everything after EOS set to pad."""
+    output, pad = _generate(model, query_ids, query_mask, sampling, greedy)
+    return _responses(model, output, query_ids.shape[1], pad)
+
+
+@torch.no_grad()
+def generate_with_trunk(
+    model, query_ids: Tensor, query_mask: Tensor, sampling: SamplingConfig, depth: int,
+    greedy: bool = False,
+) -> tuple[Tensor, TrunkStates | None]:  # fmt: skip
+    """`generate`, and the hidden states entering layer `depth` at every position of the sampled
+    sequences (alignflow.rl.trunk.generated_trunk), recorded by generate's own forward passes: no
+    pass over the bottom layers follows sampling. Returns (response_ids (b, t), trunk or None)."""
+    with recording(model, depth) as recorded:
+        output, pad = _generate(
+            model, query_ids, query_mask, sampling, greedy, return_dict_in_generate=True
+        )
+    trunk = generated_trunk(model, recorded, output.past_key_values, output.sequences, query_mask)
+    return _responses(model, output.sequences, query_ids.shape[1], pad), trunk
 
 
 def _keeps_logits(model) -> bool:
@@ -274,19 +302,25 @@ def sample_with_logprobs(
     one row's temporaries while comparing them).
 
     With `trunk_depth` > 0 (policy and reference share that many frozen bottom layers:
-    alignflow.rl.trunk.shared_depth), the policy's pass records the hidden states entering layer
-    `trunk_depth`, the reference's pass starts there, and `Sampled.trunk` holds them for later
-    passes over the same batch."""
+    alignflow.rl.trunk.shared_depth), sampling records the hidden states entering layer
+    `trunk_depth` (else the policy's scoring pass does), both scoring passes start there, and
+    `Sampled.trunk` holds them for later passes over the same batch."""
     query_ids, query_mask = encode_prompts(tokenizer, prompts, policy.device)
-    response = generate(policy, query_ids, query_mask, sampling, greedy=greedy)
+    trunk = None
+    if trunk_depth:
+        response, trunk = generate_with_trunk(
+            policy, query_ids, query_mask, sampling, trunk_depth, greedy
+        )
+    else:
+        response = generate(policy, query_ids, query_mask, sampling, greedy=greedy)
     mask = response_mask(response, stop_token_ids(policy))
     sequence = torch.cat([query_ids, response], dim=1)
     attention = torch.cat([query_mask, mask], dim=1)
     q = query_ids.shape[1]
     args = (sequence, attention, q, sampling.temperature)
-    with recording(policy, trunk_depth) as recorded:
-        dist = _response_distributions(policy, *args)
-    trunk = recorded[0] if recorded else None
+    with recording(policy, trunk_depth if trunk is None else 0) as recorded:
+        dist = _response_distributions(policy, *args, trunk=trunk)
+    trunk = trunk or (recorded[0] if recorded else None)
     logprobs = _token_logprobs(dist, response)
     if not exact_kl:
         dist = None  # freed before the reference's forward

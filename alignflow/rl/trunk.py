@@ -3,11 +3,11 @@
 With LoRA on the top N decoder layers only (`lora.top_layers`), the policy, its reference (the
 adapter off), the critic and the reward models, all grown from one base by top-layer adapters,
 hold the same embeddings and bottom layers bit for bit. Their hidden states entering the first
-layer that differs are then one tensor per rollout batch: recorded during the policy's first
-forward pass, every later pass (reference log-probs, values, rewards, each PPO epoch's policy and
-critic passes) starts there and runs the top layers only. The result is the same up to float
-rounding; on SmolLM2-135M with the top 8 of 30 layers adapted it cuts the forward work after
-sampling by about 3.5x.
+layer that differs are then one tensor per rollout batch, recorded while the policy samples
+(generate's own forward passes, `generated_trunk`): every pass after sampling (policy and
+reference log-probs, values, rewards, each PPO epoch's policy and critic passes) starts there and
+runs the top layers only. The result is the same up to float rounding; on SmolLM2-135M with the
+top 8 of 30 layers adapted, the forward work after sampling falls to about a quarter.
 
 Whether the models share a trunk, and how deep, is measured (`shared_depth`), never assumed: a
 full fine-tune, a reward model trained in full, or weights that differ anywhere below give a
@@ -123,6 +123,47 @@ def recording(model, depth: int) -> Iterator[list[TrunkStates]]:
         yield recorded
     finally:
         handle.remove()
+
+
+class _Recorded(Exception):
+    """Raised once the bottom layers have run: the rest of the pass is not needed."""
+
+
+def generated_trunk(
+    model, steps: list[TrunkStates], cache, sequences: Tensor, query_mask: Tensor
+) -> TrunkStates | None:
+    """The trunk states of `sequences` (b, q + t) from those `recording` got during `generate`:
+    the prompt's from its first pass, then one position per new token fed back. The last token is
+    never fed back: its states come from one more step through the bottom layers only, on
+    generate's KV cache (`cache`). None when the recorded positions do not add up to the
+    sequences (a caller then records them in a full pass).
+
+    Positions after a row's EOS were fed as pad tokens attended to, unlike in scoring passes (the
+    attention mask is 0 there); nothing reads them: losses, values and scores stop at EOS."""
+    width, query_len = sequences.shape[1], query_mask.shape[1]
+    if not steps or cache is None or sum(s.hidden.shape[1] for s in steps) != width - 1:
+        return None
+    depth = steps[0].depth
+    # generate's mask: every generated position attended to
+    mask = torch.cat([query_mask, query_mask.new_ones(len(query_mask), width - query_len)], 1)
+    last: list[Tensor] = []
+
+    def stop(_module, args, kwargs):
+        last.append(_hidden_argument(args, kwargs).detach())
+        raise _Recorded
+
+    handle = layer_stack(model)[depth].register_forward_pre_hook(stop, with_kwargs=True)
+    try:
+        model(
+            input_ids=sequences[:, -1:], attention_mask=mask,
+            position_ids=mask.sum(-1, keepdim=True) - 1, past_key_values=cache, use_cache=True,
+        )  # fmt: skip
+    except _Recorded:
+        pass
+    finally:
+        handle.remove()
+    hidden = torch.cat([*(s.hidden for s in steps), *last], dim=1)
+    return TrunkStates(depth, hidden) if hidden.shape[1] == width else None
 
 
 @contextmanager

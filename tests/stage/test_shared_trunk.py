@@ -11,7 +11,13 @@ from alignflow import real
 from alignflow.config import LoraConfig, PPOConfig, SamplingConfig
 from alignflow.models import load_scalar_head_model, load_tokenizer
 from alignflow.rl.lora import lora_policy, lora_value_model
-from alignflow.rl.rollout import encode_completions, response_logprobs, token_scores
+from alignflow.rl.rollout import (
+    encode_completions,
+    encode_prompts,
+    response_logprobs,
+    sample_with_logprobs,
+    token_scores,
+)
 from alignflow.rl.trainer import PPOTrainer
 from alignflow.rl.trunk import layer_stack, recording, shared_depth, starting_at
 
@@ -84,6 +90,38 @@ def test_passes_from_the_shared_trunk_equal_whole_passes(tmp_path, family):
     with starting_at(policy, trunk):  # the layers come back afterwards
         pass
     assert all(type(layer).__name__.endswith("DecoderLayer") for layer in layer_stack(policy))
+
+
+@pytest.mark.parametrize("family", ["smollm2", "gemma3"])
+def test_sampling_records_the_trunk_so_no_pass_over_the_bottom_layers_follows(tmp_path, family):
+    folder = real.tiny_family_model(family, tmp_path / "tiny", layers=4)
+    tokenizer, policy, reference, _, _ = _models(folder, _cfg())
+    prompts = [*PROMPTS, [{"role": "user", "content": "Write a long story about a cat."}]]
+    sampling = SamplingConfig(max_new_tokens=12, temperature=1.0)
+    runs = []
+    calls = []
+    hook = layer_stack(policy)[0].register_forward_hook(lambda *args: calls.append(1))
+    for depth in (2, 0):
+        torch.manual_seed(7)
+        runs.append(
+            sample_with_logprobs(policy, reference, tokenizer, prompts, sampling, trunk_depth=depth)
+        )
+        if depth:  # generate's passes (prompt, then a token each), one for the last token; no more
+            assert len(calls) == runs[0].response.shape[1] + 1
+    hook.remove()
+    shared, whole = runs
+    assert torch.equal(shared.sequence, whole.sequence)  # the same tokens sampled
+    assert shared.trunk.hidden.shape[:2] == shared.sequence.shape
+    for got, want in ((shared.logprobs, whole.logprobs), (shared.ref_logprobs, whole.ref_logprobs)):
+        torch.testing.assert_close(got * shared.mask, want * whole.mask, rtol=1e-4, atol=1e-4)
+    # the states generate recorded are those of one pass over the whole sequence, up to each EOS
+    with recording(policy, 2) as recorded:
+        response_logprobs(policy, whole.sequence, whole.attention_mask, whole.query_len, 1.0)
+    query, query_mask = encode_prompts(tokenizer, prompts)
+    used = torch.cat([query_mask, shared.mask], dim=1).bool()
+    torch.testing.assert_close(
+        shared.trunk.hidden[used], recorded[0].hidden[used], rtol=1e-4, atol=1e-4
+    )
 
 
 def test_the_trunk_is_as_deep_as_the_layers_every_model_holds_frozen_and_equal(tmp_path):

@@ -154,11 +154,11 @@ def test_update_flops_of_one_rollout_worked_by_hand():
     ours = bench.update_flops("ours", models, calls, ppo_epochs=2)
     assert ours == {"generation_flops": generation,
                     "training_flops": 2 * (1660 + 1800 + 294 + 294 + 2 * (2900 + 462))}  # fmt: skip
-    # with a shared trunk of 12 weights per token, every pass but generation and the policy's
-    # first (which records the trunk) skips it: 2 x 12 x 7 = 168 less each
+    # with a shared trunk of 12 weights per token, recorded while sampling (the last token, never
+    # fed back, through the trunk: 2 x 12 per row), every later pass skips it: 2 x 12 x 7 = 168
     ours = bench.update_flops("ours", models, calls, ppo_epochs=2, trunk=12)
-    assert ours == {"generation_flops": generation, "training_flops": 2 * (
-        1660 + 1800 + 294 + 294 - 3 * 168 + 2 * (2900 + 462 - 2 * 168))}  # fmt: skip
+    assert ours == {"generation_flops": generation + 2 * 2 * 12, "training_flops": 2 * (
+        1660 + 1800 + 294 + 294 - 4 * 168 + 2 * (2900 + 462 - 2 * 168))}  # fmt: skip
 
 
 def _phased_run(side: str, seed: int, generation_seconds: tuple[float, float, float]) -> dict:
