@@ -179,8 +179,9 @@ def generate_with_trunk(
     pass over the bottom layers follows sampling. Returns (response_ids (b, t), trunk or None)."""
     with recording(model, depth) as recorded:
         output, pad = _generate(
-            model, query_ids, query_mask, sampling, greedy, return_dict_in_generate=True
-        )
+            model, query_ids, query_mask, sampling, greedy, return_dict_in_generate=True,
+            num_beams=1,
+        )  # fmt: skip
     trunk = generated_trunk(model, recorded, output.past_key_values, output.sequences, query_mask)
     return _responses(model, output.sequences, query_ids.shape[1], pad), trunk
 

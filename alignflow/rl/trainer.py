@@ -155,24 +155,31 @@ class PPOTrainer:
         self.seed, self.output_dir = seed, Path(output_dir)
         self.log_metrics, self.log_samples = log_metrics, log_samples
         self.stop_ids = torch.tensor(stop_token_ids(policy))  # a reply ends at any of them
-        self.trunk_depth = self._shared_trunk_depth()
+        self.trunk_depth, self.rewards_share_trunk = self._shared_trunk()
         self.update_index = 0
         self.resumed_from: int | None = None
         self.stopped_early: str | None = None  # why training stopped before cfg.updates
         self.history: list[dict] = []
 
-    def _shared_trunk_depth(self) -> int:
-        """How many bottom layers every model shares frozen (alignflow.rl.trunk): run once per
-        rollout batch. 0 when ppo.shared_trunk is off or under DeepSpeed (sharded weights)."""
+    def _shared_trunk(self) -> tuple[int, bool]:
+        """(how many bottom layers policy, reference and critic share frozen, whether the reward
+        models share them too): run once per rollout batch (alignflow.rl.trunk). Depth 0 when
+        ppo.shared_trunk is off or under DeepSpeed (sharded weights). A reward model that does not
+        share them (another base, not quantized like the policy) is scored with whole passes."""
         if not self.cfg.shared_trunk or not isinstance(self.strategy, TorchStrategy):
-            return 0
-        models = [self.policy, self.reference, self.value_model, *self.rewarder.models]
-        depth = shared_depth(models)
-        if depth:
-            log.info(
-                "PPO shared trunk: the bottom %d decoder layers run once per rollout batch", depth
-            )
-        return depth
+            return 0, False
+        depth = shared_depth([self.policy, self.reference, self.value_model])
+        if not depth:
+            log.info("PPO shared trunk: none (policy and critic share no frozen bottom layers)")
+            return 0, False
+        models = self.rewarder.models
+        rewards_share = bool(models) and shared_depth([self.policy, *models]) >= depth
+        log.info(
+            "PPO shared trunk: the bottom %d decoder layers run once per rollout batch%s",
+            depth,
+            "" if rewards_share or not models else "; the reward models run whole (not shared)",
+        )
+        return depth, rewards_share
 
     # ---- experience -------------------------------------------------------------------------
 
@@ -193,8 +200,9 @@ class PPOTrainer:
         model_scores = None
         if self.rewarder.models:
             model_scores = self.rewarder.model_scores(
-                sampled.sequence, sampled.attention_mask, q + last, sampled.trunk
-            )
+                sampled.sequence, sampled.attention_mask, q + last,
+                sampled.trunk if self.rewards_share_trunk else None,
+            )  # fmt: skip
         prompts = [row["prompt"] for row in rows]
         total, components = self.rewarder.combine(
             model_scores, prompts, completions, rows, mask.sum(-1)

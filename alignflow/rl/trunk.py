@@ -49,18 +49,17 @@ def layer_stack(model) -> nn.ModuleList:
     return module.get_submodule(name)
 
 
-def _trunk_tensors(model, depth: int) -> list[Tensor]:
-    """Everything that decides the hidden states entering layer `depth`: the input embeddings,
-    the bottom `depth` layers' parameters and buffers, and the backbone's own buffers (rotary
-    frequencies) outside the layer stack."""
+def _inputs(model) -> list[Tensor]:
+    """What the trunk's layers see besides their own weights: the input embeddings and the
+    backbone's buffers outside the layer stack (rotary frequencies)."""
     module = _unwrapped(model)
     stack_name, _ = decoder_layers(module, "ppo shared trunk")
-    stack = module.get_submodule(stack_name)
-    tensors = [module.get_input_embeddings().weight]
-    for layer in stack[:depth]:
-        tensors += [*layer.parameters(), *layer.buffers()]
-    tensors += [b for name, b in module.named_buffers() if not name.startswith(stack_name)]
-    return tensors
+    buffers = [b for name, b in module.named_buffers() if not name.startswith(stack_name)]
+    return [module.get_input_embeddings().weight, *buffers]
+
+
+def _tensors(layer: nn.Module) -> list[Tensor]:
+    return [*layer.parameters(), *layer.buffers()]
 
 
 def _trains(layer: nn.Module) -> bool:
@@ -75,24 +74,48 @@ def _same(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
 
 
 def shared_depth(models: Sequence) -> int:
-    """How many bottom decoder layers every model in `models` holds frozen and identical (input
-    embeddings and the backbone's buffers included): 0 when none, or when a model's layer stack
-    cannot be found."""
+    """How many bottom decoder layers every model in `models` holds frozen and identical (with
+    the same input embeddings, frozen too, and backbone buffers), confirmed by a probe (`_agrees`):
+    0 when none, when a model's layer stack cannot be found, or when the probe disagrees. At most
+    one layer fewer than the shallowest model has: a layer must be left to start at."""
     try:
         stacks = [layer_stack(model) for model in models]
     except ValueError:
         return 0
+    inputs = [_inputs(model) for model in models]
+    if inputs[0][0].requires_grad or not all(_same(inputs[0], other) for other in inputs[1:]):
+        return 0
     count = min(len(stack) for stack in stacks)
     depth = 0
-    while depth < count and not any(_trains(stack[depth]) for stack in stacks):
+    while depth < count - 1 and not any(_trains(stack[depth]) for stack in stacks):
+        first = _tensors(stacks[0][depth])
+        if not all(_same(first, _tensors(stack[depth])) for stack in stacks[1:]):
+            break
         depth += 1
-    # the largest frozen depth at which every model's trunk equals the first model's
-    while depth > 0:
-        first = _trunk_tensors(models[0], depth)
-        if all(_same(first, _trunk_tensors(model, depth)) for model in models[1:]):
-            return depth
-        depth -= 1
-    return 0
+    return depth if depth and all(_agrees(models[0], model, depth) for model in models) else 0
+
+
+@torch.no_grad()
+def _output(model, ids: Tensor) -> Tensor:
+    ones = torch.ones_like(ids)
+    out = model(input_ids=ids, attention_mask=ones, position_ids=ones.cumsum(-1) - 1)
+    return out.logits.float()
+
+
+def _agrees(source, model, depth: int) -> bool:
+    """Whether `model` started at layer `depth` on `source`'s trunk gives what its whole pass
+    gives, on a few tokens: the weights compared equal, this checks what they do not say (a
+    setting in the config, a layer that carries state to the next)."""
+    ids = torch.arange(1, 9, device=_unwrapped(source).device).repeat(2, 1)
+    try:
+        with recording(source, depth) as recorded:
+            _output(source, ids)
+        whole = _output(model, ids)
+        with starting_at(model, recorded[0]):
+            part = _output(model, ids)
+    except Exception:  # noqa: BLE001 - a model the trunk cannot start inside runs whole
+        return False
+    return bool(torch.allclose(part, whole, rtol=1e-3, atol=1e-3))
 
 
 def _hidden_argument(args: tuple, kwargs: dict) -> Tensor:
@@ -100,7 +123,14 @@ def _hidden_argument(args: tuple, kwargs: dict) -> Tensor:
 
 
 class _Passthrough(nn.Module):
-    """A skipped decoder layer: returns the hidden states it is given."""
+    """A skipped decoder layer: returns the hidden states it is given. Keeps the attributes a
+    model's layer loop may read off its layers."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        for name in ("attention_type", "layer_type", "layer_idx", "is_sliding"):
+            if hasattr(layer, name):
+                setattr(self, name, getattr(layer, name))
 
     def forward(self, *args, **kwargs) -> Tensor:
         return _hidden_argument(args, kwargs)
@@ -116,7 +146,8 @@ def recording(model, depth: int) -> Iterator[list[TrunkStates]]:
         return
 
     def record(_module, args, kwargs):
-        recorded.append(TrunkStates(depth, _hidden_argument(args, kwargs).detach()))
+        # a copy: a compiled generate (static cache) reuses its output buffers
+        recorded.append(TrunkStates(depth, _hidden_argument(args, kwargs).detach().clone()))
 
     handle = layer_stack(model)[depth].register_forward_pre_hook(record, with_kwargs=True)
     try:
@@ -142,6 +173,8 @@ def generated_trunk(
     attention mask is 0 there); nothing reads them: losses, values and scores stop at EOS."""
     width, query_len = sequences.shape[1], query_mask.shape[1]
     if not steps or cache is None or sum(s.hidden.shape[1] for s in steps) != width - 1:
+        return None
+    if any(s.hidden.shape[0] != len(sequences) for s in steps):  # beams: rows reordered
         return None
     depth = steps[0].depth
     # generate's mask: every generated position attended to
@@ -185,7 +218,7 @@ def starting_at(model, states: TrunkStates | None) -> Iterator[None]:
     handle = stack[states.depth].register_forward_pre_hook(enter, with_kwargs=True)
     try:
         for index in range(states.depth):
-            stack[index] = _Passthrough()
+            stack[index] = _Passthrough(bottom[index])
         yield
     finally:
         for index, layer in enumerate(bottom):

@@ -133,15 +133,23 @@ def test_the_trunk_is_as_deep_as_the_layers_every_model_holds_frozen_and_equal(t
     with torch.no_grad():
         reward_model.get_input_embeddings().weight[5, 0] += 1e-3
     assert shared_depth([policy, critic, reward_model]) == 0  # the inputs differ
+    # equal weights, another setting: the probe of a few tokens through both paths finds it
+    _, policy, reference, critic, _ = _models(folder, _cfg())
+    assert shared_depth([policy, reference, critic]) == 2
+    layer_stack(critic)[0].input_layernorm.variance_epsilon = 0.5
+    assert shared_depth([policy, reference, critic]) == 0
     # LoRA on every layer: nothing below is frozen
     everywhere = _cfg(lora=LoraConfig(r=4, alpha=8))
     _, policy, reference, critic, _ = _models(folder, everywhere)
     assert shared_depth([policy, reference, critic]) == 0
 
 
-def _trainer(folder, out, **settings) -> PPOTrainer:
+def _trainer(folder, out, other_reward_model: bool = False, **settings) -> PPOTrainer:
     cfg = _cfg(**settings)
     tokenizer, policy, reference, critic, reward_model = _models(folder, cfg)
+    if other_reward_model:  # its bottom layers are not the policy's
+        with torch.no_grad():
+            layer_stack(reward_model)[0].mlp.up_proj.weight.mul_(1.5)
     prompts = [[{"role": "user", "content": f"Review product {i}."}] for i in range(4)]
     return PPOTrainer(
         cfg, policy, reference, reward_model, critic, tokenizer, prompts, seed=0, output_dir=out
@@ -168,3 +176,13 @@ def test_ppo_trains_the_same_from_the_shared_trunk_and_runs_the_bottom_layers_on
     for got, expected in zip(history, want, strict=True):
         for key in ("reward", "kl", "policy_loss", "value_loss", "approx_kl", "entropy"):
             assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
+
+
+def test_a_reward_model_that_shares_no_trunk_runs_whole_beside_the_others(tmp_path):
+    folder = real.tiny_family_model("smollm2", tmp_path / "tiny", layers=4)
+    shared = _trainer(folder, tmp_path / "shared", other_reward_model=True)
+    whole = _trainer(folder, tmp_path / "whole", other_reward_model=True, shared_trunk=False)
+    assert (shared.trunk_depth, shared.rewards_share_trunk) == (2, False)
+    got, want = shared.step(), whole.step()
+    for key in ("reward", "kl", "policy_loss", "value_loss"):
+        assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
