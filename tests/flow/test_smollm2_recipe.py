@@ -11,6 +11,7 @@ from tests.flow.conftest import run_config
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2700)  # the run's own limit is 2400 s; pytest's default (900 s) is too short
 # measured 2026-12-06 (learning rate 2e-4): refusal 0.925, false refusals 0.025, judge +0.26,
 # fluency -0.2 %, about 25 minutes
 def test_dpo_on_the_real_chat_model_meets_the_refusal_bars_and_keeps_its_english(tmp_path):
