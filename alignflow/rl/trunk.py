@@ -83,7 +83,9 @@ def shared_depth(models: Sequence) -> int:
     except ValueError:
         return 0
     inputs = [_inputs(model) for model in models]
-    if inputs[0][0].requires_grad or not all(_same(inputs[0], other) for other in inputs[1:]):
+    if any(embeddings.requires_grad for embeddings, *_ in inputs) or not all(
+        _same(inputs[0], other) for other in inputs[1:]
+    ):
         return 0
     count = min(len(stack) for stack in stacks)
     depth = 0

@@ -136,6 +136,9 @@ def test_the_trunk_is_as_deep_as_the_layers_every_model_holds_frozen_and_equal(t
     # equal weights, another setting: the probe of a few tokens through both paths finds it
     _, policy, reference, critic, _ = _models(folder, _cfg())
     assert shared_depth([policy, reference, critic]) == 2
+    critic.get_input_embeddings().weight.requires_grad_(True)  # any model training its inputs
+    assert shared_depth([policy, reference, critic]) == 0
+    critic.get_input_embeddings().weight.requires_grad_(False)
     layer_stack(critic)[0].input_layernorm.variance_epsilon = 0.5
     assert shared_depth([policy, reference, critic]) == 0
     # LoRA on every layer: nothing below is frozen
