@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -39,11 +40,48 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def _load(config: Path, overrides: list[str] | None):
+def _load(config: Path | None, overrides: list[str] | None):
+    """The config at `config` (None: the defaults) with `--set` overrides, or a one-line exit 2."""
     try:
         return load_config(config, overrides or [])
     except ConfigError as error:
         _fail(str(error).replace("\n", "\nerror: "), 2)
+
+
+def _first_line(text: str) -> str:
+    lines = str(text).strip().splitlines()
+    line = lines[0] if lines else ""
+    return line if len(line) <= 300 else line[:299] + "…"
+
+
+class _NoTracebackFor(logging.Filter):
+    """Keeps the traceback of an expected error (bad data, too little data) out of the console:
+    the error's own line says what to fix; Prefect's log (its API handler) keeps the traceback."""
+
+    def __init__(self, expected: tuple[type[BaseException], ...]):
+        super().__init__()
+        self.expected = expected
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], self.expected):
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def _console_without_tracebacks(*expected: type[BaseException]) -> None:
+    """Install `_NoTracebackFor` on Prefect's console handler (call after importing a flow)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(_NoTracebackFor(expected))
+
+
+def _end_with(message: str, code: int) -> None:
+    """`_fail` after a flow: Prefect's own closing lines (its temporary server stopping) are
+    silenced so the error is the last line."""
+    logging.getLogger("prefect").setLevel(logging.WARNING)
+    _fail(message, code)
 
 
 def _quiet_defaults() -> None:
@@ -51,6 +89,11 @@ def _quiet_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # An MLflow server that is down or unreachable: a one-line error in seconds, not minutes of
+    # retries (MLflow's own defaults: 7 retries with backoff, 120 s per request).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     # Our own log lines (stage timings, what data preparation removed) in the console and Prefect UI.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "alignflow,tasks")
     for name in ("alignflow", "tasks"):  # Prefect adds its handlers to them, not a level
@@ -77,13 +120,13 @@ def run(
     from alignflow.shape import NotEnoughData
     from flows.rlhf import rlhf
 
+    _console_without_tracebacks(DataError, NotEnoughData)
     try:
         summary = rlhf(config=cfg)
     except (DataError, NotEnoughData) as error:  # bad or too little data: one line, says where
-        _fail(str(error), 2)
+        _end_with(_first_line(str(error)), 2)
     except Exception as error:  # a person reads this; the traceback is in the Prefect log above
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        _fail(f"{type(error).__name__}: {first_line}", 1)
+        _end_with(f"{type(error).__name__}: {_first_line(str(error))}", 1)
     run_dir = Path(cfg.run.artifacts_root) / summary["run_id"]
     statuses = ", ".join(f"{k} {v['status']}" for k, v in summary["stages"].items())
     typer.echo(f"stages: {statuses}")
@@ -107,13 +150,13 @@ def retrain(
     _quiet_defaults()
     from flows.retrain import retrain as retrain_flow
 
+    _console_without_tracebacks(ValueError)
     try:
         result = retrain_flow(config=cfg)
     except ValueError as error:  # no champion, no feedback store, a judge that cannot be imported
-        _fail(f"{config}: {str(error).strip().splitlines()[0]}", 2)
+        _end_with(f"{config}: {_first_line(str(error))}", 2)
     except Exception as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        _fail(f"{type(error).__name__}: {first_line}", 1)
+        _end_with(f"{type(error).__name__}: {_first_line(str(error))}", 1)
     decision = result.get("decision")
     if isinstance(decision, dict):
         typer.echo(
@@ -155,12 +198,17 @@ def compare(
     from alignflow import compare as comparing
     from alignflow.pipeline import tracking_uri as config_tracking_uri
 
-    cfg = _load(config, set_) if config else load_config(None, set_ or [])
+    cfg = _load(config, set_)
+    _quiet_defaults()
+    from mlflow.exceptions import MlflowException
+
     uri = tracking_uri or config_tracking_uri(cfg)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         _fail(f"no MLflow store at {uri} (run `alignflow run CONFIG` first)", 1)
     try:
         runs = comparing.top_level_runs(uri, experiment or cfg.run.experiment, limit, flow)
+    except MlflowException as error:  # a server that is down, refuses, or answers an error
+        _fail(f"{uri}: {_first_line(error.message)}", 1)
     except ValueError as error:
         _fail(str(error), 1)
     params = [*comparing.PARAMS, *(param or [])]
@@ -232,7 +280,9 @@ def export(
     from alignflow.export import export as exporting
     from alignflow.pipeline import tracking_uri as config_tracking_uri
 
-    uri = tracking_uri or config_tracking_uri(_load(config, None) if config else load_config(None))
+    uri = tracking_uri or ""
+    if ref.startswith("models:/") and not uri:  # only a registry reference needs the store
+        uri = config_tracking_uri(_load(config, None))
     try:
         written = exporting(ref, out, uri, trust_remote_code, force)
     except ExportError as error:
@@ -271,6 +321,7 @@ def serve(
     from alignflow import serve as serving
     from alignflow.export import ExportError, export, registry_parts
     from alignflow.launch import free_port
+    from alignflow.models import check_safetensors
     from alignflow.pipeline import tracking_uri as config_tracking_uri
 
     if engine not in ("auto", "transformers", "vllm"):
@@ -279,10 +330,16 @@ def serve(
     folder = Path(ref)
     if not (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file():
         try:  # a registry URI, a run directory or an adapter: export it first
-            uri = tracking_uri or config_tracking_uri(load_config(None))
+            uri = tracking_uri or ""
+            if ref.startswith("models:/") and not uri:
+                uri = config_tracking_uri(load_config(None))
             folder = export(ref, Path(scratch.name) / "model", uri)
         except ExportError as error:
             _fail(str(error), 2)
+    try:
+        check_safetensors(folder)
+    except ValueError as error:
+        _fail(str(error), 2)
     name = model_name or (
         registry_parts(ref)[0] if ref.startswith("models:/") else folder.resolve().name
     )
@@ -343,6 +400,10 @@ def label(
 ) -> None:
     """Label the comparisons a paused pipeline run waits on, in this terminal, and resume it
     (the same form as the Prefect UI's; PREFECT_API_URL names the server)."""
+    try:
+        uuid.UUID(flow_run_id)
+    except ValueError:
+        _fail(f"{flow_run_id}: not a flow-run id (a UUID; the paused run's log prints it)", 2)
     _quiet_defaults()
     from alignflow.feedback.labelers import LabelError
     from tasks.label import answer_in_terminal
@@ -427,5 +488,31 @@ def data_demo(
         typer.echo(f"{out / name}: {rows} rows, {USER_FILES[name]}")
 
 
+def main(args: list[str] | None = None) -> None:
+    """The `alignflow` command: a usage error (an unknown option, a value out of range) is one
+    `error:` line and exit 2, like every other error, instead of a boxed panel."""
+    try:
+        code = app(args=args, prog_name="alignflow", standalone_mode=False)
+    except Exception as error:  # click's own errors (typer vendors click: matched by shape)
+        kind = type(error).__name__
+        if kind == "NoArgsIsHelpError":  # bare `alignflow`: the help
+            typer.echo(error.ctx.get_help())
+            code = 0
+        elif kind == "Abort":
+            typer.echo("aborted", err=True)
+            code = 1
+        elif hasattr(error, "format_message") and isinstance(
+            getattr(error, "exit_code", None), int
+        ):
+            ctx = getattr(error, "ctx", None)
+            command = f"{ctx.command_path}: " if ctx is not None else ""
+            message = _first_line(error.format_message())
+            typer.echo(f"error: {command}{message} (see --help)", err=True)
+            code = error.exit_code
+        else:
+            raise
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    main()

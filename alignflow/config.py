@@ -7,14 +7,16 @@ Prefect UI renders it as a form.
 from __future__ import annotations
 
 import re
+import reprlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     field_validator,
     model_validator,
@@ -25,8 +27,13 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message is one line per problem, naming the key."""
 
 
+# A switch is true or false, never a word that merely looks like one ("yes", "0", "off" in quotes).
+Bool = Annotated[bool, Strict()]
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Floats are finite: a learning rate of .inf or .nan is a typo, not a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class RunConfig(_Section):
@@ -44,6 +51,13 @@ class RunConfig(_Section):
     # installed packages). Unset in a config file: that file's folder, so a `my_rules.py` beside
     # the config is found from any working directory.
     code_dir: str | None = None
+
+    @field_validator("artifacts_root")
+    @classmethod
+    def _root_is_a_folder(cls, value: str) -> str:
+        if Path(value).exists() and not Path(value).is_dir():
+            raise ValueError(f"{value} is a file; artifacts_root is the folder runs are kept in")
+        return value
 
 
 class DemoTaskConfig(_Section):
@@ -85,7 +99,7 @@ class DatasetConfig(_Section):
 class CleanConfig(_Section):
     """Cleaning applied to training datasets; each removal is counted per reason and logged."""
 
-    exact_dedup: bool = True
+    exact_dedup: Bool = True
     # Estimated Jaccard similarity of word 5-gram shingles at or above which a row is a near
     # duplicate of an earlier one (MinHash LSH); null turns near dedup off.
     near_dedup_threshold: float | None = Field(0.8, gt=0, le=1)
@@ -141,12 +155,20 @@ class DataConfig(_Section):
 class TinyModelConfig(_Section):
     """A Llama-architecture model built locally from a random init."""
 
-    hidden_size: int = 128
-    num_layers: int = 3
-    num_heads: int = 4
-    intermediate_size: int = 256
-    vocab_size: int = 600
-    max_position_embeddings: int = 256
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(3, gt=0)
+    num_heads: int = Field(4, gt=0)
+    intermediate_size: int = Field(256, gt=0)
+    vocab_size: int = Field(600, gt=0)
+    max_position_embeddings: int = Field(256, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"num_heads {self.num_heads} does not divide hidden_size {self.hidden_size}"
+            )
+        return self
 
 
 class ModelConfig(_Section):
@@ -158,7 +180,7 @@ class ModelConfig(_Section):
     # prepare stage dequantizes it once, to float32, into a safetensors folder (its base_model/),
     # tokenizer and chat template included, which every later stage reads.
     gguf_file: str | None = None
-    trust_remote_code: bool = False
+    trust_remote_code: Bool = False
     # A built-in template name (alignflow.data.templates.TEMPLATES) to use instead of the model's
     # own; None = the model's own, and an error if it has none.
     chat_template: Literal["chatml", "llama3", "chatglm"] | None = None
@@ -187,7 +209,7 @@ class LoraConfig(_Section):
 class SFTConfig(_Section):
     # false: no SFT stage; the policy starts from the base model, which is also its reference
     # (an instruct model as it ships).
-    enabled: bool = True
+    enabled: Bool = True
     epochs: float = Field(6.0, gt=0)
     learning_rate: float = Field(2e-3, gt=0)
     batch_size: int = Field(32, gt=0)
@@ -237,7 +259,7 @@ class LLMJudgeConfig(_Section):
     max_retries: int = Field(3, ge=0)  # per call, with exponential backoff
     timeout_s: float = Field(60.0, gt=0)
     requests_per_minute: float | None = Field(None, gt=0)  # None: no client-side rate limit
-    allow_ties: bool = True
+    allow_ties: Bool = True
 
     @model_validator(mode="after")
     def _template_fields(self) -> LLMJudgeConfig:
@@ -315,7 +337,7 @@ class CollectConfig(_Section):
     # Also label what people asked the served model (`alignflow serve --feedback-store` pointed at
     # this feedback store): each served prompt becomes a comparison of the served response and
     # fresh samples. Off by default: the demo oracle scores only the demo's own prompts.
-    served: bool = False
+    served: Bool = False
     batch_size: int = Field(64, gt=0)
     sampling: SamplingConfig = SamplingConfig()
     # Every labelled record is also appended here (Parquet files; relative to run.artifacts_root)
@@ -380,7 +402,7 @@ class KLConfig(_Section):
     coef: float = Field(0.05, ge=0)
     estimator: Literal["k1", "k3"] = "k1"
     # adaptive: Ziegler et al. controller towards `target` nats/sequence over `horizon` samples.
-    adaptive: bool = False
+    adaptive: Bool = False
     target: float = Field(3.0, gt=0)
     horizon: int = Field(10000, gt=0)
 
@@ -399,14 +421,14 @@ class PPOConfig(_Section):
     value_clip_range: float = Field(0.2, gt=0)
     value_coef: float = Field(0.5, ge=0)
     entropy_coef: float = Field(0.0, ge=0)
-    whiten_advantages: bool = True
-    whiten_rewards: bool = False
+    whiten_advantages: Bool = True
+    whiten_rewards: Bool = False
     max_grad_norm: float = Field(1.0, gt=0)
     # Score given instead of the reward model's when a response never emits EOS; None = no penalty.
     missing_eos_score: float | None = -1.0
     # Scores standardised by a running mean/std over all rollouts so far, then clipped to
     # [-reward_clip, reward_clip] (None: no clipping).
-    reward_normalization: bool = False
+    reward_normalization: Bool = False
     reward_clip: float | None = Field(None, gt=0)
     # Stop early (and keep the policy) when the mean KL per sequence exceeds this many nats.
     kl_stop: float | None = Field(None, gt=0)
@@ -420,7 +442,7 @@ class PPOConfig(_Section):
     # reference, critic and reward model share the frozen layers below: they run once per rollout
     # batch, not in every pass (alignflow.rl.trunk). Same result up to float rounding; off only to
     # measure it. Detected from the weights: no shared layers, no effect.
-    shared_trunk: bool = True
+    shared_trunk: Bool = True
     checkpoint_every: int = Field(10, gt=0)
     # Every N updates, a table of prompts, completions and rewards goes to MLflow (0: never).
     log_samples_every: int = Field(10, ge=0)
@@ -534,7 +556,7 @@ class OnlineRLConfig(_Section):
 class RLOOConfig(OnlineRLConfig):
     """REINFORCE leave-one-out (TRL RLOOTrainer)."""
 
-    normalize_advantages: bool = False
+    normalize_advantages: Bool = False
 
 
 class GRPOConfig(OnlineRLConfig):
@@ -718,9 +740,99 @@ def _format_errors(error: ValidationError, source: str) -> str:
         else:
             problem = item["msg"].removeprefix("Value error, ")
             if "input" in item and item["type"] not in ("missing", "value_error"):
-                problem += f" (got {item['input']!r})"
-        lines.append(f"{source}: {key}: {problem}")
+                problem += f" (got {_short_repr(item['input'])})"
+        lines.append(_bounded(f"{source}: {key}: {problem}"))
     return "\n".join(lines)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 2, 60, 60, 4, 4
+MAX_ERROR_LINE = 300
+
+
+def _short_repr(value: Any) -> str:
+    """A value as an error message shows it: a few elements deep and wide, never the whole of it."""
+    return _REPR.repr(value)
+
+
+def _bounded(line: str) -> str:
+    return line if len(line) <= MAX_ERROR_LINE else line[: MAX_ERROR_LINE - 1] + "…"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML (no Python tags) that also refuses a key written twice in one mapping, where the
+    second would silently replace the first (a second `ppo:` section)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    first_line: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"key {_short_repr(key)} appears twice (first on line {first_line[key] + 1})",
+                    key_node.start_mark,
+                )  # fmt: skip
+        except TypeError:  # unhashable: construct_mapping names it
+            continue
+        first_line[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+# A config is a few hundred values; YAML aliases can make a few lines expand to billions.
+MAX_CONFIG_VALUES = 100_000
+
+
+def _expanded_size(value: Any, limit: int) -> int:
+    """How many values `value` holds with every alias expanded, counted without expanding (each
+    shared node once), stopping as soon as the count passes `limit`."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Any) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        children = (
+            list(node.keys()) + list(node.values()) if isinstance(node, dict)
+            else node if isinstance(node, list) else ()
+        )  # fmt: skip
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > limit:
+                break
+        sizes[id(node)] = total
+        return total
+
+    return size(value)
+
+
+def read_yaml(text: str, source: str, lines: bool = True) -> Any:
+    """Parse YAML as a config is read: strict (see `_StrictLoader`), bounded in size and depth.
+    Raises ConfigError naming `source` and the line."""
+    try:
+        value = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark and lines else source
+        problem = getattr(error, "problem", None) or error
+        raise ConfigError(_bounded(f"{where}: invalid YAML: {problem}")) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
+    try:
+        size = _expanded_size(value, MAX_CONFIG_VALUES)
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
+    if size > MAX_CONFIG_VALUES:
+        raise ConfigError(
+            f"{source}: more than {MAX_CONFIG_VALUES} values once YAML aliases are expanded"
+        )
+    return value
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -737,9 +849,9 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 _EXPONENT_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
-def _scalar(raw: str) -> Any:
+def _scalar(raw: str, source: str) -> Any:
     """A YAML scalar, except that 1e-5 is a float (YAML 1.1 wants a dot: 1.0e-5)."""
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    value = read_yaml(raw, source, lines=False) if raw.strip() else ""
     if isinstance(value, str) and _EXPONENT_FLOAT.match(value):
         return float(value)
     return value
@@ -752,7 +864,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected section.key=value")
-        parsed.append((key.strip(), _scalar(raw)))
+        parsed.append((key.strip(), _scalar(raw, f"--set {key.strip()}")))
     return parsed
 
 
@@ -763,22 +875,26 @@ def build_config(tree: dict[str, Any], source: str = "config") -> PipelineConfig
         raise ConfigError(_format_errors(error, source)) from None
 
 
+def _config_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> PipelineConfig:
     """Load a YAML config (or the defaults when path is None) and apply dotted overrides."""
     tree: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
         source = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise ConfigError(
-                f"{where}: invalid YAML: {getattr(error, 'problem', error)}"
-            ) from None
+        loaded = read_yaml(_config_text(Path(path)), source)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
         tree = loaded or {}

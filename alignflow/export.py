@@ -35,8 +35,13 @@ def _registry_source(ref: str, tracking_uri: str, scratch: Path) -> tuple[Path, 
 
     from alignflow import tracking
 
-    mlflow.set_tracking_uri(tracking_uri)
     name, alias, number = registry_parts(ref)
+    if not name or not (alias or number):
+        raise ExportError(f"{ref}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    store = tracking_uri.removeprefix("sqlite:///")
+    if tracking_uri.startswith("sqlite:///") and not Path(store).is_file():
+        raise ExportError(f"{ref}: no MLflow store at {tracking_uri}")
+    mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     try:
         if alias:
@@ -126,6 +131,12 @@ def resolve(ref: str, tracking_uri: str, scratch: Path) -> tuple[Path, dict[str,
     if (path / "summary.json").is_file():
         return _run_dir_source(path)
     if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+        from alignflow.models import check_safetensors
+
+        try:
+            check_safetensors(path)
+        except ValueError as error:
+            raise ExportError(str(error)) from None
         return path, {"source": str(path.resolve())}
     raise ExportError(
         f"{ref}: not a model folder (config.json or adapter_config.json), a run directory "

@@ -290,6 +290,22 @@ def convert_gguf(folder: str, gguf_file: str, out: Path, dtype: str = "float32")
     return model.num_parameters()
 
 
+def check_safetensors(folder: Path) -> None:
+    """Refuse a local model or adapter folder whose weights are pickles only (`*.bin`, `*.pt`):
+    unpickling runs whatever code the file holds. Raises ValueError naming the folder."""
+    folder = Path(folder)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(
+        p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")
+    )
+    what = "pickled weights only (" + ", ".join(pickles[:3]) + ")" if pickles else "no weights"
+    raise ValueError(
+        f"{folder}: {what}; alignflow loads safetensors only (convert with "
+        "save_pretrained(..., safe_serialization=True))"
+    )
+
+
 def load_causal_lm(
     path: str,
     trust_remote_code: bool = False,

@@ -49,7 +49,7 @@ def check(path: str | Path, format: str | None = None, tokenizer: str | None = N
     try:
         rows, loaded = load_dataset_rows(path, format=format, on_error="skip")
     except DataError as error:
-        report.problems.append(str(error))
+        report.problems.append(_first_problem(path, format, error))
         return report
     report.format, report.kind = loaded.format, loaded.kind
     report.records_read, report.rows, report.ties_skipped = (
@@ -62,6 +62,16 @@ def check(path: str | Path, format: str | None = None, tokenizer: str | None = N
     if tokenizer is not None and rows:
         report.token_lengths = token_length_percentiles(rows, tokenizer, report.notes)
     return report
+
+
+def _first_problem(path: str | Path, format: str | None, error: DataError) -> str:
+    """What a file that failed as a whole says: when every record was bad (so none were left),
+    the first bad record says more than "none found"."""
+    try:
+        load_dataset_rows(path, format=format, on_error="raise")
+    except DataError as first:
+        return str(first)
+    return str(error)
 
 
 def percentiles(values: list[int]) -> dict[str, int]:

@@ -159,6 +159,54 @@ def _check_utf8(text: str, source: str, first_line: int) -> None:
     ).at(source, first_line + text.count("\n", 0, bad.start()))
 
 
+class _StrictJSONError(ValueError):
+    """JSON that Python's parser accepts but data must not hold: NaN/Infinity (not JSON), or a
+    key written twice in one object (the parser keeps the last, silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in record:
+            raise _StrictJSONError(f"key {json.dumps(key)[:80]} appears twice in one object")
+        record[key] = value
+    return record
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _StrictJSONError(f"{name} is not a JSON number (write null, or a finite number)")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+_SPACE = re.compile(r"\s*")
+DEEP = "nested too deeply"
+
+
+def _strict_problem(error: Exception) -> str:
+    return (
+        f"invalid JSON: {DEEP}" if isinstance(error, RecursionError) else f"invalid JSON: {error}"
+    )
+
+
+def _failing_record(text: str) -> int | str:
+    """Where in a JSON array the strict parse fails: `record N`, or line 1 when not an array."""
+    index, position = 0, _SPACE.match(text).end()
+    if not text.startswith("[", position):
+        return 1
+    position += 1
+    while True:
+        try:
+            _, position = _DECODER.raw_decode(text, _SPACE.match(text, position).end())
+        except (_StrictJSONError, RecursionError):
+            return f"record {index}"
+        except json.JSONDecodeError:
+            return 1
+        position = _SPACE.match(text, position).end()
+        if not text.startswith(",", position):
+            return 1
+        index, position = index + 1, position + 1
+
+
 def _read_json(path: Path, bad_lines: list[DataError] | None) -> Iterator[Record]:
     source = str(path)
     text = path.read_text(encoding="utf-8-sig", errors="surrogateescape")
@@ -166,7 +214,11 @@ def _read_json(path: Path, bad_lines: list[DataError] | None) -> Iterator[Record
     if not text.strip():
         return  # no records, like an empty JSONL or CSV file
     try:
-        data = json.loads(text)
+        data = _DECODER.decode(text)
+    except (_StrictJSONError, RecursionError) as error:
+        raise DataError(
+            "json", _strict_problem(error), "a JSON array of objects", reason="bad JSON"
+        ).at(source, _failing_record(text)) from None
     except json.JSONDecodeError as error:
         hint = " (one record per line? name the file .jsonl)" if error.msg == "Extra data" else ""
         raise DataError(
@@ -203,7 +255,11 @@ def _jsonl_record(line: str, source: str, number: int) -> Record:
     _check_utf8(line, source, number)
     try:
         # Without its newline, so an error at the end of the line is not "line 2, column 1".
-        value = json.loads(line.rstrip("\r\n"))
+        value = _DECODER.decode(line.rstrip("\r\n"))
+    except (_StrictJSONError, RecursionError) as error:
+        raise DataError(
+            "json", _strict_problem(error), "one JSON object per line", reason="bad JSON"
+        ).at(source, number) from None
     except json.JSONDecodeError as error:
         raise DataError(
             "json",

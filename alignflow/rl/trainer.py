@@ -470,7 +470,7 @@ class PPOTrainer:
             return False
         latest = checkpoints[-1]
         self.strategy.load(latest)
-        state = torch.load(latest / "trainer_state.pt", weights_only=False)
+        state = _load_trainer_state(latest / "trainer_state.pt")
         self.scheduler.load_state_dict(state["scheduler"])
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.reward_moments.load_state_dict(state["reward_moments"])
@@ -482,15 +482,35 @@ class PPOTrainer:
         return True
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be trusted or read; the message names the file."""
+
+
+def _load_trainer_state(path: Path) -> dict:
+    """Tensors and plain values only: a pickle planted in a checkpoint is refused, never run."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0][:200]
+        raise CheckpointError(
+            f"{path}: refused, it holds more than tensors and plain values ({reason}); "
+            f"delete {path.parent} to resume from the checkpoint before it"
+        ) from None
+
+
 def _rng_state() -> dict:
     """Every global RNG a step may touch. Sampling and minibatch order are also reseeded from
     (seed, update), so this guards code paths (dropout, user rule rewards) that are not."""
     import numpy as np
 
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        # as a tensor and numbers, which a weights-only load accepts (a numpy array is a pickle)
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -502,7 +522,8 @@ def _set_rng_state(state: dict) -> None:
 
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

@@ -62,3 +62,29 @@ def test_ppo_resumed_from_checkpoint_matches_an_uninterrupted_run(pipeline_runs,
     assert resumed.kl_ctl.value == straight.kl_ctl.value != pipeline_runs.cfg.ppo.kl.coef
     assert resumed.reward_moments.state_dict() == straight.reward_moments.state_dict()
     assert resumed.scheduler.get_last_lr() == straight.scheduler.get_last_lr()
+
+
+class _Planted:
+    """Unpickling this touches a file: what a hostile checkpoint would do with a shell command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_ppo_resume_refuses_a_pickle_planted_in_a_checkpoint(pipeline_runs, tmp_path):
+    from alignflow.rl.trainer import CheckpointError
+
+    crashed = _trainer(pipeline_runs, tmp_path / "run", updates=3, log_metrics=crash_after(3))
+    with pytest.raises(Crash):
+        crashed.train()
+    [checkpoint] = (tmp_path / "run" / "checkpoints").iterdir()
+    state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)  # ours loads safely
+    marker = tmp_path / "code-ran"
+    torch.save({**state, "history": _Planted(marker)}, checkpoint / "trainer_state.pt")
+
+    with pytest.raises(CheckpointError, match="trainer_state.pt: refused"):
+        _trainer(pipeline_runs, tmp_path / "run", updates=3).train()
+    assert not marker.exists()

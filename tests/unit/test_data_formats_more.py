@@ -304,9 +304,18 @@ def test_v1_messages_next_to_chosen_messages_is_ambiguous(tmp_path):
     )
 
 
-@pytest.mark.parametrize(
-    ("weight", "shown"), [(-1, "-1"), (True, "True"), ("0.5", "'0.5'"), (float("nan"), "nan")]
-)
+def test_a_nan_loss_weight_is_refused_as_json_before_the_field_is_read(tmp_path):
+    record = {"messages": [v1_turn("user", "q"), v1_turn("assistant", "a", float("nan"))]}
+    path = write_jsonl(tmp_path, [record])  # json.dumps writes NaN, which is not JSON
+    with pytest.raises(DataError) as caught:
+        load_dataset_rows(path)
+    assert str(caught.value) == (
+        f"{path}:1: json: invalid JSON: NaN is not a JSON number (write null, or a finite number); "
+        "expected one JSON object per line"
+    )
+
+
+@pytest.mark.parametrize(("weight", "shown"), [(-1, "-1"), (True, "True"), ("0.5", "'0.5'")])
 def test_a_loss_weight_must_be_a_finite_number_at_least_zero(tmp_path, weight, shown):
     record = {"messages": [v1_turn("user", "q"), v1_turn("assistant", "a", weight)]}
     path = write_jsonl(tmp_path, [record])
