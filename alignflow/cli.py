@@ -117,14 +117,18 @@ def run(
     except ValueError as error:
         _fail(f"{config}: {error}", 2)
     from alignflow.data.errors import DataError
+    from alignflow.health import DegenerateModel
     from alignflow.shape import NotEnoughData
+    from alignflow.store import RootBusy
     from flows.rlhf import rlhf
 
-    _console_without_tracebacks(DataError, NotEnoughData)
+    _console_without_tracebacks(DataError, NotEnoughData, DegenerateModel, RootBusy)
     try:
         summary = rlhf(config=cfg)
     except (DataError, NotEnoughData) as error:  # bad or too little data: one line, says where
         _end_with(_first_line(str(error)), 2)
+    except (DegenerateModel, RootBusy) as error:  # diverged or useless: not kept; root in use
+        _end_with(_first_line(str(error)), 1)
     except Exception as error:  # a person reads this; the traceback is in the Prefect log above
         _end_with(f"{type(error).__name__}: {_first_line(str(error))}", 1)
     run_dir = Path(cfg.run.artifacts_root) / summary["run_id"]
@@ -148,11 +152,14 @@ def retrain(
     the challenger only when it wins on held-out prompts (retrain.* in the config)."""
     cfg = _load(config, set_)
     _quiet_defaults()
+    from alignflow.store import RootBusy
     from flows.retrain import retrain as retrain_flow
 
-    _console_without_tracebacks(ValueError)
+    _console_without_tracebacks(ValueError, RootBusy)
     try:
         result = retrain_flow(config=cfg)
+    except RootBusy as error:
+        _end_with(_first_line(str(error)), 1)
     except ValueError as error:  # no champion, no feedback store, a judge that cannot be imported
         _end_with(f"{config}: {_first_line(str(error))}", 2)
     except Exception as error:

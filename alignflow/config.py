@@ -362,6 +362,10 @@ class RewardConfig(_Section):
     eval_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     warmup_ratio: float = 0.05
     save_steps: int = Field(100, gt=0)
+    # A reward model that ranks held-out pairs no better than this (chance: 0.5), or whose scores
+    # barely differ between answers, fails its stage: nothing is trained against it (null: off).
+    fail_at_accuracy: float | None = Field(0.5, ge=0, lt=1)
+    min_score_std: float | None = Field(1e-4, ge=0)
     # LoRA on the SFT model plus a fresh score head, merged into the saved reward model.
     lora: LoraConfig | None = None
     # Reward models trained (seeds run.seed, run.seed + 1, ...); with more than one, the policy

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 
 from alignflow import distributed, shape, tracking
 from alignflow.config import PipelineConfig, dump_config
+from alignflow.health import DegenerateModel
 from alignflow.shape import STAGES
 from alignflow.store import (
     SUMMARY_FILE,
@@ -167,6 +169,9 @@ def run_stage(
         work = distributed.broadcast_object(directory.begin())
         try:
             metrics = body(work)
+        except DegenerateModel:  # a diverged or useless model: nothing in it worth resuming
+            shutil.rmtree(work, ignore_errors=True)
+            raise
         except BaseException:
             if not any(work.iterdir()):  # nothing to resume from: leave no trace
                 work.rmdir()

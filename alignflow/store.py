@@ -7,9 +7,13 @@ rerun resumes from. Nothing half-written is ever read by the next stage.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -82,6 +86,43 @@ class StageDir:
             shutil.rmtree(self.final)
         self.partial.rename(self.final)
         (self.final / COMPLETE_MARKER).write_text("ok\n")
+
+
+LOCK_FILE = ".lock"
+
+
+class RootBusy(RuntimeError):
+    """Another run holds the artifacts root; the message names it."""
+
+
+@contextmanager
+def artifacts_lock(artifacts_root: str | Path, holder: str) -> Iterator[None]:
+    """Hold `<artifacts_root>/.lock` while a flow runs, so two runs never train into the same
+    stage folders. A second run fails at once with RootBusy naming the holder. The OS drops the
+    lock with its process, so a killed run leaves no stale lock behind."""
+    root = Path(artifacts_root)
+    root.mkdir(parents=True, exist_ok=True)
+    handle = (root / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        held_by = handle.read().strip() or "another process"
+        handle.close()
+        raise RootBusy(
+            f"{root}: another run is using this artifacts root ({held_by}); wait for it to "
+            "finish, or give this run its own run.artifacts_root"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{holder}, pid {os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.truncate(0)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -13,6 +13,7 @@ from alignflow import retraining
 from alignflow.config import PipelineConfig
 from alignflow.pipeline import PipelineRun
 from alignflow.shape import active_stages
+from alignflow.store import artifacts_lock
 from flows.rlhf import announce
 from tasks.policy import policy_task
 from tasks.prepare import prepare_task
@@ -31,6 +32,11 @@ DEFAULT_CONFIG = PipelineConfig()
 @flow(name="retrain")
 def retrain(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
     """One retraining round; returns what was decided and why."""
+    with artifacts_lock(config.run.artifacts_root, f"flow run {runtime.flow_run.id}"):
+        return _round(config)
+
+
+def _round(config: PipelineConfig) -> dict:
     feedback = feedback_task(config)
     if feedback.new_records < config.retrain.min_new_records:
         reason = (

@@ -12,6 +12,7 @@ from prefect.exceptions import Pause
 from alignflow.config import PipelineConfig
 from alignflow.pipeline import PipelineRun
 from alignflow.shape import active_stages
+from alignflow.store import artifacts_lock
 from tasks.collect import collect_task
 from tasks.evaluate import evaluate_task
 from tasks.policy import policy_task
@@ -34,6 +35,11 @@ def announce(run: PipelineRun) -> None:
 @flow(name="rlhf")
 def rlhf(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
     """Run every stage in order (cached stages are reused) and return the run summary."""
+    with artifacts_lock(config.run.artifacts_root, f"flow run {runtime.flow_run.id}"):
+        return _stages(config)
+
+
+def _stages(config: PipelineConfig) -> dict:
     run = PipelineRun(config, flow_run_id=runtime.flow_run.id)
     announce(run)
     ctx, stages = (config, run.ctx), active_stages(config)

@@ -10,6 +10,7 @@ from pathlib import Path
 from alignflow import distributed, tracking
 from alignflow.algorithms import POLICY_DIR
 from alignflow.config import PipelineConfig
+from alignflow.health import check_finite_weights
 from alignflow.launch import DEEPSPEED_ENV
 from alignflow.store import StageResult, read_jsonl
 from tasks._inputs import reward_model_dirs, start_model
@@ -82,8 +83,10 @@ def train_ppo(
         deepspeed=os.environ.get(DEEPSPEED_ENV),  # set by `alignflow launch ... --deepspeed`
     )
     history = trainer.train()
-    trainer.save_policy(work / (POLICY_DIR if cfg.ppo.lora is None else ADAPTER_DIR))
+    saved = work / (POLICY_DIR if cfg.ppo.lora is None else ADAPTER_DIR)
+    trainer.save_policy(saved)
     if distributed.is_main():
+        check_finite_weights(saved, "ppo", "ppo.learning_rate")
         if cfg.ppo.lora is not None:
             merge_adapter(sft_dir, work / ADAPTER_DIR, work / POLICY_DIR, trust)
         tokenizer.save_pretrained(work / POLICY_DIR)

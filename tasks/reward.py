@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 from prefect import task
@@ -11,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from alignflow import distributed, pipeline, tracking
 from alignflow.config import PipelineConfig
+from alignflow.health import check_reward_model
 from alignflow.shape import require
 from alignflow.store import StageResult, write_json_atomic
 from alignflow.tracking import TrackingContext
@@ -44,7 +46,12 @@ def pair_accuracy(model, tokenizer, pairs: list[dict]) -> dict[str, float]:
     chosen, rejected = scores("chosen"), scores("rejected")
     hits = [float(good > bad) for good, bad in zip(chosen, rejected, strict=True)]
     overall, by_family = mean_by_family(pairs, hits)
-    return {"accuracy": overall, **{f"accuracy_{f}": value for f, value in by_family.items()}}
+    spread = statistics.pstdev(chosen + rejected)  # ~0: the model says the same of every answer
+    return {
+        "accuracy": overall,
+        **{f"accuracy_{f}": value for f, value in by_family.items()},
+        "score_std": spread,
+    }
 
 
 MEMBER_METRICS = "member_metrics.json"
@@ -117,7 +124,7 @@ def train_member(
         **loss_trend(trainer.state.log_history),
         **pair_accuracy(trainer.model.eval(), tokenizer, heldout),
     }
-    save_trained(trainer, tokenizer, out, merge_lora=cfg.reward.lora is not None)
+    save_trained(trainer, tokenizer, out, cfg.reward.lora is not None, "reward.learning_rate")
     if trainer.is_world_process_zero():
         write_json_atomic(out / MEMBER_METRICS, metrics)  # last: marks the member complete
         shutil.rmtree(checkpoints, ignore_errors=True)
@@ -163,6 +170,11 @@ def run_reward(
                 # Members differ by seed (head init, data order): the usual cheap ensemble.
                 seed = cfg.run.seed + index
                 member = train_member(cfg, start, train, heldout, seed, out)
+            what = "reward" if index == 0 else f"reward (ensemble member {index})"
+            check_reward_model(
+                {**member, "eval_pairs": len(heldout)}, what,
+                cfg.reward.fail_at_accuracy, cfg.reward.min_score_std,
+            )  # fmt: skip
             prefix = "" if index == 0 else f"member_{index}_"
             metrics.update({prefix + key: value for key, value in member.items()})
         metrics["ensemble_size"] = cfg.reward.ensemble_size

@@ -60,7 +60,9 @@ def run_sft(cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult) ->
             callbacks=[tracking.trainer_callback()],
         )
         trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
-        save_trained(trainer, tokenizer, work / MODEL_DIR, merge_lora=cfg.sft.lora is not None)
+        save_trained(
+            trainer, tokenizer, work / MODEL_DIR, cfg.sft.lora is not None, "sft.learning_rate"
+        )
         shutil.rmtree(checkpoints, ignore_errors=True)
         metrics = {
             "train_rows": len(trainer.train_dataset),

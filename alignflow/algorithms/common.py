@@ -123,12 +123,13 @@ def first_and_last(log_history: list[dict], key: str) -> dict[str, float]:
     return {f"first_{key}": values[0], f"final_{key}": values[-1]} if values else {}
 
 
-def save_policy(trainer, tokenizer, work: Path) -> Path:
+def save_policy(trainer, tokenizer, work: Path, setting: str = "the learning rate") -> Path:
     """Save the trained policy (LoRA merged, so later stages load a plain model) and its tokenizer
     from rank 0, then drop the checkpoints. Every rank calls it, after training; none returns
     before the policy is on disk. Returns the policy's directory."""
     out = work / POLICY_DIR
-    save_trained(trainer, tokenizer, out, merge_lora=hasattr(trainer.model, "merge_and_unload"))
+    merge = hasattr(trainer.model, "merge_and_unload")
+    save_trained(trainer, tokenizer, out, merge_lora=merge, setting=setting)
     distributed.barrier()  # rank 0 has saved, and no rank still writes a checkpoint file
     if distributed.is_main():
         shutil.rmtree(work / CHECKPOINTS, ignore_errors=True)

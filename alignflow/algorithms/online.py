@@ -80,9 +80,9 @@ def _prompt_dataset(inputs: PolicyInputs):
     return Dataset.from_list(inputs.rl_prompts)
 
 
-def _train_online(trainer, tokenizer, work: Path) -> dict[str, float]:
+def _train_online(trainer, tokenizer, work: Path, algorithm: str) -> dict[str, float]:
     losses = fit(trainer, work)
-    save_policy(trainer, tokenizer, work)
+    save_policy(trainer, tokenizer, work, f"policy.{algorithm}.learning_rate")
     history = trainer.state.log_history
     return {
         "steps": trainer.state.global_step,
@@ -109,7 +109,7 @@ def train_rloo(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[st
         processing_class=tokenizer,
         peft_config=lora(section, model),
     )
-    return _train_online(trainer, tokenizer, work)
+    return _train_online(trainer, tokenizer, work, "rloo")
 
 
 def train_grpo(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[str, float]:
@@ -130,4 +130,4 @@ def train_grpo(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[st
         processing_class=tokenizer,
         peft_config=lora(section, model),
     )
-    return _train_online(trainer, tokenizer, work)
+    return _train_online(trainer, tokenizer, work, "grpo")

@@ -84,7 +84,9 @@ def _fit_and_save(
     cfg: PipelineConfig, trainer, tokenizer, inputs: PolicyInputs, work: Path, rows: int
 ):
     losses = fit(trainer, work)
-    policy_dir = save_policy(trainer, tokenizer, work)
+    policy_dir = save_policy(
+        trainer, tokenizer, work, f"policy.{cfg.policy.algorithm}.learning_rate"
+    )
     return {
         "train_rows": len(trainer.train_dataset),
         # TRL drops rows whose prompt alone fills max_length: counted, never silent.

@@ -103,5 +103,5 @@ def train_rft(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[str
         peft_config=lora(section, model),
     )
     losses = fit(trainer, work)
-    save_policy(trainer, tokenizer, work)
+    save_policy(trainer, tokenizer, work, "policy.rft.learning_rate")
     return {**sampled, **losses}

@@ -7,8 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def save_trained(trainer, tokenizer, out: Path, merge_lora: bool = False) -> None:
+def save_trained(
+    trainer, tokenizer, out: Path, merge_lora: bool = False, setting: str = "the learning rate"
+) -> None:
     """Save `trainer`'s model and `tokenizer` to `out` from rank 0; every rank must call this.
+    A model that diverged (a non-finite loss or weight) raises DegenerateModel naming `setting`,
+    the learning rate to lower, and is not kept.
 
     `save_model` gathers ZeRO-3 shards first (a collective), where `save_pretrained` on a
     partitioned model would write empty tensors. With `merge_lora` the adapter is merged so later
@@ -23,6 +27,11 @@ def save_trained(trainer, tokenizer, out: Path, merge_lora: bool = False) -> Non
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(out)
         (out / "training_args.bin").unlink(missing_ok=True)  # a pickle: safetensors only here
+        from alignflow.health import check_finite_losses, check_finite_weights
+
+        what = setting.partition(".")[0] if "." in setting else "model"
+        check_finite_losses(trainer.state.log_history, what, setting)
+        check_finite_weights(out, what, setting)
 
 
 def _gathered(trainer):
