@@ -217,6 +217,8 @@ class SFTConfig(_Section):
     warmup_ratio: float = 0.05
     lora: LoraConfig | None = None
     save_steps: int = Field(100, gt=0)
+    # Also a checkpoint after this many minutes of training, whatever save_steps says (null: off).
+    save_minutes: float | None = Field(5.0, gt=0)
 
 
 class SamplingConfig(_Section):
@@ -362,6 +364,7 @@ class RewardConfig(_Section):
     eval_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     warmup_ratio: float = 0.05
     save_steps: int = Field(100, gt=0)
+    save_minutes: float | None = Field(5.0, gt=0)  # as sft.save_minutes
     # A reward model that ranks held-out pairs no better than this (chance: 0.5), or whose scores
     # barely differ between answers, fails its stage: nothing is trained against it (null: off).
     fail_at_accuracy: float | None = Field(0.5, ge=0, lt=1)
@@ -481,6 +484,7 @@ class PolicyTrainingConfig(_Section):
     max_length: int = Field(128, gt=0)
     warmup_ratio: float = 0.05
     save_steps: int = Field(100, gt=0)
+    save_minutes: float | None = Field(5.0, gt=0)  # as sft.save_minutes
     lora: LoraConfig | None = None  # merged into the saved policy
 
 
@@ -546,6 +550,7 @@ class OnlineRLConfig(_Section):
     sampling: SamplingConfig = SamplingConfig()
     warmup_ratio: float = 0.0
     save_steps: int = Field(100, gt=0)
+    save_minutes: float | None = Field(5.0, gt=0)  # as sft.save_minutes
     lora: LoraConfig | None = None
 
     @model_validator(mode="after")

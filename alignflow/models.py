@@ -437,6 +437,35 @@ def trainer_kwargs(section, output_dir: Path, seed: int) -> dict:
     }
 
 
+def periodic_checkpoints(minutes: float | None):
+    """A TrainerCallback that also saves a checkpoint once `minutes` of training have passed since
+    the last save (None: steps only), so a kill loses minutes of work, not the stage, however
+    large `save_steps` is. Rank 0's clock decides for every rank (saving is collective)."""
+    import time
+
+    from transformers import TrainerCallback
+
+    from alignflow import distributed
+
+    class PeriodicCheckpoints(TrainerCallback):
+        def __init__(self) -> None:
+            self.last = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            due = minutes is not None and time.monotonic() - self.last >= minutes * 60
+            if distributed.world_size() > 1:
+                due = distributed.broadcast_object(due)
+            if due:
+                control.should_save = True
+            return control
+
+        def on_save(self, args, state, control, **kwargs):
+            self.last = time.monotonic()
+            return control
+
+    return PeriodicCheckpoints()
+
+
 def last_checkpoint(directory: Path) -> str | None:
     """The newest `checkpoint-N` a Trainer left behind, to resume a crashed stage from."""
     checkpoints = sorted(

@@ -226,10 +226,13 @@ class PipelineRun:
         if flow_run_id:
             tags[PREFECT_RUN_TAG] = flow_run_id
         ctx = tracking_context(cfg, tags)
+        # Runs a killed process left RUNNING end as KILLED (the artifacts root is this run's now).
+        tracking.end_abandoned_runs(ctx.tracking_uri, ctx.experiment_id)
         # A suspended flow run starts again from the top: it goes on in the MLflow run it opened.
         earlier = tracking.running_parent(ctx, {PREFECT_RUN_TAG: flow_run_id, FLOW_TAG: flow})
         if flow_run_id and earlier:
             parent, self.run_id = earlier.info.run_id, earlier.data.tags[RUN_ID_TAG]
+            tracking.mark_suspended(ctx.tracking_uri, parent, suspended=False)
         else:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             self.run_id = f"{stamp}-{uuid.uuid4().hex[:6]}"
@@ -313,6 +316,11 @@ class PipelineRun:
                 for line in result.metrics.get("warnings", [])
             ],
         }
+
+    def suspend(self) -> None:
+        """The flow waits for people's labels: its parent run stays RUNNING, marked as waiting,
+        so no later run takes it for one a killed process left behind."""
+        tracking.mark_suspended(self.ctx.tracking_uri, self.ctx.parent_run_id, suspended=True)
 
     def finish(self, failed: bool = False, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         summary = {**self.summary(), **(extra or {})}

@@ -12,6 +12,7 @@ import functools
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,6 +42,55 @@ def default_tracking_uri(artifacts_root: str | Path) -> str:
     root = Path(artifacts_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
+
+
+# Which process a run belongs to ("host:pid"): a run still RUNNING whose process is gone was
+# killed (kill -9, a lost machine) and is ended as KILLED by the next run (`end_abandoned_runs`).
+PROCESS_TAG = "alignflow.process"
+# Set on a parent run while its flow is suspended for people's labels: it stays RUNNING on purpose.
+SUSPENDED_TAG = "alignflow.suspended"
+
+
+def this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def end_abandoned_runs(tracking_uri: str, experiment_id: str) -> list[str]:
+    """End as KILLED the experiment's RUNNING runs whose process on this machine is gone (a
+    suspended parent excepted); returns their ids. Runs of other machines are left alone."""
+    client = _client(tracking_uri)
+    host = socket.gethostname()
+    ended = []
+    running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000)
+    for run in running:
+        tags = run.data.tags
+        owner_host, _, pid = tags.get(PROCESS_TAG, "").rpartition(":")
+        if owner_host != host or not pid.isdigit() or tags.get(SUSPENDED_TAG) == "true":
+            continue
+        if int(pid) != os.getpid() and not _process_alive(int(pid)):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    if ended:
+        log.info("ended %d MLflow run(s) left RUNNING by a killed process as KILLED", len(ended))
+    return ended
+
+
+def mark_suspended(tracking_uri: str, run_id: str, suspended: bool) -> None:
+    """Tag a parent run as suspended (waiting for people) or, resumed, as this process's again."""
+    client = _client(tracking_uri)
+    client.set_tag(run_id, SUSPENDED_TAG, "true" if suspended else "false")
+    if not suspended:
+        client.set_tag(run_id, PROCESS_TAG, this_process())
 
 
 def _client(uri: str):
@@ -87,7 +137,8 @@ def start_parent_run(
     ctx: TrackingContext, run_name: str, params: dict[str, Any], config_yaml: str
 ) -> str:
     client = _client(ctx.tracking_uri)
-    run = client.create_run(ctx.experiment_id, run_name=run_name, tags=ctx.tags)
+    tags = {**ctx.tags, PROCESS_TAG: this_process()}
+    run = client.create_run(ctx.experiment_id, run_name=run_name, tags=tags)
     _log_params(client, run.info.run_id, params)
     client.log_text(run.info.run_id, config_yaml, "config/resolved.yaml")
     return run.info.run_id
@@ -122,7 +173,7 @@ def stage_run(ctx: TrackingContext, stage: str, params: dict[str, Any]) -> Itera
     import mlflow
 
     client = _client(ctx.tracking_uri)
-    tags = dict(ctx.tags, stage=stage)
+    tags = dict(ctx.tags, stage=stage, **{PROCESS_TAG: this_process()})
     if ctx.parent_run_id:
         tags["mlflow.parentRunId"] = ctx.parent_run_id
     run = client.create_run(ctx.experiment_id, run_name=stage, tags=tags)

@@ -70,6 +70,7 @@ def _round(config: PipelineConfig) -> dict:
         policy = run.stage("policy", policy_task, *ctx, prepared, start, pairs, reward)
         decided = decide_task(*ctx, prepared, start, reward, policy)
     except Pause:  # suspended for people's labels: started again when they answer
+        run.suspend()
         raise
     except BaseException:
         run.finish(failed=True)

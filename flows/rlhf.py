@@ -58,6 +58,7 @@ def _stages(config: PipelineConfig) -> dict:
         evaluated = run.stage("evaluate", evaluate_task, *ctx, prepared, sft, reward, policy)
         run.stage("register", register_task, *ctx, policy, evaluated)
     except Pause:  # suspended for people's labels: started again when they answer
+        run.suspend()
         raise
     except BaseException:
         run.finish(failed=True)

@@ -95,6 +95,7 @@ def train_member(
         load_scalar_head_model,
         load_tokenizer,
         peft_lora_config,
+        periodic_checkpoints,
         trainer_kwargs,
     )
 
@@ -114,7 +115,7 @@ def train_member(
         processing_class=tokenizer,
         # peft's SEQ_CLS task trains the score head beside the adapter
         peft_config=peft_lora_config(cfg.reward.lora, "SEQ_CLS", model),
-        callbacks=[tracking.trainer_callback()],
+        callbacks=[tracking.trainer_callback(), periodic_checkpoints(cfg.reward.save_minutes)],
     )
     # RewardTrainer drops pairs longer than max_length without a word: count them.
     dropped = len(train) - len(trainer.train_dataset)

@@ -35,6 +35,7 @@ def run_sft(cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult) ->
             load_causal_lm,
             load_tokenizer,
             peft_lora_config,
+            periodic_checkpoints,
             tokenize_conversations,
             trainer_kwargs,
         )
@@ -57,7 +58,7 @@ def run_sft(cfg: PipelineConfig, ctx: TrackingContext, prepared: StageResult) ->
             eval_dataset=held_out if len(held_out) else None,
             processing_class=tokenizer,
             peft_config=peft_lora_config(cfg.sft.lora, "CAUSAL_LM", model),
-            callbacks=[tracking.trainer_callback()],
+            callbacks=[tracking.trainer_callback(), periodic_checkpoints(cfg.sft.save_minutes)],
         )
         trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
         save_trained(

@@ -21,6 +21,7 @@ from alignflow.models import (
     load_causal_lm,
     load_tokenizer,
     peft_lora_config,
+    periodic_checkpoints,
     trainer_kwargs,
 )
 from alignflow.rl.rollout import completion_logprobs
@@ -109,11 +110,12 @@ def lora(section, model) -> object | None:
     return peft_lora_config(section.lora, "CAUSAL_LM", model)
 
 
-def fit(trainer, work: Path) -> dict[str, float]:
-    """Train (resuming from the last checkpoint in `work`, if a crash left one), logging every
-    logged step to the active MLflow run. Returns the mean training loss, and the first and last
-    logged ones."""
+def fit(trainer, work: Path, save_minutes: float | None) -> dict[str, float]:
+    """Train (resuming from the last checkpoint in `work`, if a crash left one; one is saved at
+    least every `save_minutes`), logging every logged step to the active MLflow run. Returns the
+    mean training loss, and the first and last logged ones."""
     trainer.add_callback(tracking.trainer_callback())
+    trainer.add_callback(periodic_checkpoints(save_minutes))
     output = trainer.train(resume_from_checkpoint=last_checkpoint(work / CHECKPOINTS))
     return {"train_loss": output.training_loss, **first_and_last(trainer.state.log_history, "loss")}
 

@@ -80,8 +80,8 @@ def _prompt_dataset(inputs: PolicyInputs):
     return Dataset.from_list(inputs.rl_prompts)
 
 
-def _train_online(trainer, tokenizer, work: Path, algorithm: str) -> dict[str, float]:
-    losses = fit(trainer, work)
+def _train_online(trainer, tokenizer, work: Path, algorithm: str, section) -> dict[str, float]:
+    losses = fit(trainer, work, section.save_minutes)
     save_policy(trainer, tokenizer, work, f"policy.{algorithm}.learning_rate")
     history = trainer.state.log_history
     return {
@@ -109,7 +109,7 @@ def train_rloo(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[st
         processing_class=tokenizer,
         peft_config=lora(section, model),
     )
-    return _train_online(trainer, tokenizer, work, "rloo")
+    return _train_online(trainer, tokenizer, work, "rloo", section)
 
 
 def train_grpo(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[str, float]:
@@ -130,4 +130,4 @@ def train_grpo(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[st
         processing_class=tokenizer,
         peft_config=lora(section, model),
     )
-    return _train_online(trainer, tokenizer, work, "grpo")
+    return _train_online(trainer, tokenizer, work, "grpo", section)

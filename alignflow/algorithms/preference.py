@@ -83,7 +83,8 @@ def margin_metrics(cfg: PipelineConfig, policy_dir: Path, inputs: PolicyInputs) 
 def _fit_and_save(
     cfg: PipelineConfig, trainer, tokenizer, inputs: PolicyInputs, work: Path, rows: int
 ):
-    losses = fit(trainer, work)
+    section = getattr(cfg.policy, cfg.policy.algorithm)
+    losses = fit(trainer, work, section.save_minutes)
     policy_dir = save_policy(
         trainer, tokenizer, work, f"policy.{cfg.policy.algorithm}.learning_rate"
     )

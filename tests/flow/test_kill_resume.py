@@ -58,3 +58,10 @@ def test_rerun_after_kill_resumes_ppo_from_its_checkpoint(tmp_path):
     ppo = json.loads((Path(summary["stages"]["policy"]["output"]) / "result.json").read_text())
     assert ppo["metrics"]["resumed_from_update"] >= 2
     assert ppo["metrics"]["updates"] == 30  # the whole history: resumed, not restarted
+    # the killed run's MLflow runs (parent and PPO stage) were ended as KILLED by the rerun
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert not [run for run in runs if run.info.status == "RUNNING"]
+    assert sum(run.info.status == "KILLED" for run in runs) >= 2
