@@ -252,38 +252,72 @@ def trainer_callback():
     return MlflowMetrics()
 
 
-def register_policy(model_dir: Path, model_name: str, pip_requirements: list[str]) -> dict:
-    """Log the policy as an MLflow transformers model and register it.
+WEIGHTS_TAG = "alignflow.content_sha256"
 
-    The first version ever registered becomes `champion`; later ones are `challenger` until the
-    operations flow promotes one.
+
+def content_digest(model_dir: Path) -> str:
+    """sha256 over every file of a model folder (weights, config, tokenizer), by relative path:
+    the same trained policy gives the same digest, whatever run or setting produced it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(model_dir)).encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def register_policy(model_dir: Path, model_name: str, pip_requirements: list[str]) -> dict:
+    """Log the policy as an MLflow transformers model and register it, once per content.
+
+    The version carries the folder's content digest: registering the same policy again (a rerun
+    after a kill, a run that changed only an evaluation setting) finds that version instead of
+    adding a copy. The version becomes `champion` when the model has none (the first one, or a
+    registration killed before its alias was set), else `challenger` until the operations flow
+    promotes one; a version that is champion already stays champion.
     """
     import mlflow
     from mlflow import MlflowClient
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     client = MlflowClient()
-    had_versions = bool(client.search_model_versions(f"name='{model_name}'"))
-    # mlflow 3.17 cannot log a checkpoint *path* under transformers 5, so pass the loaded parts.
-    components = {
-        "model": AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True),
-        "tokenizer": AutoTokenizer.from_pretrained(model_dir),
-    }
-    info = mlflow.transformers.log_model(
-        transformers_model=components,
-        name="policy",
-        task="text-generation",
-        pip_requirements=pip_requirements,
-        registered_model_name=model_name,
+    digest = content_digest(model_dir)
+    known = client.search_model_versions(
+        f"name='{model_name}' and tags.`{WEIGHTS_TAG}` = '{digest}'"
     )
-    version = str(info.registered_model_version)
-    alias = "challenger" if had_versions else "champion"
-    client.set_registered_model_alias(model_name, alias, version)
+    if known:
+        version, model_uri = str(min(int(v.version) for v in known)), f"models:/{model_name}/"
+        model_uri += version
+        log.info("%s v%s already holds this policy (content %s): not registered again",
+                 model_name, version, digest[:12])  # fmt: skip
+    else:
+        # mlflow 3.17 cannot log a checkpoint *path* under transformers 5: pass the loaded parts.
+        components = {
+            "model": AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True),
+            "tokenizer": AutoTokenizer.from_pretrained(model_dir),
+        }
+        info = mlflow.transformers.log_model(
+            transformers_model=components,
+            name="policy",
+            task="text-generation",
+            pip_requirements=pip_requirements,
+        )
+        # one call creates the version with its digest: no version without it, even if killed
+        registered = mlflow.register_model(info.model_uri, model_name, tags={WEIGHTS_TAG: digest})
+        version, model_uri = str(registered.version), info.model_uri
+    aliases = {k: str(v) for k, v in client.get_registered_model(model_name).aliases.items()}
+    champion = aliases.get("champion")
+    alias = "champion" if champion in (None, version) else "challenger"
+    if aliases.get(alias) != version:
+        client.set_registered_model_alias(model_name, alias, version)
     return {
         "model_name": model_name,
         "version": version,
         "alias": alias,
-        "model_uri": info.model_uri,
+        "model_uri": model_uri,
+        "reused": bool(known),
     }
 
 
