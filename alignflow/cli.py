@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from alignflow.config import ConfigError, dump_config, load_config
+from alignflow.serve import Limits
 
 app = typer.Typer(
     add_completion=False,
@@ -319,6 +320,10 @@ def serve(
         Path | None, typer.Option("--feedback-store", help="Log served exchanges here (off).")
     ] = None,
     tracking_uri: TrackingUriOption = None,
+    max_request_bytes: Annotated[
+        int,
+        typer.Option("--max-request-bytes", min=1024, help="Larger request bodies get a 413."),
+    ] = Limits.max_body_bytes,
 ) -> None:
     """Serve a policy with the OpenAI chat-completions API (streaming included) on 127.0.0.1."""
     import tempfile
@@ -354,17 +359,23 @@ def serve(
     inner = free_port()
     engine_log = Path(scratch.name) / "engine.log"
     serving.exit_on_sigterm()
-    process = serving.start_engine(folder, inner, chosen, engine_log)
+    running = serving.Engine(folder, inner, chosen, engine_log)
     try:
-        serving.wait_healthy(f"http://127.0.0.1:{inner}", process, engine_log)
+        serving.wait_healthy(running.url, running.process, engine_log)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)  # to measure prompts against the context
+        limits = serving.Limits(
+            max_body_bytes=max_request_bytes, context=serving.context_length(folder)
+        )
         log = serving.ExchangeLog(feedback_store) if feedback_store else None
-        app_ = serving.create_app(f"http://127.0.0.1:{inner}", name, str(folder), log)
+        app_ = serving.create_app(running.url, name, str(folder), log, limits, tokenizer, running)
         typer.echo(f"serving {name} ({chosen}) at http://{host}:{port}/v1")
         uvicorn.run(app_, host=host, port=port, log_level="warning")
     except RuntimeError as error:
-        _fail(str(error), 1)
+        _fail(_first_line(str(error)), 1)
     finally:
-        serving.stop(process)
+        running.stop()
         scratch.cleanup()
 
 

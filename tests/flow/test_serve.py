@@ -43,11 +43,31 @@ def server(pipeline_runs, tmp_path_factory):
                     break
             except httpx.HTTPError:
                 time.sleep(1)
-        yield url, work
+        yield url, work, process
     finally:
         process.terminate()
         process.wait(timeout=60)
         log.close()
+    # SIGTERM stopped the whole engine process group: nothing outlives `alignflow serve`
+    deadline = time.monotonic() + 30
+    while _engines() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _engines(), "an engine outlived alignflow serve"
+
+
+def _engines() -> list[int]:
+    """`transformers serve` processes started by this test session's servers (by their parent's
+    session: the engine runs in its own process group, started from `alignflow serve`)."""
+    pids = []
+    for status in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            words = status.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        engine = b"serve" in words and any(word.endswith(b"/transformers") for word in words)
+        if engine and any(b"alignflow-serve-" in word for word in words):
+            pids.append(int(status.parent.name))
+    return pids
 
 
 def _client(url: str):
@@ -60,7 +80,7 @@ PROMPT = [{"role": "user", "content": "Write a short review of the Nimbus X2 ket
 
 
 def test_a_chat_completion_and_a_streamed_one(server):
-    url, _ = server
+    url, *_ = server
     client = _client(url)
     done = client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=24)
     assert done.model == MODEL and done.choices[0].message.content.strip()
@@ -74,7 +94,7 @@ def test_a_chat_completion_and_a_streamed_one(server):
 def test_bad_requests_get_error_responses_and_the_server_keeps_serving(server):
     import openai
 
-    url, _ = server
+    url, *_ = server
     client = _client(url)
     with pytest.raises(openai.NotFoundError, match="not served here"):
         client.chat.completions.create(model="gpt-4", messages=PROMPT, max_tokens=8)
@@ -89,7 +109,7 @@ def test_bad_requests_get_error_responses_and_the_server_keeps_serving(server):
 
 
 def test_served_exchanges_and_ratings_are_logged_for_feedback(server):
-    url, work = server
+    url, work, _ = server
     client = _client(url)
     done = client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=16)
     rated = httpx.post(f"{url}/v1/feedback", json={"id": done.id, "rating": "down"}, timeout=10)
@@ -113,7 +133,7 @@ def test_the_next_collect_run_labels_what_was_served(pipeline_runs, server, tmp_
     from tasks.collect import run_collect
     from tests.conftest import micro_config
 
-    url, work = server
+    url, work, _ = server
     served = _client(url).chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=16)
     answer = served.choices[0].message.content.strip()
     httpx.post(f"{url}/v1/feedback", json={"id": served.id, "rating": "up"}, timeout=10)
@@ -140,3 +160,106 @@ def test_the_next_collect_run_labels_what_was_served(pipeline_runs, server, tmp_
     assert pairs and {p["served_rating"] for p in pairs} == {"up"}
     rated = [row for row in unpaired_rows(pairs) if row["rated"]]
     assert [(row["completion"][0]["content"], row["label"]) for row in rated] == [(answer, True)]
+
+
+def _rss_kb(pid: int) -> int:
+    """Resident memory of `pid` and its children (the engine), in KiB, from /proc."""
+    total = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+            )
+        except OSError:
+            continue
+        if int(status.parent.name) == pid or fields.get("PPid", "").strip() == str(pid):
+            total += int(fields.get("VmRSS", "0 kB").split()[0])
+    return total
+
+
+def _post(url: str, body, **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120, **kwargs)
+
+
+def test_oversized_bodies_are_refused_without_being_held(server):
+    url, _, process = server
+    before = _rss_kb(process.pid)
+    huge = b'{"model": "alignflow-policy", "messages": [{"role": "user", "content": "' + (
+        b"x" * (60 << 20)
+    ) + b'"}]}'  # fmt: skip
+    for size, body in (("60 MB", huge), ("5 MB", huge[: 5 << 20] + b'"}]}')):
+        answer = httpx.post(f"{url}/v1/chat/completions", content=body, timeout=120)
+        assert answer.status_code == 413, size
+        assert answer.json()["error"]["type"] == "invalid_request_error"
+    assert _rss_kb(process.pid) - before < 150_000  # KiB: the bodies were never held whole
+    assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"temperature": -1}, "temperature"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"max_tokens": -5}, "max_tokens"),
+        ({"max_tokens": 10**9}, "max_tokens"),
+        ({"n": 1000}, "n"),
+        ({"top_p": 3}, "top_p"),
+        ({"stream": "yes"}, "stream"),
+        ({"stop": [1, 2]}, "stop"),
+        ({"messages": [{"role": "user", "content": "hi"}] * 10_000}, "messages"),
+        ({"messages": [{"role": "user", "content": "word " * 20_000}]}, "messages"),
+        ({"stream": True, "temperature": -1}, "temperature"),
+    ],
+)
+def test_bad_parameters_are_400_naming_the_parameter_streamed_or_not(server, change, param):
+    url, *_ = server
+    answer = _post(url, {"model": MODEL, "messages": PROMPT, "max_tokens": 4, **change})
+    assert answer.status_code == 400, answer.text[:300]
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+    if "word " in str(change):
+        assert error["code"] == "context_length_exceeded"
+
+
+def test_streamed_chunks_carry_the_served_model_name_and_unknown_feedback_is_404(server):
+    url, *_ = server
+    with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=120,
+                      json={"model": MODEL, "messages": PROMPT, "max_tokens": 6,
+                            "stream": True}) as answer:  # fmt: skip
+        chunks = [json.loads(line[6:]) for line in answer.iter_lines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]  # fmt: skip
+    assert chunks and {chunk["model"] for chunk in chunks} == {MODEL}
+    unknown = httpx.post(f"{url}/v1/feedback", json={"id": "nope", "rating": "up"}, timeout=10)
+    assert unknown.status_code == 404
+
+
+def test_fifty_concurrent_clients_get_answers(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, *_ = server
+    body = {"model": MODEL, "messages": PROMPT, "max_tokens": 4}
+    with ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(lambda _: _post(url, body), range(50)))
+    assert [a.status_code for a in answers] == [200] * 50
+    assert all(a.json()["choices"][0]["message"]["content"] is not None for a in answers)
+
+
+def test_a_dead_engine_is_reported_and_restarted(server):
+    """Last in this module: it kills the engine the server fixture started."""
+    import signal
+
+    url, *_ = server
+    (engine,) = _engines()
+    os.kill(engine, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{url}/health", timeout=10).status_code == 200:
+        assert time.monotonic() < deadline, "the proxy still says healthy"
+        time.sleep(0.2)
+    down = _post(url, {"model": MODEL, "messages": PROMPT, "max_tokens": 4})
+    assert down.status_code == 503 and down.json()["error"]["code"] == "engine_unavailable"
+    deadline = time.monotonic() + 240
+    while httpx.get(f"{url}/health", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the engine did not come back"
+        time.sleep(1)
+    back = _post(url, {"model": MODEL, "messages": PROMPT, "max_tokens": 4})
+    assert back.status_code == 200 and _engines() != [engine]

@@ -33,3 +33,25 @@ def test_malformed_requests_are_400_and_an_unknown_model_is_404_model_not_found(
     unknown = check_chat_request({**OK, "model": "other"}, "m")
     assert (unknown.status, unknown.code) == (404, "model_not_found")
     assert "'other' is not served here" in unknown.message
+
+
+def test_parameters_are_checked_before_the_engine_sees_them():
+    from alignflow.serve import Limits
+
+    limits = Limits(context=256)
+    cases = {
+        "temperature": [-1, "hot", 2.5, True],
+        "top_p": [1.5, -0.1],
+        "max_tokens": [-5, 0, 257, 1.5, "8"],
+        "n": [2, 1000],
+        "stream": ["yes", 1],
+        "stop": [[1], ["a"] * 5, 3],
+    }
+    for param, values in cases.items():
+        for value in values:
+            problem = check_chat_request({**OK, param: value}, "m", limits)
+            assert problem is not None and problem.param == param, (param, value)
+    good = {**OK, "temperature": 0, "top_p": 1, "max_tokens": 256, "n": 1, "stop": ["\n"]}
+    assert check_chat_request(good, "m", limits) is None
+    many = {**OK, "messages": OK["messages"] * (limits.max_messages + 1)}
+    assert check_chat_request(many, "m", limits).param == "messages"
