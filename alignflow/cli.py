@@ -79,9 +79,9 @@ def _console_without_tracebacks(*expected: type[BaseException]) -> None:
 
 
 def _end_with(message: str, code: int) -> None:
-    """`_fail` after a flow: Prefect's own closing lines (its temporary server stopping) are
-    silenced so the error is the last line."""
-    logging.getLogger("prefect").setLevel(logging.WARNING)
+    """`_fail` after a flow: what Prefect logs while it shuts down (its temporary server stopping,
+    its event worker draining) is silenced so the error is the last line."""
+    logging.disable(logging.CRITICAL)
     _fail(message, code)
 
 

@@ -47,12 +47,19 @@ def check_finite_losses(log_history: Iterable[dict], what: str, setting: str) ->
                 )
 
 
+# Fewer held-out pairs than this say too little to fail a reward model on its accuracy: a model at
+# 0.7 lands at or below 0.5 on 3 pairs one time in five (its score spread is still checked).
+MIN_PAIRS_TO_JUDGE = 20
+
+
 def check_reward_model(metrics: dict, what: str, fail_at_accuracy: float | None,
                        min_score_std: float | None) -> None:  # fmt: skip
     """A reward model is usable: its held-out pair accuracy above `fail_at_accuracy` (chance is
-    0.5) and its scores spread (std over held-out answers above `min_score_std`). Metrics
-    without held-out pairs (no `accuracy`) pass: there is nothing to judge them by."""
+    0.5; judged on MIN_PAIRS_TO_JUDGE pairs or more) and its scores spread (std over held-out
+    answers above `min_score_std`). Without held-out pairs there is nothing to judge by."""
     accuracy, spread = metrics.get("accuracy"), metrics.get("score_std")
+    if metrics.get("eval_pairs", MIN_PAIRS_TO_JUDGE) < MIN_PAIRS_TO_JUDGE:
+        accuracy = None
     if spread is not None and min_score_std is not None and not spread > min_score_std:
         raise DegenerateModel(
             f"{what}: every held-out answer gets nearly the same score (std {spread:.2g} <= "

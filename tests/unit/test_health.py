@@ -48,7 +48,7 @@ def test_a_nan_logged_loss_fails_with_its_step():
     ("metrics", "problem"),
     [
         ({"accuracy": 0.5, "score_std": 1.0, "eval_pairs": 40}, "accuracy 0.500 is at or below"),
-        ({"accuracy": 0.2, "score_std": 1.0}, "accuracy 0.200 is at or below"),
+        ({"accuracy": 0.2, "score_std": 1.0, "eval_pairs": 20}, "accuracy 0.200 is at or below"),
         ({"accuracy": 0.0, "score_std": 0.0}, "nearly the same score"),
         ({"accuracy": 0.9, "score_std": 1e-6}, "nearly the same score"),
     ],
@@ -61,4 +61,10 @@ def test_a_reward_model_at_chance_or_without_spread_fails(metrics, problem):
 def test_a_reward_model_above_chance_passes_and_the_checks_can_be_turned_off():
     check_reward_model({"accuracy": 0.55, "score_std": 0.3}, "reward", 0.5, 1e-4)
     check_reward_model({}, "reward", 0.5, 1e-4)  # no held-out pairs: nothing to judge by
+    # 3 pairs say too little about accuracy; the spread is still checked
+    check_reward_model({"accuracy": 0.0, "score_std": 0.3, "eval_pairs": 3}, "reward", 0.5, 1e-4)
+    with pytest.raises(DegenerateModel, match="nearly the same score"):
+        check_reward_model(
+            {"accuracy": 0.0, "score_std": 0.0, "eval_pairs": 3}, "reward", 0.5, 1e-4
+        )
     check_reward_model({"accuracy": 0.1, "score_std": 0.0}, "reward", None, None)
