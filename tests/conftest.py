@@ -3,6 +3,7 @@ made once per session and read by every flow and stage test."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,3 +53,50 @@ def pipeline_runs(tmp_path_factory) -> PipelineRuns:
             states = [run.state.type.value for run in client.read_flow_runs()]
             keys = [artifact.key for artifact in client.read_artifacts()]
     return PipelineRuns(cfg, root, first, second, states, keys)
+
+
+# What a test session may start and must not leave behind: served models, our CLI, Prefect and
+# MLflow servers (matched on their command lines).
+_OURS = (b"transformers", b"alignflow", b"prefect", b"uvicorn", b"mlflow", b"vllm")
+
+
+def _started_after(pid: int, since: int) -> bool:
+    """Whether process `pid` started after clock tick `since` (field 22 of /proc/PID/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[19]) >= since
+
+
+def _leftovers(since: int) -> list[str]:
+    """Processes started during the session, other than this one, whose command is one of ours."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        pid = int(entry.name)
+        if pid == os.getpid():
+            continue
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+            if not any(name in word for word in words for name in _OURS):
+                continue
+            if _started_after(pid, since):
+                found.append(f"{pid}: {b' '.join(words).decode(errors='replace')[:200]}")
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_tests():
+    """Torn down last: every server and engine a test started has stopped (10 s of grace); any
+    left are killed and the session fails, naming them."""
+    import signal
+    import time
+
+    since = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    yield
+    deadline = time.monotonic() + 10
+    while (left := _leftovers(since)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for line in left:
+        with contextlib.suppress(OSError):
+            os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
+    assert not left, "processes outlived the tests:\n" + "\n".join(left)
