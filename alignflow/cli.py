@@ -80,9 +80,14 @@ def _console_without_tracebacks(*expected: type[BaseException]) -> None:
 
 def _end_with(message: str, code: int) -> None:
     """`_fail` after a flow: what Prefect logs while it shuts down (its temporary server stopping,
-    its event worker draining) is silenced so the error is the last line."""
-    logging.disable(logging.CRITICAL)
+    its event worker draining) is silenced by `main` so the error is the last line."""
+    _QUIET_EXIT.append(True)
     _fail(message, code)
+
+
+# Set when a command ended with an error after a flow ran: `main` then silences logging for the
+# interpreter's shutdown (only the console entry point; a command called in-process keeps its logs).
+_QUIET_EXIT: list[bool] = []
 
 
 def _quiet_defaults() -> None:
@@ -529,6 +534,8 @@ def main(args: list[str] | None = None) -> None:
             code = error.exit_code
         else:
             raise
+    if _QUIET_EXIT:
+        logging.disable(logging.CRITICAL)
     sys.exit(code if isinstance(code, int) else 0)
 
 
