@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from alignflow.config import ConfigError, dump_config, load_config
+from alignflow.config import ConfigError, bounded_line, dump_config, load_config
 from alignflow.serve import Limits
 
 app = typer.Typer(
@@ -51,8 +51,7 @@ def _load(config: Path | None, overrides: list[str] | None):
 
 def _first_line(text: str) -> str:
     lines = str(text).strip().splitlines()
-    line = lines[0] if lines else ""
-    return line if len(line) <= 300 else line[:299] + "…"
+    return bounded_line(lines[0] if lines else "")
 
 
 class _NoTracebackFor(logging.Filter):

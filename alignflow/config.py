@@ -750,7 +750,7 @@ def _format_errors(error: ValidationError, source: str) -> str:
             problem = item["msg"].removeprefix("Value error, ")
             if "input" in item and item["type"] not in ("missing", "value_error"):
                 problem += f" (got {_short_repr(item['input'])})"
-        lines.append(_bounded(f"{source}: {key}: {problem}"))
+        lines.append(bounded_line(f"{source}: {key}: {problem}"))
     return "\n".join(lines)
 
 
@@ -764,7 +764,8 @@ def _short_repr(value: Any) -> str:
     return _REPR.repr(value)
 
 
-def _bounded(line: str) -> str:
+def bounded_line(line: str) -> str:
+    """`line` cut to MAX_ERROR_LINE characters: an error message never embeds a whole value."""
     return line if len(line) <= MAX_ERROR_LINE else line[: MAX_ERROR_LINE - 1] + "…"
 
 
@@ -830,7 +831,7 @@ def read_yaml(text: str, source: str, lines: bool = True) -> Any:
         mark = getattr(error, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark and lines else source
         problem = getattr(error, "problem", None) or error
-        raise ConfigError(_bounded(f"{where}: invalid YAML: {problem}")) from None
+        raise ConfigError(bounded_line(f"{where}: invalid YAML: {problem}")) from None
     except RecursionError:
         raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
     try:

@@ -288,8 +288,8 @@ def register_policy(model_dir: Path, model_name: str, pip_requirements: list[str
         f"name='{model_name}' and tags.`{WEIGHTS_TAG}` = '{digest}'"
     )
     if known:
-        version, model_uri = str(min(int(v.version) for v in known)), f"models:/{model_name}/"
-        model_uri += version
+        version = str(min(int(v.version) for v in known))
+        model_uri = f"models:/{model_name}/{version}"
         log.info("%s v%s already holds this policy (content %s): not registered again",
                  model_name, version, digest[:12])  # fmt: skip
     else:
