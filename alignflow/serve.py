@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from alignflow.config import bounded_line
+
 log = logging.getLogger(__name__)
 
 ROLES = {"system", "user", "assistant", "tool", "developer"}
@@ -89,7 +91,11 @@ def check_chat_request(body: Any, model: str, limits: Limits = Limits()) -> Requ
     """What is wrong with a chat-completion request, or None: checked before the engine sees it."""
     if not isinstance(body, dict):
         return RequestProblem("the request body must be a JSON object")
-    if body.get("model") != model:
+    if not isinstance(body.get("model"), str):
+        return RequestProblem(
+            f"model must be a string: the served model is {model!r}", param="model"
+        )
+    if body["model"] != model:
         return RequestProblem(
             f"model {str(body.get('model'))[:80]!r} is not served here; the model is {model!r}",
             status=404,
@@ -104,9 +110,26 @@ def check_chat_request(body: Any, model: str, limits: Limits = Limits()) -> Requ
         )
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
-            return RequestProblem(f"messages[{index}].role must be one of {sorted(ROLES)}")
-        if not isinstance(message.get("content"), str | list):
-            return RequestProblem(f"messages[{index}].content must be a string or a list of parts")
+            return RequestProblem(
+                f"messages[{index}].role must be one of {sorted(ROLES)}", param="messages"
+            )
+        content = message.get("content")
+        if not isinstance(content, str | list):
+            return RequestProblem(
+                f"messages[{index}].content must be a string or a list of text parts",
+                param="messages",
+            )
+        for part_index, part in enumerate(content if isinstance(content, list) else []):
+            if not (
+                isinstance(part, dict)
+                and part.get("type") == "text"
+                and isinstance(part.get("text"), str)
+            ):
+                return RequestProblem(
+                    f'messages[{index}].content[{part_index}] must be {{"type": "text", "text": '
+                    f"STRING}}: the served model reads text only",
+                    param="messages",
+                )
     ceiling = (
         limits.max_tokens if limits.context is None else min(limits.max_tokens, limits.context)
     )
@@ -168,6 +191,11 @@ class ExchangeLog:
         line = json.dumps({"timestamp": now.isoformat(), **record}, ensure_ascii=False)
         with (self.folder / f"{now:%Y%m%d}.jsonl").open("a", encoding="utf-8") as out:
             out.write(line + "\n")
+
+
+def _one_line(text: str) -> str:
+    """An engine's error text as one bounded line (its tracebacks and newlines folded)."""
+    return bounded_line(" ".join(text.split()))
 
 
 class _TooLarge(Exception):
@@ -276,7 +304,7 @@ def create_app(
                 return Response(status_code=499)
         response = call.result()
         if response.status_code != 200:
-            return _error(response.status_code, response.text[:500])
+            return _error(response.status_code, _one_line(response.text))
         answer = response.json()
         answer["model"] = model
         served_ids.add(str(answer.get("id")))
@@ -289,9 +317,9 @@ def create_app(
         upstream_request = client.build_request("POST", "/v1/chat/completions", json=forwarded)
         response = await client.send(upstream_request, stream=True)
         if response.status_code != 200:  # before any byte is sent: a plain error answer
-            text = (await response.aread()).decode(errors="replace")[:500]
+            text = (await response.aread()).decode(errors="replace")
             await response.aclose()
-            return _error(response.status_code, text)
+            return _error(response.status_code, _one_line(text))
         events = _stream(response, body, model, log, served_ids)
         return StreamingResponse(events, media_type="text/event-stream")
 
@@ -311,13 +339,18 @@ def create_app(
             log.write({"id": body["id"], "rating": body["rating"]})
         return JSONResponse({"ok": True, "logged": log is not None})
 
+    async def no_route(request: Request, problem) -> Response:
+        if problem.status_code == 405:
+            return _error(405, f"{request.method} is not allowed on {request.url.path}")
+        return _error(404, f"no endpoint {request.url.path[:80]!r} here", "not_found")
+
     routes = [
         Route("/health", health),
         Route("/v1/models", models),
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/feedback", feedback, methods=["POST"]),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, exception_handlers={404: no_route, 405: no_route})
 
 
 async def _stream(response, body: dict, model: str, log: ExchangeLog | None, served_ids: set):

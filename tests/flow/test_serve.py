@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from alignflow.launch import free_port
 from alignflow.pipeline import tracking_uri
@@ -195,30 +197,67 @@ def test_oversized_bodies_are_refused_without_being_held(server):
     assert httpx.get(f"{url}/health", timeout=10).status_code == 200
 
 
-@pytest.mark.parametrize(
-    ("change", "param"),
-    [
-        ({"temperature": -1}, "temperature"),
-        ({"temperature": "hot"}, "temperature"),
-        ({"max_tokens": -5}, "max_tokens"),
-        ({"max_tokens": 10**9}, "max_tokens"),
-        ({"n": 1000}, "n"),
-        ({"top_p": 3}, "top_p"),
-        ({"stream": "yes"}, "stream"),
-        ({"stop": [1, 2]}, "stop"),
-        ({"messages": [{"role": "user", "content": "hi"}] * 10_000}, "messages"),
-        ({"messages": [{"role": "user", "content": "word " * 20_000}]}, "messages"),
-        ({"stream": True, "temperature": -1}, "temperature"),
-    ],
-)
-def test_bad_parameters_are_400_naming_the_parameter_streamed_or_not(server, change, param):
-    url, *_ = server
-    answer = _post(url, {"model": MODEL, "messages": PROMPT, "max_tokens": 4, **change})
-    assert answer.status_code == 400, answer.text[:300]
+HTTP_CASES = [
+    case
+    for case in yaml.safe_load((REPO / "tests" / "bad_input" / "corpus.yaml").read_text())
+    if case.get("kind") == "http"
+]
+
+
+def _http_body(case: dict) -> bytes | None:
+    """The raw request body a corpus case sends (None: no body)."""
+    good = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+    def asking(content: str, times: int = 1) -> bytes:
+        return json.dumps(
+            {**good, "messages": [{"role": "user", "content": content}] * times}
+        ).encode()
+
+    generated = {
+        "deep_json_body": lambda: b"[" * 200_000 + b"]" * 200_000,
+        "body_60mb": lambda: asking("x" * (60 << 20)),
+        "body_5mb": lambda: asking("x" * (5 << 20)),
+        "many_messages": lambda: asking("hi", times=10_000),
+        "long_prompt": lambda: asking("word " * 20_000),
+    }
+    if "generate" in case:
+        return generated[case["generate"]]()
+    if "body_hex" in case:
+        return bytes.fromhex(case["body_hex"])
+    if "body" in case:
+        return case["body"].encode()
+    if case.get("method", "POST") != "POST":
+        return None
+    request = {**good, **case.get("change", {})}
+    for key in case.get("drop", []):
+        request.pop(key)
+    return json.dumps(request).encode()
+
+
+def _logged(work: Path) -> list[str]:
+    return [path.read_text() for path in sorted((work / "feedback").rglob("*.jsonl"))]
+
+
+@pytest.mark.parametrize("case", HTTP_CASES, ids=[case["id"] for case in HTTP_CASES])
+def test_bad_http_request_is_answered_in_one_line(server, case):
+    """The HTTP part of the bad-input corpus (tests/bad_input/corpus.yaml)."""
+    url, work, _ = server
+    before = _logged(work)
+    path = case.get("path", "/v1/chat/completions")
+    answer = httpx.request(case.get("method", "POST"), f"{url}{path}", content=_http_body(case),
+                           headers={"content-type": "application/json"}, timeout=120)  # fmt: skip
+    assert answer.status_code == case["status"], answer.text[:300]
     error = answer.json()["error"]
-    assert error["type"] == "invalid_request_error" and error["param"] == param
-    if "word " in str(change):
-        assert error["code"] == "context_length_exceeded"
+    message = error["message"]
+    assert "\n" not in message and "Traceback" not in message and len(message) <= 300, message
+    assert re.search(case["error"], message), message
+    assert error["type"] == "invalid_request_error"
+    if "param" in case:
+        assert error["param"] == case["param"]
+    if "code" in case:
+        assert error["code"] == case["code"]
+    assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+    assert _logged(work) == before, "a refused request was logged for feedback"
 
 
 def test_streamed_chunks_carry_the_served_model_name_and_unknown_feedback_is_404(server):

@@ -20,7 +20,10 @@ import yaml
 from alignflow.cli import main
 
 CORPUS = Path(__file__).parents[1] / "bad_input" / "corpus.yaml"
-CASES = yaml.safe_load(CORPUS.read_text())
+EVERY_CASE = yaml.safe_load(CORPUS.read_text())
+CASES = [
+    case for case in EVERY_CASE if case.get("kind") != "http"
+]  # http: tests/flow/test_serve.py
 MAX_LINE = 400  # the error line itself is cut at 300 characters; report lines name long paths
 
 
@@ -107,10 +110,13 @@ def no_pipeline(monkeypatch):
     monkeypatch.setitem(sys.modules, "flows.rlhf", types.SimpleNamespace(rlhf=rlhf))
 
 
-def test_the_corpus_is_large_and_its_ids_unique():
-    ids = [case["id"] for case in CASES]
+def test_the_corpus_is_large_its_ids_unique_and_every_surface_covered():
+    ids = [case["id"] for case in EVERY_CASE]
     assert len(ids) >= 100
     assert len(set(ids)) == len(ids)
+    surfaces = {case_id.split("-")[0] for case_id in ids}
+    assert surfaces == {"config", "set", "cli", "data", "http"}
+    assert all(case["id"].startswith("http-") for case in EVERY_CASE if case.get("kind") == "http")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case["id"] for case in CASES])

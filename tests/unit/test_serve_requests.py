@@ -25,6 +25,12 @@ def test_each_problem_is_named():
     assert "messages[1].role" in _message(bad_role)
     no_content = {**OK, "messages": [{"role": "user"}]}
     assert "messages[0].content" in _message(no_content)
+    image = {"type": "image_url", "image_url": {"url": "http://x/y.png"}}
+    with_image = {**OK, "messages": [{"role": "user", "content": [image]}]}
+    assert "messages[0].content[0] must be" in _message(with_image)
+    assert check_chat_request(with_image, "m").param == "messages"
+    nameless = check_chat_request({"messages": OK["messages"]}, "m")
+    assert (nameless.status, nameless.param) == (400, "model")
 
 
 def test_malformed_requests_are_400_and_an_unknown_model_is_404_model_not_found():
