@@ -42,11 +42,17 @@ def _fail(message: str, code: int) -> None:
 
 
 def _load(config: Path | None, overrides: list[str] | None):
-    """The config at `config` (None: the defaults) with `--set` overrides, or a one-line exit 2."""
+    """The config at `config` (None: the defaults) with `--set` overrides, or exit 2 with one
+    `error:` line, last; several problems are listed above it, indented, the first in it."""
     try:
         return load_config(config, overrides or [])
     except ConfigError as error:
-        _fail(str(error).replace("\n", "\nerror: "), 2)
+        problems = str(error).splitlines()
+        if len(problems) > 1:
+            typer.echo("\n".join(f"  {problem}" for problem in problems), err=True)
+            _fail(bounded_line(f"{len(problems)} problems in the config (above); the first: "
+                               f"{problems[0]}"), 2)  # fmt: skip
+        _fail(str(error), 2)
 
 
 def _first_line(text: str) -> str:

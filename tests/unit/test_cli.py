@@ -66,14 +66,18 @@ def test_run_with_missing_config_file_exits_2_naming_it(runner, tmp_path):
     assert _error_lines(result.stderr) == [f"error: {missing}: no such config file"]
 
 
-def test_run_reports_every_problem_on_its_own_error_line(runner):
+def test_run_lists_every_problem_above_one_last_error_line(runner):
     result = runner.invoke(
         app, ["run", TINY, "--set", "ppo.learnig_rate=1", "--set", "sft.epochs=abc"]
     )
     assert result.exit_code == 2
-    lines = _error_lines(result.stderr)
-    assert len(lines) == 2
-    assert len(result.stderr.strip().splitlines()) == 2
+    *problems, last = result.stderr.rstrip().splitlines()
+    assert _error_lines(result.stderr) == [last]
+    assert last.startswith("error: 2 problems in the config (above); the first: ")
+    assert len(problems) == 2 and all(problem.startswith("  ") for problem in problems)
+    assert {"ppo.learnig_rate", "sft.epochs"} == {
+        key for problem in problems for key in ("ppo.learnig_rate", "sft.epochs") if key in problem
+    }
 
 
 def test_show_config_prints_resolved_yaml_with_override(runner):
