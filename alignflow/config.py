@@ -22,6 +22,9 @@ from pydantic import (
     model_validator,
 )
 
+from alignflow import shape
+from alignflow.stages import MULTI_PROCESS_STAGES
+
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message is one line per problem, naming the key."""
@@ -142,9 +145,7 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _datasets_match_source(self) -> DataConfig:
-        from alignflow.shape import DATA_ROLES
-
-        given = [role for role in DATA_ROLES if getattr(self, role)]
+        given = [role for role in shape.DATA_ROLES if getattr(self, role)]
         if self.source == "demo" and given:
             raise ValueError(
                 f"data.{given[0]} is set but data.source is 'demo'; set data.source: files"
@@ -222,7 +223,7 @@ class SFTConfig(_Section):
 
 
 class SamplingConfig(_Section):
-    """How responses are sampled; PPO rollouts and evaluation share it."""
+    """How responses are sampled (collect, PPO's rollouts, the online algorithms, evaluate)."""
 
     # Log-probs are computed at this temperature too, so the KL estimate stays consistent.
     temperature: float = Field(0.7, gt=0)
@@ -611,6 +612,9 @@ class EvaluateConfig(_Section):
     # "reward_model", this run's reward model, which the policy was trained against: a biased judge.
     judge: str = Field(ORACLE_RULE, pattern=JUDGE_PATTERN)
     samples_per_prompt: int = Field(4, gt=0)
+    # How every policy's held-out responses are sampled (and the retraining round's champion and
+    # challenger): the evaluation's own, whichever policy.algorithm trained
+    sampling: SamplingConfig = SamplingConfig()
     seed: int = 1234
     batch_size: int = Field(64, gt=0)
     # eval.md shows every policy's greedy response to this many held-out prompts per prompt family
@@ -683,8 +687,6 @@ class PipelineConfig(_Section):
 
     @model_validator(mode="after")
     def _compute_only_for_launchable_stages(self) -> PipelineConfig:
-        from alignflow.launch import MULTI_PROCESS_STAGES
-
         for stage, compute in self.compute.items():
             if stage not in MULTI_PROCESS_STAGES and compute.launched:
                 raise ValueError(
@@ -706,8 +708,6 @@ class PipelineConfig(_Section):
     @model_validator(mode="after")
     def _data_for_the_shape(self) -> PipelineConfig:
         """Only the datasets this pipeline shape reads are required (alignflow.shape)."""
-        from alignflow import shape
-
         shape.check(self)
         return self
 

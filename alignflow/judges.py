@@ -20,7 +20,7 @@ def reward_model_scores(
     The one scorer of the pipeline: the layout PPO scores its rollouts in
     (`alignflow.rl.rollout.encode_completions`: the prompt with its generation prompt, then the
     reply as the chat template writes it, ending at its end-of-turn token), read at that token, as
-    the reward model was trained (`tasks.reward.preference_ids`).
+    the reward model was trained (`alignflow.stages.reward.preference_ids`).
     """
     from alignflow.rl.rollout import completion_batches, token_scores
 

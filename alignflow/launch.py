@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from alignflow.stages import MULTI_PROCESS_STAGES, STAGES
+
 if TYPE_CHECKING:
     from alignflow.store import StageResult
 
@@ -36,11 +38,6 @@ RESULT_FILE_ENV = "ALIGNFLOW_RESULT_FILE"
 # run under the pipeline's parent run, with the flow run's tags.
 TRACKING_ENV = "ALIGNFLOW_TRACKING_CONTEXT"
 INFRA = Path(__file__).resolve().parent.parent / "infra"
-# Stages whose body splits its work across processes (a TRL Trainer shards data and syncs
-# gradients). Any other stage on N processes would do all its work N times into one directory.
-# policy: every policy.algorithm (PPO: alignflow.rl averages gradients; dpo, kto, orpo, rloo,
-# grpo, rft: alignflow.algorithms' TRL trainers, rank 0 saving and evaluating).
-MULTI_PROCESS_STAGES = ("sft", "reward", "policy")
 # What a failed launch quotes: each rank's `error:` line or exception, not torchrun's own report.
 _REASON = re.compile(r"^(error: .*|[\w.]*(Error|Exception): .*)$")
 _LAUNCHER_NOISE = ("ChildFailedError",)
@@ -87,7 +84,6 @@ def build_command(
         deepspeed: a DeepSpeed JSON (e.g. infra/deepspeed/zero2.json) for the TRL Trainer stages.
         port: accelerate's rendezvous port (torchrun finds a free one itself); None: its default.
     """
-    from alignflow.pipeline import STAGES
 
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}: expected one of {', '.join(STAGES)}")

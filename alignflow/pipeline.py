@@ -20,7 +20,7 @@ from typing import Any
 from alignflow import distributed, shape, tracking
 from alignflow.config import PipelineConfig, dump_config
 from alignflow.health import DegenerateModel
-from alignflow.shape import STAGES
+from alignflow.stages import STAGES, UPSTREAM
 from alignflow.store import (
     SUMMARY_FILE,
     StageDir,
@@ -31,19 +31,6 @@ from alignflow.store import (
 )
 
 log = logging.getLogger(__name__)
-
-# Which upstream stages each stage reads, when they run (alignflow.shape): its cache key depends
-# on theirs.
-UPSTREAM: dict[str, tuple[str, ...]] = {
-    "prepare": (),
-    "sft": ("prepare",),
-    "collect": ("prepare", "sft"),
-    "reward": ("prepare", "sft", "collect"),
-    "policy": ("prepare", "sft", "collect", "reward"),
-    "evaluate": ("prepare", "sft", "reward", "policy"),
-    "register": ("policy", "evaluate"),
-}
-
 
 # MLflow tags on every run of a flow: which flow made it, and its Prefect flow run.
 FLOW_TAG = "alignflow.flow"

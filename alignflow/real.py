@@ -144,7 +144,7 @@ def fetch_smollm2(root: str | Path | None = None) -> Path:
         os.replace(kept / f"{gguf.name}.partial", kept / gguf.name)
         partial = final.with_name(final.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        from alignflow.models import convert_gguf
+        from alignflow.gguf import convert_gguf
 
         convert_gguf(str(gguf.parent), gguf.name, partial)
     return _commit(partial, final)

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from alignflow import pipeline, tracking
 from alignflow.config import PipelineConfig
 from alignflow.promotion import Decision
+from alignflow.stages import MODEL_DIR, PAIRS_FILE
 from alignflow.store import StageResult, read_jsonl, write_json_atomic, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -115,8 +116,6 @@ def champion_stage(round_cfg: PipelineConfig, champion: Champion) -> StageResult
     output, so the reward and policy stages start from it (and measure KL against it)."""
     import mlflow
 
-    from tasks.sft import MODEL_DIR
-
     folder = Path(round_cfg.run.artifacts_root) / CHAMPION
     if not (folder / MODEL_DIR / "config.json").is_file():
         partial = folder.with_name(f".{CHAMPION}.partial")
@@ -139,7 +138,7 @@ def feedback_stage(round_cfg: PipelineConfig, feedback: FeedbackBatch) -> StageR
     """Every record up to the round's watermark as majority pairs, in the collect stage's layout."""
     from alignflow.feedback import store
     from alignflow.feedback.records import Comparison
-    from tasks.collect import PAIRS_FILE, pairs_from_records
+    from alignflow.stages.collect import pairs_from_records
 
     records, _ = store.read(feedback.store, until=feedback.watermark)
     comparisons = {
@@ -220,7 +219,7 @@ def compare(
             champion,
             tokenizer,
             prompts,
-            cfg.ppo.sampling,
+            cfg.evaluate.sampling,
             n,
             ev.seed,
             ev.batch_size,
@@ -252,7 +251,7 @@ def apply_decision(
 ) -> dict:
     """Register the challenger (it stays registered either way), tag the version with the
     evidence, and move the champion alias to it when promoted. Runs inside an MLflow run."""
-    from tasks.register import serving_requirements
+    from alignflow.stages.register import serving_requirements
 
     name = cfg.registry.model_name
     registered = tracking.register_policy(challenger_dir, name, serving_requirements())

@@ -7,17 +7,18 @@ Every stage reads only what its shape gives it, so the shape is decided here onc
 - `reward.model`: an existing reward model instead of training one;
 - `collect.mode`: sampled-and-labelled pairs, your own, or both.
 
-No imports from the rest of alignflow at module level: the config's validators call it.
+At module level it imports only the stage graph (alignflow.stages): the config imports it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from alignflow.stages import STAGES
+
 if TYPE_CHECKING:
     from alignflow.config import PipelineConfig
 
-STAGES = ("prepare", "sft", "collect", "reward", "policy", "evaluate", "register")
 # The datasets a `files` config may list (the demo writes them all itself).
 DATA_ROLES = ("sft", "preferences", "preference_prompts", "rl_prompts", "heldout")
 # Algorithms that learn from preference pairs (or KTO's unpaired rows) without a reward model.

@@ -4,7 +4,7 @@
 
 For each size a random-init Llama is built locally (tokenizer trained on the demo text) and saved
 as the SFT model and as the reward model. Each (size, mode) then runs `--updates` PPO updates in its
-own process, through the pipeline's own model loading (`tasks.ppo.ppo_models`, `load_rewarder`), and
+own process, through the pipeline's own model loading (`alignflow.algorithms.ppo.ppo_models`, `load_rewarder`), and
 reports its peak memory (`torch.cuda.max_memory_allocated` on a GPU, else the growth of the process's
 peak RSS over its RSS before any model was loaded; on CPU this includes load-time copies, since
 bitsandbytes quantizes after reading full weights) and the memory held in tensors after the updates
@@ -64,11 +64,11 @@ def worker(size: str, mode: str, updates: int) -> dict:
     import torch
 
     from alignflow import demo
+    from alignflow.algorithms.ppo import ppo_models
     from alignflow.config import build_config
     from alignflow.models import default_device, load_tokenizer
     from alignflow.rl.rewards import load_rewarder
     from alignflow.rl.trainer import PPOTrainer
-    from tasks.ppo import ppo_models
 
     folder, device = ROOT / size, default_device()
     ppo = {"updates": updates, "rollout_batch_size": 16, "minibatch_size": 8, "ppo_epochs": 2}
@@ -76,7 +76,7 @@ def worker(size: str, mode: str, updates: int) -> dict:
     before = rss_mib()
     tokenizer = load_tokenizer(str(folder / "sft"))
     policy, reference, value = ppo_models(
-        cfg, str(folder / "sft"), str(folder / "reward"), tokenizer.pad_token_id, device
+        cfg, str(folder / "sft"), str(folder / "reward"), tokenizer, device
     )
     trainer = PPOTrainer(
         cfg.ppo, policy, reference, load_rewarder(cfg, [str(folder / "reward")], tokenizer, device),

@@ -10,7 +10,7 @@ TRL 1.13 removed PPO, so `trl==1.12.0` is installed with `--no-deps` into .bench
 runs in a subprocess with that folder first on PYTHONPATH (the project's trl stays untouched). Our
 side runs in a subprocess too, so both start equally cold. The pipeline's prepare/sft/collect/reward
 stages (cached under .bench/ppo_vs_trl/) give both sides the same SFT policy, reward model, critic
-init (the reward model, as tasks/ppo.py does), RL prompts and held-out prompts; each seed runs ours,
+init (the reward model, as alignflow/algorithms/ppo.py does), RL prompts and held-out prompts; each seed runs ours,
 then TRL's, one process at a time.
 
 Measured, per run:
@@ -61,7 +61,7 @@ through `optimizers=`, the optimizer and LR schedule our PPOTrainer builds (Adam
 decay 0.01, policy learning_rate and value_learning_rate as two groups), since its own config has
 one learning rate for both and other AdamW defaults. One reward model, no rules (checked).
 
-LoRA (`ppo.lora` set) as the pipeline runs it (tasks/ppo.ppo_models), on both sides: the policy
+LoRA (`ppo.lora` set) as the pipeline runs it (alignflow.algorithms.ppo.ppo_models), on both sides: the policy
 is `lora_policy` (the SFT model with a fresh adapter seeded by the run's seed; reference = the
 adapter switched off) and the reward model stays a plain frozen model. TRL 1.12's `peft_config=`
 would call `get_peft_model` on the policy inside its __init__, unseeded and after `optimizers=`
@@ -141,23 +141,20 @@ def ensure_trl() -> None:
 def _run_stages(cfg) -> dict[str, str]:
     """prepare -> sft -> collect -> reward through the pipeline's own stage functions."""
     from alignflow import tracking
-    from alignflow.pipeline import PipelineRun
-    from tasks.collect import run_collect
-    from tasks.prepare import run_prepare
-    from tasks.reward import run_reward
-    from tasks.sft import MODEL_DIR, run_sft
+    from alignflow.pipeline import PipelineRun, run_stage
+    from alignflow.stages import MODEL_DIR, collect, dataset_file, prepare, reward, sft
 
-    run = PipelineRun(cfg)
-    ctx = run.ctx
-    prepared = run_prepare(cfg, ctx)
-    sft = run_sft(cfg, ctx, prepared)
-    reward = run_reward(cfg, ctx, prepared, sft, run_collect(cfg, ctx, prepared, sft))
+    ctx = PipelineRun(cfg).ctx
+    prepared = run_stage(cfg, ctx, "prepare", lambda work: prepare.run(cfg, work))
+    tuned = run_stage(cfg, ctx, "sft", lambda work: sft.run(cfg, work, prepared))
+    pairs = run_stage(cfg, ctx, "collect", lambda work: collect.run(cfg, work, prepared, tuned))
+    rm = run_stage(cfg, ctx, "reward", lambda work: reward.run(cfg, work, prepared, tuned, pairs))
     tracking.end_run(ctx, ctx.parent_run_id)
     return {
-        "sft": str(sft.path(MODEL_DIR)),
-        "reward": str(reward.path(MODEL_DIR)),
-        "rl_prompts": str(prepared.path("rl_prompts.jsonl")),
-        "heldout": str(prepared.path("heldout.jsonl")),
+        "sft": str(tuned.path(MODEL_DIR)),
+        "reward": str(rm.path(MODEL_DIR)),
+        "rl_prompts": str(prepared.path(dataset_file("rl_prompts"))),
+        "heldout": str(prepared.path(dataset_file("heldout"))),
     }
 
 
@@ -492,7 +489,7 @@ class Models(NamedTuple):
 
 def _load(paths: dict, ppo, side: str, device: str, seed: int) -> Models:
     """What one side trains with: four full models, or with `ppo.lora` the pipeline's LoRA
-    policy, its adapter-off reference and a LoRA critic (tasks/ppo.ppo_models; TRL's critic holds
+    policy, its adapter-off reference and a LoRA critic (alignflow.algorithms.ppo.ppo_models; TRL's critic holds
     its adapter in place, `_trl_lora_critic`); the reward model is a plain frozen model."""
     from alignflow.models import load_causal_lm, load_scalar_head_model, load_tokenizer
     from alignflow.rl.lora import lora_policy, lora_value_model

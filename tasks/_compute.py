@@ -19,15 +19,15 @@ def run_stage_where_configured(
     ctx: TrackingContext,
     stage: str,
     run: Callable[..., StageResult],
-    *upstream: StageResult,
+    **upstream: StageResult | None,
 ) -> StageResult:
-    """`run(cfg, ctx, *upstream)` here, or the same stage launched as `cfg.compute[stage]` says
+    """`run(cfg, ctx, **upstream)` here (each upstream stage's result under its name), or the same stage launched as `cfg.compute[stage]` says
     (its upstream stages are found on disk by their cache keys, as `python -m tasks.<stage>`
     finds them)."""
     compute = cfg.compute.get(stage)
     if compute is None or not compute.launched:
         with gpu_slots(cfg, stage):
-            return run(cfg, ctx, *upstream)
+            return run(cfg, ctx, **upstream)
     from prefect import get_run_logger
 
     from alignflow import launch

@@ -2,8 +2,9 @@
 stage outside Prefect.
 
 This is how a launcher (torchrun, accelerate; alignflow/launch.py) starts a stage on N devices.
-Upstream outputs are found by their cache keys, so they must already be complete. Under N
-processes every rank runs the stage; rank 0 alone prints the result.
+Upstream outputs are found by their cache keys, so they must already be complete, and handed to
+the stage under their stage's name (alignflow.stages.UPSTREAM). Under N processes every rank runs
+the stage; rank 0 alone prints the result.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from alignflow import distributed
 from alignflow.config import ConfigError, load_config
 from alignflow.data.errors import DataError
 from alignflow.launch import DEEPSPEED_ENV, RESULT_FILE_ENV, TRACKING_ENV
-from alignflow.pipeline import UPSTREAM, stage_dir, tracking_context
+from alignflow.pipeline import stage_dir, tracking_context
 from alignflow.shape import NotEnoughData, active_stages
+from alignflow.stages import UPSTREAM
 from alignflow.store import StageResult
 from alignflow.tracking import TrackingContext
 
@@ -57,7 +59,7 @@ def main(stage: str, run: Callable[..., StageResult], argv: list[str] | None = N
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    upstream: list[StageResult | None] = []
+    upstream: dict[str, StageResult | None] = {}
     stages = active_stages(cfg)
     if stage not in stages:
         print(f"error: this config runs no '{stage}' stage (it runs {', '.join(stages)})",
@@ -65,19 +67,19 @@ def main(stage: str, run: Callable[..., StageResult], argv: list[str] | None = N
         return 2
     for name in UPSTREAM[stage]:
         if name not in stages:  # skipped by this config's shape: the stage is handed None
-            upstream.append(None)
+            upstream[name] = None
             continue
         directory = stage_dir(cfg, name)
         if not directory.completed():
             print(f"error: {stage} needs a completed '{name}' stage at {directory.final}; "
                   f"run the pipeline (alignflow run {args[0]}) or that stage first", file=sys.stderr)  # fmt: skip
             return 2
-        upstream.append(directory.load())
+        upstream[name] = directory.load()
     # Rank 0 alone opens the MLflow store: N processes creating one SQLite schema would collide.
     distributed.init_process_group_from_env()
     ctx = distributed.broadcast_object(_tracking(cfg) if distributed.is_main() else None)
     try:
-        result = run(cfg, ctx, *upstream)
+        result = run(cfg, ctx, **upstream)
     except (DataError, NotEnoughData) as error:  # bad or too little data: one line
         print(f"error: {error}", file=sys.stderr)
         return 2

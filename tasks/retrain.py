@@ -12,6 +12,8 @@ from prefect.cache_policies import NO_CACHE
 from alignflow import retraining, tracking
 from alignflow.config import PipelineConfig
 from alignflow.retraining import Champion, FeedbackBatch
+from alignflow.stages import MODEL_DIR, POLICY_DIR, dataset_file
+from alignflow.stages.upstream import reward_model_dirs
 from alignflow.store import StageResult
 from alignflow.tracking import TrackingContext
 from tasks._compute import gpu_slots
@@ -45,9 +47,6 @@ def decide_task(
 ) -> dict:
     """Compare, register the challenger, move the alias when it wins; evidence to MLflow (a child
     run `decide`) and to the Prefect UI (a markdown and a table artifact)."""
-    from tasks._inputs import MODEL_DIR, reward_model_dirs
-    from tasks.policy import POLICY_DIR
-
     work = Path(round_cfg.run.artifacts_root) / "decide"
     work.mkdir(parents=True, exist_ok=True)
     challenger_dir = policy.path(POLICY_DIR)
@@ -55,7 +54,7 @@ def decide_task(
     with gpu_slots(round_cfg, "decide"), tracking.stage_run(ctx, "decide", params):
         decision, rows = retraining.compare(
             round_cfg,
-            prepared.path("heldout.jsonl"),
+            prepared.path(dataset_file("heldout")),
             str(champion.path(MODEL_DIR)),
             str(challenger_dir),
             next(iter(reward_model_dirs(round_cfg, reward)), None),

@@ -1,7 +1,7 @@
-"""Alignment algorithms other than PPO, chosen by `policy.algorithm`: offline preference
-optimisation on the collected pairs (dpo, kto, orpo), online RL with our rewards (rloo, grpo), and
+"""Alignment algorithms, chosen by `policy.algorithm`: PPO on our engine (alignflow.rl), offline
+preference optimisation on the pairs (dpo, kto, orpo), online RL with our rewards (rloo, grpo), and
 rejection-sampling fine-tuning (rft). Each trains from the SFT model and saves the policy and its
-tokenizer to `work / POLICY_DIR`.
+tokenizer to `work / POLICY_DIR` (alignflow.stages).
 
 Heavy imports (torch, transformers, trl) happen inside the algorithm modules, loaded on dispatch.
 """
@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from alignflow.config import PipelineConfig
 
-POLICY_DIR = "policy"
 
 # algorithm -> "module:function" inside this package, each `(cfg, inputs, work) -> metrics`.
 TRAINERS = {
@@ -26,6 +25,7 @@ TRAINERS = {
     "rloo": "online:train_rloo",
     "grpo": "online:train_grpo",
     "rft": "rft:train_rft",
+    "ppo": "ppo:train_ppo",
 }
 
 
@@ -35,7 +35,7 @@ class PolicyInputs:
 
     sft_dir: str  # SFT model (or the base model as it ships) + tokenizer: start and reference
     reward_dirs: list[str] = field(default_factory=list)  # one-output sequence-classification heads
-    # Preference pairs, collected and/or your own (tasks._inputs.preference_rows), with `split`
+    # Preference pairs, collected and/or your own (stages.upstream.preference_rows), with `split`
     pairs: list[dict] = field(default_factory=list)
     # Your own KTO-style rows {prompt, completion, label, split} (KTO alone reads them)
     unpaired: list[dict] = field(default_factory=list)
@@ -51,7 +51,7 @@ def train(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[str, fl
     if algorithm not in TRAINERS:
         raise ValueError(
             f"policy.algorithm '{algorithm}' is not trained by alignflow.algorithms; "
-            f"choose one of {', '.join(TRAINERS)} (ppo runs in alignflow.rl)"
+            f"choose one of {', '.join(TRAINERS)}"
         )
     module_name, _, function = TRAINERS[algorithm].partition(":")
     module = importlib.import_module(f"{__name__}.{module_name}")

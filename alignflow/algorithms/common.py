@@ -13,8 +13,7 @@ from types import SimpleNamespace
 from torch import Tensor
 
 from alignflow import distributed, tracking
-from alignflow.algorithms import POLICY_DIR
-from alignflow.algorithms.saving import save_trained
+from alignflow.algorithms.saving import first_and_last, save_trained
 from alignflow.config import OnlineRLConfig, PipelineConfig, PolicyTrainingConfig
 from alignflow.models import (
     last_checkpoint,
@@ -25,6 +24,7 @@ from alignflow.models import (
     trainer_kwargs,
 )
 from alignflow.rl.rollout import completion_logprobs
+from alignflow.stages import POLICY_DIR
 
 CHECKPOINTS = "checkpoints"
 
@@ -118,11 +118,6 @@ def fit(trainer, work: Path, save_minutes: float | None) -> dict[str, float]:
     trainer.add_callback(periodic_checkpoints(save_minutes))
     output = trainer.train(resume_from_checkpoint=last_checkpoint(work / CHECKPOINTS))
     return {"train_loss": output.training_loss, **first_and_last(trainer.state.log_history, "loss")}
-
-
-def first_and_last(log_history: list[dict], key: str) -> dict[str, float]:
-    values = [entry[key] for entry in log_history if key in entry]
-    return {f"first_{key}": values[0], f"final_{key}": values[-1]} if values else {}
 
 
 def save_policy(trainer, tokenizer, work: Path, setting: str = "the learning rate") -> Path:

@@ -10,7 +10,6 @@ from pathlib import Path
 from alignflow import distributed
 from alignflow.algorithms import PolicyInputs
 from alignflow.algorithms.common import (
-    first_and_last,
     fit,
     load_sft,
     lora,
@@ -18,6 +17,7 @@ from alignflow.algorithms.common import (
     save_policy,
     whole_model_loading,
 )
+from alignflow.algorithms.saving import first_and_last
 from alignflow.config import PipelineConfig
 from alignflow.models import load_tokenizer
 

@@ -1,6 +1,6 @@
 """Saving a TRL Trainer's model under any launch (one process, N DDP ranks, DeepSpeed): gathered,
-written once by rank 0 as plain safetensors. Shared by the SFT and reward stages and every policy
-algorithm; light to import (no torch until called)."""
+written once by rank 0 as plain safetensors, and what its log says was learned. Shared by the SFT
+and reward stages and every policy algorithm; light to import (no torch until called)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,13 @@ def save_trained(
         what = setting.partition(".")[0] if "." in setting else "model"
         check_finite_losses(trainer.state.log_history, what, setting)
         check_finite_weights(out, what, setting)
+
+
+def first_and_last(log_history: list[dict], key: str) -> dict[str, float]:
+    """`first_<key>` and `final_<key>` of a Trainer's log: the evidence that something was learned
+    (e.g. the training loss fell)."""
+    values = [entry[key] for entry in log_history if key in entry]
+    return {f"first_{key}": values[0], f"final_{key}": values[-1]} if values else {}
 
 
 def _gathered(trainer):

@@ -1,8 +1,8 @@
 """Cleaning canonical rows: exact and near-duplicate removal, length and eval-overlap filters, stable splits.
 
-Every step returns the rows it kept and how many it removed; `clean` runs them in order
-(exact dedup → near dedup → length → eval overlap) and its `CleanReport` counts removals per reason,
-with `rows_in == rows_out + sum(removed)`. Nothing is dropped silently.
+One pass, `Cleaner`, one row at a time (so any stream fits): exact dedup → near dedup → length →
+eval overlap, each removal counted per reason in its `CleanReport`, with `rows_in == rows_out +
+sum(removed)`. Nothing is dropped silently. `clean` runs it over a list.
 
 Splits are assigned by a hash of each row's content (`split_of`), so adding rows for a retraining run
 never moves an old row between train and eval.
@@ -88,22 +88,6 @@ def split_of(
 
 
 # ---- exact and near duplicates ----------------------------------------------------------------
-
-
-def dedup_exact(rows: Iterable[Row]) -> tuple[list[Row], int]:
-    """Keep the first of each group of identical rows (same `row_digest`). Returns (kept, n_removed)."""
-    seen: set[bytes] = set()
-    kept, removed = [], 0
-    for row in rows:
-        key = bytes.fromhex(row_digest(row))[
-            :16
-        ]  # 128 bits: collisions are negligible, memory halves
-        if key in seen:
-            removed += 1
-        else:
-            seen.add(key)
-            kept.append(row)
-    return kept, removed
 
 
 def words(text: str) -> list[str]:
@@ -220,56 +204,7 @@ class NearDupIndex:
         return True
 
 
-def dedup_near(
-    rows: Iterable[Row], threshold: float = 0.8, num_perm: int = 64, shingle: int = 5
-) -> tuple[list[Row], int]:
-    """Keep the first row of each near-duplicate group (estimated Jaccard ≥ threshold on word shingles
-    of `row_text`). Returns (kept, n_removed)."""
-    index = NearDupIndex(threshold, num_perm, shingle)
-    kept, removed = [], 0
-    for row in rows:
-        if index.add(row_text(row)):
-            kept.append(row)
-        else:
-            removed += 1
-    return kept, removed
-
-
-# ---- filters ----------------------------------------------------------------------------------
-
-
-def _by_length(
-    rows: Iterable[Row],
-    max_chars: int | None,
-    min_chars: int,
-    length_fn: Callable[[str], int] | None,
-) -> tuple[list[Row], int, int]:
-    measure = length_fn or len
-    kept, too_short, too_long = [], 0, 0
-    for row in rows:
-        length = measure(row_text(row))
-        if length < min_chars:
-            too_short += 1
-        elif max_chars is not None and length > max_chars:
-            too_long += 1
-        else:
-            kept.append(row)
-    return kept, too_short, too_long
-
-
-def length_filter(
-    rows: Iterable[Row],
-    max_chars: int | None,
-    min_chars: int = 1,
-    length_fn: Callable[[str], int] | None = None,
-) -> tuple[list[Row], int]:
-    """Keep rows whose `length_fn(row_text(row))` is in [min_chars, max_chars] (None: no maximum).
-
-    length_fn defaults to characters; pass e.g. `lambda text: len(tokenizer(text).input_ids)` to count
-    tokens. Returns (kept, n_removed).
-    """
-    kept, too_short, too_long = _by_length(rows, max_chars, min_chars, length_fn)
-    return kept, too_short + too_long
+# ---- eval overlap -----------------------------------------------------------------------------
 
 
 def _ngrams(texts: Iterable[str], n: int) -> Iterator[int]:
@@ -288,31 +223,12 @@ def _eval_prompt_texts(row: Mapping[str, Any] | str) -> list[str]:
     return [m.get("content") or "" for m in row.get("messages", []) if m.get("role") != "assistant"]
 
 
-def overlap_filter(
-    train_rows: Iterable[Row], eval_rows: Iterable[Row | str], n: int = 8
-) -> tuple[list[Row], int]:
-    """Drop a training row that shares any word n-gram with any eval prompt. Returns (kept, n_removed).
-
-    eval_rows may be canonical rows (their prompt is used) or plain prompt strings.
-    """
-    if n < 1:
-        raise ValueError(f"n is {n}; expected a positive n-gram length")
-    eval_grams = {gram for row in eval_rows for gram in _ngrams(_eval_prompt_texts(row), n)}
-    kept, removed = [], 0
-    for row in train_rows:
-        if any(gram in eval_grams for gram in _ngrams(_contents(row), n)):
-            removed += 1
-        else:
-            kept.append(row)
-    return kept, removed
-
-
 # ---- the whole pass ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class CleanSettings:
-    """Knobs for `clean`. near_threshold=None skips near dedup; max_chars=None sets no maximum."""
+    """Knobs for `Cleaner`. near_threshold=None skips near dedup; max_chars=None sets no maximum."""
 
     exact_dedup: bool = True
     near_threshold: float | None = 0.8

@@ -1,6 +1,6 @@
 """Data formats people already use, detected by their keys and normalized to canonical rows.
 
-Canonical rows (DESIGN.md): SFT `{"messages": [...], "tools"?: [...]}` · preference `{"prompt", "chosen",
+Canonical rows (docs/architecture.md): SFT `{"messages": [...], "tools"?: [...]}` · preference `{"prompt", "chosen",
 "rejected"}` (each a message list) · prompts `{"prompt"}` · unpaired `{"prompt", "completion", "label"}`.
 A message is `{"role", "content"}` with role system/user/assistant/tool and `content` always a string
 (a list of text parts is concatenated, as chat templates render it), plus `tool_calls` and a

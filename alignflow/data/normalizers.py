@@ -1,4 +1,4 @@
-"""One normalizer per input format: a raw record in, its canonical rows (DESIGN.md) out.
+"""One normalizer per input format: a raw record in, its canonical rows (docs/architecture.md) out.
 
 A normalizer is `(record, stats) -> list[Row]`; `stats` counts what is dropped on purpose (ranking
 ties). Every problem raises `DataError` naming the field. Message lists are checked for role order

@@ -32,6 +32,7 @@ from alignflow.data.errors import DataError
 from alignflow.data.load import open_dataset
 from alignflow.data.mapping import ColumnMapping
 from alignflow.data.messages import Row
+from alignflow.stages import SFT_EVAL_FILE, dataset_file
 
 # heldout first: overlap needs it
 ROLES = ("heldout", "sft", "preferences", "preference_prompts", "rl_prompts")
@@ -234,8 +235,8 @@ def prepare_role(
         eval_rows if role != "heldout" and cfg.clean.eval_overlap_ngram else (),
         length_fn if role != "heldout" else None,
     )
-    train = _Writer(out_dir / f"{role}.jsonl")
-    held = _Writer(out_dir / "sft_eval.jsonl") if role == "sft" else None
+    train = _Writer(out_dir / dataset_file(role))
+    held = _Writer(out_dir / SFT_EVAL_FILE) if role == "sft" else None
     complete = False
     try:
         for spec in specs:

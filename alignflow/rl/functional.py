@@ -1,8 +1,8 @@
 """Pure tensor functions for PPO: masked statistics, KL, rewards, GAE, losses, KL controllers.
 
-Conventions follow DESIGN.md ("The PPO engine"). Shapes: `b` batch, `t` response length,
-`v` vocabulary. Masks are 0/1 (or bool) over response tokens, contiguous from position 0
-and right-padded.
+Conventions: docs/architecture.md ("The PPO engine's conventions"). Shapes: `b` batch, `t`
+response length, `v` vocabulary. Masks are 0/1 (or bool) over response tokens, contiguous from
+position 0 and right-padded.
 """
 
 import math

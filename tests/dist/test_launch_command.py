@@ -131,7 +131,7 @@ def test_launch_command_refuses_bad_input_with_exit_2_before_starting_anything(
     from typer.testing import CliRunner
 
     from alignflow import launch
-    from alignflow.cli import app
+    from alignflow.app.cli import app
 
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(launch, "_stream", lambda *a: pytest.fail("a process was started"))

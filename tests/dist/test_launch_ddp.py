@@ -21,7 +21,7 @@ NPROC = 2
 
 
 def _launch(root: Path, stage: str, *options: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "alignflow.cli", "launch", stage, "configs/micro.yaml",
+    command = [sys.executable, "-m", "alignflow.app.cli", "launch", stage, "configs/micro.yaml",
                "--nproc", str(NPROC), "--set", f"run.artifacts_root={root}", *options]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]

@@ -27,7 +27,7 @@ DPO = ("policy.algorithm=dpo", "policy.dpo.learning_rate=5e-4")
 
 
 def _launch_two(root: Path, *overrides: str) -> str:
-    command = [sys.executable, "-m", "alignflow.cli", "launch", "policy", "configs/micro.yaml",
+    command = [sys.executable, "-m", "alignflow.app.cli", "launch", "policy", "configs/micro.yaml",
                "--nproc", str(NPROC), "--set", f"run.artifacts_root={root}"]  # fmt: skip
     for override in overrides:
         command += ["--set", override]

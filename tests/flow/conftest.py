@@ -70,7 +70,7 @@ def start_labelled_pipeline(pipeline_runs, root, api: str, prompts: int, batch: 
         "ppo.updates=2",
         "evaluate.samples_per_prompt=1",
     ]
-    command = [sys.executable, "-m", "alignflow.cli", "run", "configs/micro.yaml"]
+    command = [sys.executable, "-m", "alignflow.app.cli", "run", "configs/micro.yaml"]
     command += [part for item in overrides for part in ("--set", item)]
     env = dict(os.environ, PREFECT_API_URL=api)
     log = (root / "run.log").open("w")
@@ -115,7 +115,7 @@ def run_config(config: str, root, timeout: float) -> dict:
     import json
 
     result = subprocess.run(
-        [sys.executable, "-m", "alignflow.cli", "run", config,
+        [sys.executable, "-m", "alignflow.app.cli", "run", config,
          "--set", f"run.artifacts_root={root}"],
         cwd=REPO, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip

@@ -51,6 +51,6 @@ def _arm(point: str) -> None:
 
 if __name__ == "__main__":
     _arm(sys.argv[1])
-    from alignflow.cli import main
+    from alignflow.app.cli import main
 
     main(sys.argv[2:])

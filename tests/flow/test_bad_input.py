@@ -16,7 +16,7 @@ def _run(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
         args += ["--set", override]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     return subprocess.run(
-        [sys.executable, "-m", "alignflow.cli", *args],
+        [sys.executable, "-m", "alignflow.app.cli", *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 

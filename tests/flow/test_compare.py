@@ -8,7 +8,7 @@ import re
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from alignflow.cli import app
+from alignflow.app.cli import app
 from alignflow.pipeline import tracking_uri
 
 

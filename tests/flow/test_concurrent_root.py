@@ -21,7 +21,7 @@ def test_a_second_run_on_a_held_root_fails_fast_in_one_line(tmp_path):
     root = tmp_path / "runs"
     with artifacts_lock(root, "flow run first-run"):
         result = subprocess.run(
-            [sys.executable, "-m", "alignflow.cli", "run", "configs/micro.yaml",
+            [sys.executable, "-m", "alignflow.app.cli", "run", "configs/micro.yaml",
              "--set", f"run.artifacts_root={root}"],
             cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1"),
             capture_output=True, text=True, timeout=300,

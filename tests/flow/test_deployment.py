@@ -94,7 +94,7 @@ def stack(postgres, tmp_path_factory):
     ]  # fmt: skip
     deploy_log = (home / "deploy.log").open("w")
     deploy = subprocess.Popen(
-        [sys.executable, "-m", "alignflow.cli", "deploy", "--gpu-slots", "1"],
+        [sys.executable, "-m", "alignflow.app.cli", "deploy", "--gpu-slots", "1"],
         cwd=REPO, env=env, stdout=deploy_log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     servers.append(deploy)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from alignflow.cli import app
+from alignflow.app.cli import app
 from alignflow.pipeline import tracking_uri
 from alignflow.store import read_jsonl
 

@@ -106,8 +106,9 @@ class _Matrix(dict):
 
     def __missing__(self, name: str) -> Family:
         from alignflow.pipeline import tracking_context
+        from alignflow.stages import POLICY_DIR
         from flows.rlhf import rlhf
-        from tasks.policy import POLICY_DIR, run_policy
+        from tasks.policy import run_policy
 
         started = time.monotonic()
         family = Family(name, real.tiny_family_model(name, self.root / f"{name}-model"), self.root)
@@ -180,9 +181,9 @@ def test_the_reward_is_read_at_the_end_of_turn_token_in_training_ppo_and_evaluat
     from alignflow.judges import reward_model_scores
     from alignflow.models import load_scalar_head_model, load_tokenizer
     from alignflow.rl.rollout import encode_completions
+    from alignflow.stages import member_dir
+    from alignflow.stages.reward import preference_ids
     from alignflow.store import read_jsonl
-    from tasks._inputs import member_dir
-    from tasks.reward import preference_ids
 
     runs = matrix[family]
     folder = str(runs.stage_dir("reward") / member_dir(0))
@@ -311,7 +312,7 @@ def serving(folder: Path, name: str, log_path: Path):
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "alignflow.cli", "serve", str(folder), "--port", str(port),
+    command = [sys.executable, "-m", "alignflow.app.cli", "serve", str(folder), "--port", str(port),
                "--engine", "transformers", "--model-name", name]  # fmt: skip
     with log_path.open("w") as log:
         process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -363,7 +364,7 @@ def test_the_export_loads_in_plain_transformers_and_serves_in_the_familys_format
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
     from typer.testing import CliRunner
 
-    from alignflow.cli import app
+    from alignflow.app.cli import app
 
     runs = matrix[family]
     out = tmp_path / f"{family}-export"

@@ -98,7 +98,7 @@ def _config(tmp_path: Path, data: dict) -> Path:
 def _run(config: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     return subprocess.run(
-        [sys.executable, "-m", "alignflow.cli", "run", str(config)],
+        [sys.executable, "-m", "alignflow.app.cli", "run", str(config)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
 

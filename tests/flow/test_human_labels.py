@@ -48,7 +48,7 @@ def _label_in_terminal(run_id: str, schema: dict, env: dict) -> None:
         elif name.endswith("_comment"):
             lines.append("")
     done = subprocess.run(
-        [sys.executable, "-m", "alignflow.cli", "label", run_id], input="\n".join(lines) + "\n",
+        [sys.executable, "-m", "alignflow.app.cli", "label", run_id], input="\n".join(lines) + "\n",
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _command(root: Path) -> list[str]:
-    return [sys.executable, "-m", "alignflow.cli", "run", "configs/micro.yaml",
+    return [sys.executable, "-m", "alignflow.app.cli", "run", "configs/micro.yaml",
             "--set", f"run.artifacts_root={root}", "--set", "ppo.checkpoint_every=2"]  # fmt: skip
 
 

@@ -27,7 +27,7 @@ def _run(tmp_path: Path, tree: dict) -> subprocess.CompletedProcess:
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(tree))
     return subprocess.run(
-        [sys.executable, "-m", "alignflow.cli", "run", str(config)],
+        [sys.executable, "-m", "alignflow.app.cli", "run", str(config)],
         cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True,
         timeout=900,
     )  # fmt: skip

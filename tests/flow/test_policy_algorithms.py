@@ -23,7 +23,7 @@ def test_dpo_run_reuses_upstream_stages_and_is_evaluated_as_the_policy(pipeline_
     for stage in ("prepare", "sft", "collect", "reward"):
         shutil.copytree(pipeline_runs.root / "stages" / stage, tmp_path / "stages" / stage)
     done = subprocess.run(
-        [sys.executable, "-m", "alignflow.cli", "run", "configs/micro.yaml",
+        [sys.executable, "-m", "alignflow.app.cli", "run", "configs/micro.yaml",
          "--set", f"run.artifacts_root={tmp_path}", "--set", "policy.algorithm=dpo",
          "--set", "policy.dpo.learning_rate=5e-4"],
         cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True,

@@ -37,7 +37,7 @@ def _retrain(pipeline_runs, name: str, *overrides: str) -> subprocess.CompletedP
     sets = [f"run.artifacts_root={pipeline_runs.root}", f"registry.model_name={name}"]
     sets += ["retrain.samples_per_prompt=4", *overrides]
     return subprocess.run(
-        [sys.executable, "-m", "alignflow.cli", "retrain", "configs/micro.yaml",
+        [sys.executable, "-m", "alignflow.app.cli", "retrain", "configs/micro.yaml",
          *[arg for item in sets for arg in ("--set", item)]],
         cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True,
         timeout=900,

@@ -28,7 +28,7 @@ def server(pipeline_runs, tmp_path_factory):
     """`alignflow serve models:/alignflow-policy@champion` (exported on the way) on 127.0.0.1."""
     work = tmp_path_factory.mktemp("serve")
     port = free_port()
-    command = [sys.executable, "-m", "alignflow.cli", "serve", f"models:/{MODEL}@champion",
+    command = [sys.executable, "-m", "alignflow.app.cli", "serve", f"models:/{MODEL}@champion",
                "--port", str(port), "--engine", "transformers",
                "--tracking-uri", tracking_uri(pipeline_runs.cfg),
                "--feedback-store", str(work / "feedback")]  # fmt: skip

@@ -15,7 +15,7 @@ import torch
 from mlflow import MlflowClient
 
 from alignflow import demo, tracking
-from alignflow.algorithms import POLICY_DIR, PolicyInputs, train
+from alignflow.algorithms import PolicyInputs, train
 from alignflow.algorithms.common import preference_margins
 from alignflow.algorithms.online import RewardFunction
 from alignflow.algorithms.preference import pair_rows, unpaired_rows
@@ -24,6 +24,7 @@ from alignflow.config import RewardsConfig, RuleRewardConfig, SamplingConfig
 from alignflow.models import load_causal_lm, load_tokenizer
 from alignflow.rl.rewards import load_rewarder
 from alignflow.rl.rollout import sample_texts
+from alignflow.stages import POLICY_DIR
 from tests.conftest import micro_config
 
 # Few steps at a high learning rate: the tiny model moves far enough in seconds.
@@ -281,6 +282,13 @@ def test_config_rejects_what_trl_would_reject_naming_the_key():
             load_config(None, [override])
 
 
-def test_train_leaves_ppo_to_the_ppo_engine(tmp_path):
-    with pytest.raises(ValueError, match="ppo runs in alignflow.rl"):
-        train(micro_config(tmp_path), PolicyInputs(sft_dir="unused"), tmp_path)
+def test_every_algorithm_the_config_accepts_is_trained_behind_one_interface():
+    """PPO included: the policy stage calls `train` whatever the algorithm."""
+    import typing
+
+    from alignflow.algorithms import TRAINERS
+    from alignflow.config import PolicyConfig
+
+    accepted = typing.get_args(PolicyConfig.model_fields["algorithm"].annotation)
+    assert set(TRAINERS) == set(accepted)
+    assert TRAINERS["ppo"] == "ppo:train_ppo"

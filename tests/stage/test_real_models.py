@@ -77,7 +77,8 @@ def test_a_gguf_file_is_the_model_source_as_a_safetensors_folder(tmp_path):
     from alignflow.config import load_config
     from alignflow.models import load_causal_lm
     from alignflow.pipeline import tracking_context
-    from tasks.prepare import base_model, run_prepare
+    from alignflow.stages.upstream import base_model
+    from tasks.prepare import run_prepare
 
     gguf = real.smollm2_gguf()
     cfg = load_config(None, [

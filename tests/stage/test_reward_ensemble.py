@@ -8,8 +8,8 @@ import torch
 from alignflow.models import load_tokenizer
 from alignflow.pipeline import tracking_context
 from alignflow.rl.rewards import load_rewarder
+from alignflow.stages.upstream import reward_model_dirs
 from alignflow.store import StageResult
-from tasks._inputs import reward_model_dirs
 from tasks.reward import run_reward
 from tests.conftest import micro_config
 

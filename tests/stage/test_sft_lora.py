@@ -8,8 +8,9 @@ import torch
 
 from alignflow import tracking
 from alignflow.models import load_causal_lm
+from alignflow.stages import MODEL_DIR
 from alignflow.store import StageResult
-from tasks.sft import MODEL_DIR, run_sft
+from tasks.sft import run_sft
 from tests.conftest import micro_config
 
 

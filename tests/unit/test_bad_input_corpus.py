@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alignflow.cli import main
+from alignflow.app.cli import main
 
 CORPUS = Path(__file__).parents[1] / "bad_input" / "corpus.yaml"
 EVERY_CASE = yaml.safe_load(CORPUS.read_text())

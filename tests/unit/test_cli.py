@@ -9,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from alignflow.cli import app
+from alignflow.app.cli import app
 
 REPO_ROOT = Path(__file__).parents[2]
 TINY = str(REPO_ROOT / "configs" / "tiny.yaml")

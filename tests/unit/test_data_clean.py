@@ -1,4 +1,5 @@
 import random
+from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -8,10 +9,6 @@ from alignflow.data.clean import (
     CleanSettings,
     NearDupIndex,
     clean,
-    dedup_exact,
-    dedup_near,
-    length_filter,
-    overlap_filter,
     row_digest,
     row_text,
     split_of,
@@ -120,13 +117,23 @@ def test_split_and_digest_ignore_dict_key_order(row):
     assert row_text(shuffled) == row_text(row)
 
 
+# One step of the cleaning pass at a time: every other step off (min_chars stays 1).
+NO_STEP = CleanSettings(exact_dedup=False, near_threshold=None)
+
+
+def only(rows, eval_rows=(), length_fn=None, **step):
+    """(kept rows, removed count) of `clean` with just the step `step` turns on."""
+    kept, report = clean(rows, replace(NO_STEP, **step), eval_rows, length_fn)
+    return kept, report.rows_in - report.rows_out
+
+
 # ---- duplicates -------------------------------------------------------------------------------
 
 
 def test_exact_dedup_removes_identical_rows_only():
     a, b = sft("hello there"), sft("hello there!")
     a_reordered = {"messages": [{"content": "hello there", "role": "user"}, a["messages"][1]]}
-    kept, removed = dedup_exact([a, b, dict(a), a_reordered])
+    kept, removed = only([a, b, dict(a), a_reordered], exact_dedup=True)
     assert kept == [a, b]
     assert removed == 2
 
@@ -141,7 +148,7 @@ def test_near_dedup_removes_a_one_word_edit_and_keeps_a_different_text():
     edited[15] = "zebra"
     different = thirty_words(2)
     rows = [sft(" ".join(base)), sft(" ".join(edited)), sft(" ".join(different))]
-    kept, removed = dedup_near(rows, threshold=0.7, shingle=3)
+    kept, removed = only(rows, near_threshold=0.7, shingle=3)
     assert kept == [rows[0], rows[2]]
     assert removed == 1
 
@@ -150,7 +157,7 @@ def test_near_dedup_default_settings_catch_a_one_word_edit_in_a_long_text():
     base = thirty_words(3) + thirty_words(4) + thirty_words(5)
     edited = list(base)
     edited[-1] = "zebra"
-    kept, removed = dedup_near([sft(" ".join(base)), sft(" ".join(edited))])
+    kept, removed = only([sft(" ".join(base)), sft(" ".join(edited))], near_threshold=0.8)
     assert removed == 1 and len(kept) == 1
 
 
@@ -159,7 +166,7 @@ def test_near_dedup_works_on_chinese_text_without_spaces():
     edited = text.replace("喝茶", "喝酒")
     other = "机器学习模型需要大量的数据来训练并且要仔细评估它在新数据上的表现是否稳定可靠和公平"
     rows = [sft(text), sft(edited), sft(other)]
-    kept, removed = dedup_near(rows, threshold=0.7, shingle=3)
+    kept, removed = only(rows, near_threshold=0.7, shingle=3)
     assert kept == [rows[0], rows[2]]
     assert removed == 1
 
@@ -176,14 +183,14 @@ def test_near_dup_index_keeps_text_without_words():
 def test_length_filter_counts_short_and_long_rows():
     rows = [sft("a"), sft("b" * 50), sft("c" * 500)]
     lengths = [len(row_text(r)) for r in rows]
-    kept, removed = length_filter(rows, max_chars=lengths[1], min_chars=lengths[1])
+    kept, removed = only(rows, max_chars=lengths[1], min_chars=lengths[1])
     assert kept == [rows[1]]
     assert removed == 2
 
 
 def test_length_filter_uses_length_fn_for_token_counts():
     rows = [sft("one two three"), sft("one two three four five six seven eight")]
-    kept, removed = length_filter(rows, max_chars=8, length_fn=lambda text: len(text.split()))
+    kept, removed = only(rows, length_fn=lambda text: len(text.split()), max_chars=8)
     assert kept == [rows[0]]
     assert removed == 1
 
@@ -197,17 +204,17 @@ def test_overlap_filter_drops_a_training_row_sharing_an_8gram_with_an_eval_promp
     seven = " ".join(EVAL_PROMPT.split()[2:9])
     shares_8 = sft(f"Tell me: {eight}.", "Rayleigh scattering.")
     shares_7 = sft(f"Tell me: {seven} and more.", "Rayleigh scattering.")
-    kept, removed = overlap_filter([shares_8, shares_7], eval_rows, n=8)
+    kept, removed = only([shares_8, shares_7], eval_rows, overlap_n=8)
     assert kept == [shares_7]
     assert removed == 1
 
 
 def test_overlap_filter_accepts_plain_prompt_strings_and_sft_eval_rows():
     train = [sft(EVAL_PROMPT), sft("something else entirely")]
-    assert overlap_filter(train, [EVAL_PROMPT])[1] == 1
-    assert overlap_filter(train, [sft(EVAL_PROMPT, "an answer")])[1] == 1
+    assert only(train, [EVAL_PROMPT])[1] == 1
+    assert only(train, [sft(EVAL_PROMPT, "an answer")])[1] == 1
     # the eval row's answer is not its prompt, so it never causes removals
-    assert overlap_filter(train, [sft("short", EVAL_PROMPT)])[1] == 0
+    assert only(train, [sft("short", EVAL_PROMPT)])[1] == 0
 
 
 # ---- the whole pass ---------------------------------------------------------------------------

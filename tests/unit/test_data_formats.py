@@ -1,4 +1,4 @@
-"""Every input format normalizes to the canonical rows of DESIGN.md; bad records say where and why."""
+"""Every input format normalizes to the canonical rows of docs/architecture.md; bad records say where and why."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ that have none."""
 import pytest
 
 from alignflow.evaluation import PolicySamples, markdown_table, policy_metrics, summarize, win_rate
-from tasks.reward import pair_accuracy
+from alignflow.stages.reward import pair_accuracy
 
 DEMO_ROWS = [{"prompt": [], "family": "unsafe"}, {"prompt": [], "family": "review"}]
 USER_ROWS = [{"prompt": []}, {"prompt": []}]

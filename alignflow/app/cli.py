@@ -247,7 +247,7 @@ def deploy(
     server PREFECT_API_URL names: its process work pool, the `gpu` concurrency limit and the
     deployments, then a worker that runs them from this checkout (Ctrl-C stops it)."""
     _quiet_defaults()
-    from alignflow import deploy as deploying
+    from alignflow.app import deploy as deploying
     from alignflow.config import RunConfig
 
     try:

@@ -8,12 +8,14 @@ from pathlib import Path
 from alignflow import real
 from alignflow.config import PipelineConfig
 from alignflow.shape import collect_mode
+from alignflow.stages import (
+    BASE_MODEL_DIR,
+    MODEL_DIR,
+    OWN_PREFERENCES_FILE,
+    PAIRS_FILE,
+    member_dir,
+)
 from alignflow.store import StageResult, read_jsonl
-
-MODEL_DIR = "model"  # the SFT (and reward) stage's trained model folder
-BASE_MODEL_DIR = "base_model"  # prepare's locally built tiny model
-PAIRS_FILE = "pairs.jsonl"  # the collect stage's pairs
-OWN_PREFERENCES_FILE = "preferences.jsonl"  # prepare's rows of data.preferences
 
 
 def base_model_in(cfg: PipelineConfig, prepare_dir: Path) -> str:
@@ -24,20 +26,15 @@ def base_model_in(cfg: PipelineConfig, prepare_dir: Path) -> str:
     return real.resolve(str(cfg.model.name_or_path))
 
 
-def base_model(cfg: PipelineConfig, prepared: StageResult) -> str:
+def base_model(cfg: PipelineConfig, prepare: StageResult) -> str:
     """The base policy of a completed prepare stage (`base_model_in`)."""
-    return base_model_in(cfg, Path(prepared.output))
+    return base_model_in(cfg, Path(prepare.output))
 
 
-def start_model(cfg: PipelineConfig, prepared: StageResult, sft: StageResult | None) -> str:
+def start_model(cfg: PipelineConfig, prepare: StageResult, sft: StageResult | None) -> str:
     """Where the policy starts and what it is anchored to: the SFT model, or the base model as it
     ships when `sft.enabled` is false."""
-    return str(sft.path(MODEL_DIR)) if sft is not None else base_model(cfg, prepared)
-
-
-def member_dir(index: int) -> str:
-    """Folder of reward ensemble member `index` in the reward stage (member 0 is MODEL_DIR)."""
-    return MODEL_DIR if index == 0 else f"{MODEL_DIR}-{index}"
+    return str(sft.path(MODEL_DIR)) if sft is not None else base_model(cfg, prepare)
 
 
 def reward_model_dirs(cfg: PipelineConfig, reward: StageResult | None) -> list[str]:
@@ -50,16 +47,16 @@ def reward_model_dirs(cfg: PipelineConfig, reward: StageResult | None) -> list[s
 
 
 def preference_rows(
-    cfg: PipelineConfig, prepared: StageResult, collected: StageResult | None
+    cfg: PipelineConfig, prepare: StageResult, collect: StageResult | None
 ) -> list[dict]:
     """Every preference row this run trains on, each with `split` and `origin` ("user": your
     data.preferences, as the data layer wrote them; "collected": labelled by the collect stage).
     Pairs carry chosen/rejected; KTO-style rows from your data carry completion/label."""
     rows = []
     if collect_mode(cfg) in ("off", "both"):
-        rows += read_jsonl(prepared.path(OWN_PREFERENCES_FILE))
-    if collected is not None:
-        rows += [{**pair, "origin": "collected"} for pair in read_jsonl(collected.path(PAIRS_FILE))]
+        rows += read_jsonl(prepare.path(OWN_PREFERENCES_FILE))
+    if collect is not None:
+        rows += [{**pair, "origin": "collected"} for pair in read_jsonl(collect.path(PAIRS_FILE))]
     return rows
 
 

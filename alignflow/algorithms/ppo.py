@@ -1,5 +1,5 @@
-"""PPO for the policy stage (tasks/policy.py): our engine (alignflow.rl) against this run's rewards,
-KL-anchored to the frozen SFT policy."""
+"""PPO, `policy.algorithm: ppo`: our engine (alignflow.rl) against this run's rewards, KL-anchored
+to the frozen SFT policy (TRL has no PPO)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,11 @@ import shutil
 from pathlib import Path
 
 from alignflow import distributed, tracking
-from alignflow.algorithms import POLICY_DIR
+from alignflow.algorithms import PolicyInputs
 from alignflow.config import PipelineConfig
 from alignflow.health import check_finite_weights
 from alignflow.launch import DEEPSPEED_ENV
-from alignflow.store import StageResult, read_jsonl
-from tasks._inputs import reward_model_dirs, start_model
-
-ADAPTER_DIR = "adapter"  # LoRA PPO: the trained adapter, kept beside the merged policy
+from alignflow.stages import ADAPTER_DIR, POLICY_DIR
 
 
 def ppo_models(cfg: PipelineConfig, sft_dir: str, rm_dir: str, tokenizer, device: str):
@@ -42,13 +39,7 @@ def _window_mean(history: list[dict], key: str, first: bool, width: int = 5) -> 
     return sum(entry[key] for entry in window) / len(window)
 
 
-def train_ppo(
-    cfg: PipelineConfig,
-    prepared: StageResult,
-    sft: StageResult | None,
-    reward: StageResult | None,
-    work: Path,
-) -> dict:
+def train_ppo(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict:
     """PPO from the SFT model against this run's rewards into `work / POLICY_DIR`; returns the
     stage's summary metrics (per-update metrics go to the active MLflow run)."""
     import torch
@@ -60,7 +51,7 @@ def train_ppo(
 
     torch.manual_seed(cfg.run.seed)
     trust = cfg.model.trust_remote_code
-    sft_dir, reward_dirs = start_model(cfg, prepared, sft), reward_model_dirs(cfg, reward)
+    sft_dir, reward_dirs = inputs.sft_dir, inputs.reward_dirs
     # The critic starts from the reward model (it already reads this task's features); with rule
     # rewards only, from the policy's own start with a fresh head.
     rm_dir = reward_dirs[0] if reward_dirs else sft_dir
@@ -75,7 +66,7 @@ def train_ppo(
         reward_model=load_rewarder(cfg, reward_dirs, tokenizer, device),
         value_model=value_model,
         tokenizer=tokenizer,
-        prompts=read_jsonl(prepared.path("rl_prompts.jsonl")),
+        prompts=inputs.rl_prompts,
         seed=cfg.run.seed,
         output_dir=work,
         log_metrics=lambda metrics, step: tracking.log_metrics(metrics, step=step),

@@ -21,7 +21,7 @@ class DeployError(RuntimeError):
 
 def home() -> Path:
     """The checkout: ALIGNFLOW_HOME, else the source tree this module was imported from."""
-    path = Path(os.environ.get(HOME_ENV) or Path(__file__).resolve().parent.parent)
+    path = Path(os.environ.get(HOME_ENV) or Path(__file__).resolve().parents[2])
     if not (path / PREFECT_FILE).is_file():
         raise DeployError(f"no {PREFECT_FILE} under {path}: set {HOME_ENV} to the checkout")
     return path

@@ -1,0 +1,124 @@
+"""Stage 6: base vs SFT vs the aligned policy on held-out prompts: the judge (`evaluate.judge`), the
+reward model, refusals (demo prompts), KL, win-rate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alignflow import tracking
+from alignflow.config import PipelineConfig
+from alignflow.stages import POLICY_DIR, SAMPLES_FILE, SUMMARY_FILE, TABLE_FILE, dataset_file
+from alignflow.stages.upstream import base_model, reward_model_dirs, start_model
+from alignflow.store import StageResult, read_jsonl, write_json_atomic, write_jsonl
+
+
+def _sample_rows(rows, samples, judge) -> list[dict]:
+    """One row per held-out prompt with every policy's greedy and sampled responses."""
+    out = []
+    for i, row in enumerate(rows):
+        record = dict(row)
+        for name, policy in samples.items():
+            record[f"{name}_greedy"] = policy.greedy[i]
+            record[f"{name}_samples"] = [texts[i] for texts in policy.samples]
+            record[f"{name}_judge"] = [scores[i] for scores in judge[name]]
+        out.append(record)
+    return out
+
+
+def run(
+    cfg: PipelineConfig,
+    work: Path,
+    prepare: StageResult,
+    sft: StageResult | None,
+    reward: StageResult | None,
+    policy: StageResult,
+) -> dict:
+    """Sample and judge every policy on the held-out prompts into `work` (SAMPLES_FILE, the
+    summary and its table); returns {"summary", "table"}."""
+    from alignflow import evaluation
+    from alignflow.models import (
+        default_device,
+        load_causal_lm,
+        load_scalar_head_model,
+        load_tokenizer,
+    )
+
+    trust, device = cfg.model.trust_remote_code, default_device()
+    # The policy's start and KL anchor: SFT, or the base model when SFT was skipped.
+    reference_name, start = ("sft" if sft else "base"), start_model(cfg, prepare, sft)
+    tokenizer = load_tokenizer(start, trust)
+    # with the tokenizer: a base model that ships no pad (Llama-3.1) samples with ours
+    reference = load_causal_lm(start, trust, device, tokenizer=tokenizer).eval()
+    reward_dirs = reward_model_dirs(cfg, reward)
+    reward_model = None
+    if reward_dirs:  # the first (ensemble member 0) scores; none with rule rewards only
+        pad = tokenizer.pad_token_id
+        reward_model = load_scalar_head_model(reward_dirs[0], trust, pad, device).eval()
+    rows = read_jsonl(prepare.path(dataset_file("heldout")))
+    prompts = [row["prompt"] for row in rows]
+    sources = {"base": base_model(cfg, prepare), "sft": start} if sft else {"base": start}
+    sources["policy"] = str(policy.path(POLICY_DIR))
+    ev = cfg.evaluate
+    judge = evaluation.make_judge(
+        ev.judge, "evaluate.judge", reward_model, tokenizer, ev.batch_size
+    )
+    samples, per_policy, judged, fluency_model = {}, {}, {}, None
+    for name, source in sources.items():
+        model = (
+            reference
+            if name == reference_name
+            else load_causal_lm(source, trust, device, tokenizer=tokenizer)
+        )
+        fluency_model = model if name == "base" else fluency_model  # "base" comes first
+        samples[name] = evaluation.sample_policy(
+            model, reference, tokenizer, prompts, ev.sampling,
+            ev.samples_per_prompt, ev.seed, ev.batch_size, exact_kl=True,
+        )  # fmt: skip
+        fluency = evaluation.fluency(fluency_model, tokenizer, rows, samples[name], ev.batch_size)
+        judged[name] = judge(rows, samples[name])
+        rm = (  # the reward model judging: its scores are the judge's
+            judged[name]
+            if ev.judge == "reward_model"
+            else evaluation.score_with_reward_model(
+                reward_model, tokenizer, rows, samples[name], ev.batch_size
+            )
+            if reward_model is not None
+            else None
+        )
+        per_policy[name] = evaluation.policy_metrics(rows, samples[name], judged[name], rm, fluency)
+    wins = evaluation.win_rate(rows, judged["policy"], judged[reference_name])
+    # the reward stage's held-out pair accuracy, overall and per prompt family
+    trained = reward.metrics if reward else {}
+    rm_accuracy = (
+        trained.get("accuracy"),
+        {
+            key.removeprefix("accuracy_"): value
+            for key, value in trained.items()
+            if key.startswith("accuracy_")
+        },
+    )
+    summary = evaluation.summarize(
+        per_policy, wins, rm_accuracy, cfg.policy.algorithm, ev.judge, reference_name
+    )
+    table = evaluation.markdown_table(summary)
+    if ev.samples_shown:
+        greedy = {name: policy.greedy for name, policy in samples.items()}
+        table += "\n\n" + evaluation.samples_markdown(rows, greedy, ev.samples_shown)
+    sample_rows = _sample_rows(rows, samples, judged)
+    write_jsonl(work / SAMPLES_FILE, sample_rows)
+    write_json_atomic(work / SUMMARY_FILE, summary)
+    (work / TABLE_FILE).write_text(table + "\n")
+    tracking.log_metrics(tracking.flatten(summary))
+    tracking.log_text(table, TABLE_FILE)
+    tracking.log_table(
+        [
+            {
+                "prompt": r["prompt"][0]["content"],
+                reference_name: r[f"{reference_name}_greedy"],
+                "policy": r["policy_greedy"],
+            }
+            for r in sample_rows
+        ],  # fmt: skip
+        "greedy_samples.json",
+    )
+    return {"summary": summary, "table": table}

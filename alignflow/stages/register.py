@@ -1,0 +1,65 @@
+"""Stage 7: log the trained policy (whichever `policy.algorithm` trained it) as an MLflow model and
+register it under `registry.model_name`, when the held-out evaluation says it beats its reference."""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import version
+from pathlib import Path
+
+from alignflow import tracking
+from alignflow.config import PipelineConfig
+from alignflow.stages import POLICY_DIR, SAMPLES_FILE
+from alignflow.store import StageResult, read_jsonl
+
+log = logging.getLogger(__name__)
+
+# What serving the logged model needs: pinned to what trained it.
+SERVING_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "accelerate")
+
+
+def serving_requirements() -> list[str]:
+    return [f"{name}=={version(name).split('+')[0]}" for name in SERVING_PACKAGES]
+
+
+def gate(cfg: PipelineConfig, evaluate: StageResult):
+    """Whether the policy beats its reference (SFT, or the base model when SFT was skipped) on the
+    held-out evaluation: the paired judge scores of the evaluate stage's samples, a mean gain above
+    `registry.min_gain` and a bootstrap interval over prompts above zero (alignflow.promotion). An
+    unchanged policy (gain 0) or a worse one is never registered, the first one included."""
+    from alignflow.promotion import decide
+
+    rows = read_jsonl(evaluate.path(SAMPLES_FILE))
+    reference = evaluate.metrics["summary"]["reference"]
+
+    def grid(name: str) -> list[list[float]]:  # [sample_index][prompt_index]
+        return [
+            list(scores) for scores in zip(*(row[f"{name}_judge"] for row in rows), strict=True)
+        ]
+
+    registry = cfg.registry
+    return decide(
+        grid("policy"), grid(reference), registry.min_gain, registry.confidence,
+        registry.bootstrap_resamples, cfg.evaluate.seed,
+    )  # fmt: skip
+
+
+def run(cfg: PipelineConfig, work: Path, policy: StageResult, evaluate: StageResult) -> dict:
+    """Register the policy when the evaluation's gate passes; returns what was decided."""
+    summary = evaluate.metrics["summary"]
+    tracking.log_metrics(tracking.flatten(summary))
+    decision = gate(cfg, evaluate)
+    evidence = {"gain": decision.gain, "ci_low": decision.ci_low, "ci_high": decision.ci_high}
+    tracking.log_metrics({f"gate_{key}": value for key, value in evidence.items()})
+    if not decision.promote:
+        reason = (
+            f"not registered: the policy does not beat {summary['reference']} on the held-out "
+            f"judge ({summary['judge']}). {decision.reason}"
+        )
+        log.warning("%s", reason)
+        tracking.set_tags({"alignflow.registered": "false"})
+        return {"registered": False, "reason": reason, **evidence, "warnings": [reason]}
+    registered = tracking.register_policy(
+        policy.path(POLICY_DIR), cfg.registry.model_name, serving_requirements()
+    )
+    return {"registered": True, **registered, **evidence}
