@@ -56,19 +56,19 @@ def _round(config: PipelineConfig) -> dict:
     }
     run = PipelineRun(round_cfg, flow_run_id=runtime.flow_run.id, flow="retrain", tags=tags)
     announce(run)
-    ctx = round_cfg, run.ctx
+    args = round_cfg, run.ctx  # what every stage task takes first
     try:
         # Held-out and RL prompts: the pipeline's own prepare stage (cached under the main root).
         prepared = run.stage("prepare", prepare_task, config, run.ctx)
         start = run.stage("champion", champion_task, round_cfg, champion)
         pairs = run.stage("feedback", feedback_pairs_task, round_cfg, feedback)
         reward = (  # none with rule rewards only (alignflow.shape)
-            run.stage("reward", reward_task, *ctx, prepared, start, pairs)
+            run.stage("reward", reward_task, *args, prepared, start, pairs)
             if "reward" in active_stages(round_cfg)
             else None
         )
-        policy = run.stage("policy", policy_task, *ctx, prepared, start, pairs, reward)
-        decided = decide_task(*ctx, prepared, start, reward, policy)
+        policy = run.stage("policy", policy_task, *args, prepared, start, pairs, reward)
+        decided = decide_task(*args, prepared, start, reward, policy)
     except Pause:  # suspended for people's labels: started again when they answer
         run.suspend()
         raise

@@ -42,21 +42,23 @@ def rlhf(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
 def _stages(config: PipelineConfig) -> dict:
     run = PipelineRun(config, flow_run_id=runtime.flow_run.id)
     announce(run)
-    ctx, stages = (config, run.ctx), active_stages(config)
+    args, stages = (config, run.ctx), active_stages(config)  # what every stage task takes first
     try:
-        prepared = run.stage("prepare", prepare_task, *ctx)
-        sft = run.stage("sft", sft_task, *ctx, prepared) if "sft" in stages else None
+        prepared = run.stage("prepare", prepare_task, *args)
+        sft = run.stage("sft", sft_task, *args, prepared) if "sft" in stages else None
         collected = (
-            run.stage("collect", collect_task, *ctx, prepared, sft) if "collect" in stages else None
+            run.stage("collect", collect_task, *args, prepared, sft)
+            if "collect" in stages
+            else None
         )
         reward = (
-            run.stage("reward", reward_task, *ctx, prepared, sft, collected)
+            run.stage("reward", reward_task, *args, prepared, sft, collected)
             if "reward" in stages
             else None
         )
-        policy = run.stage("policy", policy_task, *ctx, prepared, sft, collected, reward)
-        evaluated = run.stage("evaluate", evaluate_task, *ctx, prepared, sft, reward, policy)
-        run.stage("register", register_task, *ctx, policy, evaluated)
+        policy = run.stage("policy", policy_task, *args, prepared, sft, collected, reward)
+        evaluated = run.stage("evaluate", evaluate_task, *args, prepared, sft, reward, policy)
+        run.stage("register", register_task, *args, policy, evaluated)
     except Pause:  # suspended for people's labels: started again when they answer
         run.suspend()
         raise

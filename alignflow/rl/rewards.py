@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from alignflow.config import PipelineConfig, RewardsConfig
-from alignflow.rl import functional as F
+from alignflow.rl import functional
 from alignflow.rl.rollout import encode_completions, token_scores
 
 RuleFunction = Callable[..., Sequence[float]]
@@ -147,7 +147,7 @@ class Rewarder:
         components: dict[str, Tensor] = {}
         if model_scores is not None:
             scores = model_scores.float().cpu()
-            combined = F.combine_ensemble(scores, cfg.ensemble, cfg.ensemble_std_coef)
+            combined = functional.combine_ensemble(scores, cfg.ensemble, cfg.ensemble_std_coef)
             components["reward_model"] = combined
             if scores.shape[0] > 1:
                 components["reward_model_std"] = scores.std(0, unbiased=False)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from alignflow import distributed
 from alignflow.config import PPOConfig, RewardsConfig
-from alignflow.rl import functional as F
+from alignflow.rl import functional
 from alignflow.rl.rewards import Rewarder
 from alignflow.rl.rollout import (
     decode,
@@ -146,11 +146,11 @@ class PPOTrainer:
         # linear: the learning rate falls to 0 at the last update (stepped once per update)
         decay = (lambda u: max(0.0, 1 - u / cfg.updates)) if cfg.lr_schedule == "linear" else None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, decay or (lambda u: 1.0))
-        self.reward_moments = F.RunningMoments()
+        self.reward_moments = functional.RunningMoments()
         self.kl_ctl = (
-            F.AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon)
+            functional.AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon)
             if cfg.kl.adaptive
-            else F.FixedKLController(cfg.kl.coef)
+            else functional.FixedKLController(cfg.kl.coef)
         )
         self.seed, self.output_dir = seed, Path(output_dir)
         self.log_metrics, self.log_samples = log_metrics, log_samples
@@ -192,7 +192,7 @@ class PPOTrainer:
         """Scores (b,) after the missing-EOS penalty, normalisation and clipping; their stats;
         and the completions as text."""
         cfg, mask, q = self.cfg, sampled.mask, sampled.query_len
-        last = F.last_token_index(mask)
+        last = functional.last_token_index(mask)
         index = torch.arange(mask.shape[0], device=mask.device)
         ends = sampled.response[index, last]
         has_eos = torch.isin(ends, self.stop_ids.to(ends.device)) & (mask.sum(-1) > 0)
@@ -221,7 +221,7 @@ class PPOTrainer:
         if cfg.reward_normalization:
             self.reward_moments.update(distributed.all_gather(scores))  # every rank's scores
             mean, std = self.reward_moments.mean, self.reward_moments.std
-            scores = F.normalize_scores(scores, mean, std, cfg.reward_clip)
+            scores = functional.normalize_scores(scores, mean, std, cfg.reward_clip)
         elif cfg.reward_clip is not None:
             scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
         stats["reward_used"] = scores.mean().item()
@@ -253,11 +253,11 @@ class PPOTrainer:
 
         maskf = mask.float()
         logprobs, ref_logprobs, values = logprobs * maskf, ref_logprobs * maskf, values * maskf
-        kl = F.kl_per_token(logprobs, ref_logprobs, cfg.kl.estimator) * maskf
-        rewards = F.penalized_rewards(scores, kl, maskf, self.kl_ctl.value)
+        kl = functional.kl_per_token(logprobs, ref_logprobs, cfg.kl.estimator) * maskf
+        rewards = functional.penalized_rewards(scores, kl, maskf, self.kl_ctl.value)
         if cfg.whiten_rewards:
             rewards = self._whiten(rewards, maskf, shift_mean=False)
-        advantages, returns = F.gae_advantages(values, rewards, maskf, cfg.gamma, cfg.lam)
+        advantages, returns = functional.gae_advantages(values, rewards, maskf, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
             advantages = self._whiten(advantages, maskf)
         kl_k1_seq = sampled.sampled_kl
@@ -308,13 +308,13 @@ class PPOTrainer:
         if cfg.entropy_coef == 0:  # logged only: keep it out of the autograd graph
             entropy = entropy.detach()
         values = token_scores(self.value_model, seq, attn, trunk)[:, batch.query_len - 1 : -1]
-        pg_loss, clipfrac, approx_kl = F.policy_loss(
+        pg_loss, clipfrac, approx_kl = functional.policy_loss(
             logprobs, batch.logprobs[idx], batch.advantages[idx], mask, cfg.clip_range
         )
-        vf_loss, vf_clipfrac = F.value_loss(
+        vf_loss, vf_clipfrac = functional.value_loss(
             values, batch.values[idx], batch.returns[idx], mask, cfg.value_clip_range
         )
-        mean_entropy = F.masked_mean(entropy, mask)
+        mean_entropy = functional.masked_mean(entropy, mask)
         loss = pg_loss + cfg.value_coef * vf_loss - cfg.entropy_coef * mean_entropy
         if not torch.isfinite(loss):
             raise NonFiniteError(
@@ -371,9 +371,9 @@ class PPOTrainer:
         """Whiten over the global batch: every rank's masked moments, so N processes whiten
         exactly as one process holding the whole batch would."""
         if self.world == 1:
-            return F.masked_whiten(values, mask, shift_mean)
-        sums = distributed.all_reduce_mean(F.masked_sums(values, mask)) * self.world
-        return F.whiten_from_sums(values, mask, sums, shift_mean)
+            return functional.masked_whiten(values, mask, shift_mean)
+        sums = distributed.all_reduce_mean(functional.masked_sums(values, mask)) * self.world
+        return functional.whiten_from_sums(values, mask, sums, shift_mean)
 
     def _mean_over_ranks(self, stats: dict[str, float]) -> dict[str, float]:
         if self.world == 1:
