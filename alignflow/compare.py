@@ -40,6 +40,28 @@ def top_level_runs(
     return [run for run in runs if "mlflow.parentRunId" not in run.data.tags][:limit]
 
 
+def differing_params(runs: Sequence[Any], shown: Sequence[str], most: int = 8) -> list[str]:
+    """Params whose values differ between `runs` (a run without the param counts as a value),
+    not in `shown`: what tells two runs of one config apart. At most `most`, by name."""
+    names = sorted({name for run in runs for name in run.data.params} - set(shown))
+    differ = [name for name in names if len({run.data.params.get(name) for run in runs}) > 1]
+    return differ[:most]
+
+
+def check_columns(runs: Sequence[Any], params: Sequence[str], metrics: Sequence[str]) -> None:
+    """Raise ValueError for a requested param or metric no listed run has, naming the closest
+    existing ones (a misspelled `--param ppo.kl.cof` is not a column of dashes)."""
+    import difflib
+
+    for option, asked, kind in (("--param", params, "params"), ("--metric", metrics, "metrics")):
+        known = {name for run in runs for name in getattr(run.data, kind)}
+        for name in asked:
+            if runs and name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ValueError(f"{option} {name}: no listed run logged it{hint}")
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"

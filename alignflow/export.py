@@ -5,6 +5,7 @@ with its chat template, a generation config, and a model card saying where the m
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -210,6 +211,17 @@ def _text_only(folder: Path) -> None:
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
+def _shareable(folder: Path) -> None:
+    """Give every file the mode the user's umask gives a new file (0644 under the usual 022):
+    transformers writes model.safetensors through a private temporary file (0600), which other
+    users of a shared model folder, or a serving container's user, could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
 def export(
     ref: str, out: Path, tracking_uri: str, trust_remote_code: bool = False, force: bool = False
 ) -> Path:
@@ -240,6 +252,7 @@ def export(
         _text_only(partial)
         (partial / CARD_FILE).write_text(model_card(facts, ref))
         (partial / PROVENANCE_FILE).write_text(json.dumps(facts, indent=2, default=str))
+        _shareable(partial)
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)

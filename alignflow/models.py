@@ -5,6 +5,7 @@ Security defaults: `trust_remote_code` only when the config opts in, and weights
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,6 +16,8 @@ from alignflow.data import templates
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
 
 PAD, EOS = "<pad>", "</s>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]
@@ -302,12 +305,27 @@ def load_causal_lm(
 def load_scalar_head_model(
     path: str, trust_remote_code: bool = False, pad_token_id=None, device: str | None = None
 ):
-    """A sequence-classification model with one output: the reward model and the value model."""
+    """A sequence-classification model with one output: the reward model and the value model.
+
+    From a causal LM (the SFT model) its `score` head is new: transformers' LOAD REPORT table says
+    so as a warning every time, which reads like an error. That table is silenced for this call and
+    the loading info checked here instead: anything missing besides the head is still a warning."""
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, trust_remote_code=trust_remote_code, use_safetensors=True
-    )
+    report = logging.getLogger("transformers.modeling_utils")
+    level = report.level
+    report.setLevel(logging.ERROR)
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, trust_remote_code=trust_remote_code, use_safetensors=True,
+            output_loading_info=True,
+        )  # fmt: skip
+    finally:
+        report.setLevel(level)
+    missing = [key for key in info["missing_keys"] if key.split(".")[0] != "score"]
+    if missing or info["mismatched_keys"]:
+        log.warning("%s: weights not in the checkpoint, initialized fresh: %s", path,
+                    ", ".join(sorted(missing) + [str(k) for k in info["mismatched_keys"]])[:500])  # fmt: skip
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     return model.to(device) if device else model
@@ -384,7 +402,7 @@ def trainer_device_kwargs() -> dict:
     kwargs = {
         "use_cpu": not on_gpu,
         "bf16": on_gpu and torch.cuda.is_bf16_supported(),
-        "gradient_checkpointing": False,
+        "activation_checkpointing": False,  # transformers 5's name (gradient_… warns)
     }
     if distributed.world_size() > 1:
         kwargs["ddp_backend"] = distributed.backend()

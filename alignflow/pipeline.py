@@ -56,13 +56,8 @@ def _settings(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
             settings["pair_eval_fraction"] = cfg.reward.eval_fraction
         return settings
     # What a stage reads that no upstream key covers: a given reward model, the pairs' origin.
-    if stage == "evaluate":  # the reward model scores the samples
-        sampling = dump["ppo"]["sampling"]
-        return {
-            "evaluate": dump["evaluate"],
-            "sampling": sampling,
-            "reward_model": cfg.reward.model,
-        }
+    if stage == "evaluate":  # the reward model scores the samples (evaluate.sampling: its own)
+        return {"evaluate": dump["evaluate"], "reward_model": cfg.reward.model}
     if stage == "register":
         return {"registry": dump["registry"], "tracking": tracking_uri(cfg)}
     if stage == "policy":

@@ -122,7 +122,7 @@ def champion_stage(round_cfg: PipelineConfig, champion: Champion) -> StageResult
         shutil.rmtree(partial, ignore_errors=True)
         mlflow.set_tracking_uri(round_cfg.run.mlflow_tracking_uri)
         local = tracking.download_registered_model(champion.model_name, CHAMPION, str(partial))
-        if Path(local) != partial / MODEL_DIR:
+        if Path(local).resolve() != (partial / MODEL_DIR).resolve():  # a relative root too
             raise RuntimeError(f"registered model layout changed: weights at {local}")
         shutil.rmtree(folder, ignore_errors=True)
         partial.rename(folder)

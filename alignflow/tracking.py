@@ -341,7 +341,10 @@ def log_dataset_input(rows: list[dict], name: str, source: str, digest: str) -> 
     frame = pd.DataFrame(
         [{k: v if isinstance(v, str) else json.dumps(v) for k, v in r.items()} for r in rows]
     )
-    dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
+    # a file:// URI: a bare path matches two of MLflow's local sources (scheme "" and "file")
+    # and warns that it "can be interpreted in multiple ways"
+    uri = source if "://" in source else Path(source).resolve().as_uri()
+    dataset = mlflow.data.from_pandas(frame, source=uri, name=name, digest=digest)
     mlflow.log_input(dataset, context="training")
 
 

@@ -52,6 +52,7 @@ def label_by_people(
     A pause that times out fails the stage (`on_timeout: fail`) or ends labelling with what was
     answered so far (`continue`; the rest are counted as `unlabelled`).
     """
+    from prefect import get_run_logger
     from prefect.context import FlowRunContext
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import pause_flow_run
@@ -77,6 +78,11 @@ def label_by_people(
         form = answer_model(batch, human.mode, base=RunInput).with_initial_data(
             description=describe(batch, orders, len(comparisons) - start)
         )
+        get_run_logger().info(
+            "waiting for labels of comparisons %d-%d of %d: answer in the Prefect UI (this flow "
+            "run's page), or in a terminal with `alignflow label %s`",
+            start + 1, start + len(batch), len(comparisons), context.flow_run.id,
+        )  # fmt: skip
         try:
             # The key names the batch: a suspended run, started again, finds the answers given.
             answer = wait(wait_for_input=form, timeout=human.timeout_s, key=f"{labeler}-{start}")
@@ -111,7 +117,17 @@ def paused_form(flow_run_id: str) -> tuple[dict, str]:
             raise LabelError(f"flow run {flow_run_id} is not waiting for labels ({state})")
         schema = client.read_flow_run_input(run.id, keyset["schema"])
         description = client.read_flow_run_input(run.id, keyset["description"])
-    return json.loads(schema), description
+    # both are stored as JSON values: the description is a JSON string of the markdown
+    return json.loads(schema), _markdown(description)
+
+
+def _markdown(stored: str) -> str:
+    """The form's description as text for a terminal (a JSON string decoded, not its escapes)."""
+    try:
+        decoded = json.loads(stored)
+    except json.JSONDecodeError:
+        return stored
+    return decoded if isinstance(decoded, str) else stored
 
 
 def _ask_field(name: str, spec: dict, required: bool, ask, echo) -> object:

@@ -13,7 +13,9 @@ from typing import Annotated
 import typer
 
 from alignflow.config import ConfigError, bounded_line, dump_config, load_config
+from alignflow.data.formats import FORMATS
 from alignflow.serve import Limits
+from alignflow.stages import STAGES
 
 app = typer.Typer(
     add_completion=False,
@@ -24,7 +26,11 @@ app = typer.Typer(
 
 SetOption = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a config value: section.key=value (repeatable)."),
+    typer.Option(
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        help="Override a config value, e.g. ppo.updates=40 (repeatable).",
+    ),
 ]
 
 TrackingUriOption = Annotated[
@@ -53,6 +59,21 @@ def _load(config: Path | None, overrides: list[str] | None):
             _fail(bounded_line(f"{len(problems)} problems in the config (above); the first: "
                                f"{problems[0]}"), 2)  # fmt: skip
         _fail(str(error), 2)
+
+
+# Overrides that say where a run goes, not what it computes: left out of its name.
+_PLACE_KEYS = ("run.name=", "run.artifacts_root=", "run.mlflow_tracking_uri=", "run.experiment=")
+
+
+def _named_by_overrides(cfg, overrides: list[str] | None):
+    """The config with its `--set` overrides in its run name (`tiny-demo [ppo.updates=40]`), so
+    runs of one config are told apart in MLflow and `alignflow compare`."""
+    said = [item for item in overrides or [] if not item.startswith(_PLACE_KEYS)]
+    if not said:
+        return cfg
+    name = f"{cfg.run.name} [{', '.join(said)}]"
+    name = name if len(name) <= 120 else name[:119] + "…"
+    return cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": name})})
 
 
 def _first_line(text: str) -> str:
@@ -117,7 +138,7 @@ def run(
     set_: SetOption = None,
 ) -> None:
     """Run the whole RLHF pipeline as a Prefect flow; completed stages are reused."""
-    cfg = _load(config, set_)
+    cfg = _named_by_overrides(_load(config, set_), set_)
     _quiet_defaults()
     from alignflow.models import check_base_model
     from alignflow.rl.rewards import check_rewards
@@ -142,7 +163,16 @@ def run(
         _end_with(_first_line(str(error)), 1)
     except Exception as error:  # a person reads this; the traceback is in the Prefect log above
         _end_with(f"{type(error).__name__}: {_first_line(str(error))}", 1)
-    run_dir = Path(cfg.run.artifacts_root) / summary["run_id"]
+    from alignflow.pipeline import tracking_uri
+
+    _print_outcome(summary, tracking_uri(cfg))
+
+
+def _print_outcome(summary: dict, tracking_uri: str | None) -> None:
+    """What a run did, and where to look at it: the stages, the registration, the warnings, the
+    evaluation table's file, the MLflow UI command and the summary file."""
+    from alignflow.stages import TABLE_FILE
+
     statuses = ", ".join(f"{k} {v['status']}" for k, v in summary["stages"].items())
     typer.echo(f"stages: {statuses}")
     registered = summary["registered"]
@@ -151,7 +181,13 @@ def run(
                    f"({registered['alias']})")  # fmt: skip
     for line in summary["warnings"]:
         typer.echo(f"warning: {line}")
-    typer.echo(f"summary: {run_dir / 'summary.json'}")
+    evaluate = summary["stages"].get("evaluate", {}).get("output")
+    if evaluate and (Path(evaluate) / TABLE_FILE).is_file():
+        typer.echo(f"evaluation: {Path(evaluate) / TABLE_FILE}")
+    if tracking_uri:
+        typer.echo(f"mlflow: mlflow ui --backend-store-uri {tracking_uri} (run "
+                   f"{summary['mlflow_run_id']})")  # fmt: skip
+    typer.echo(f"summary: {Path(summary['run_dir']) / 'summary.json'}")
 
 
 @app.command()
@@ -161,7 +197,7 @@ def retrain(
 ) -> None:
     """One retraining round: new feedback -> reward model -> policy from the champion -> promote
     the challenger only when it wins on held-out prompts (retrain.* in the config)."""
-    cfg = _load(config, set_)
+    cfg = _named_by_overrides(_load(config, set_), set_)
     _quiet_defaults()
     from alignflow.store import RootBusy
     from flows.retrain import retrain as retrain_flow
@@ -211,8 +247,9 @@ def compare(
     ] = None,
     set_: SetOption = None,
 ) -> None:
-    """Compare the experiment's pipeline and retraining runs: key params and held-out metrics, as
-    the MLflow UI shows them, with each run's Prefect flow-run id."""
+    """Compare the experiment's pipeline and retraining runs: key params, every param whose value
+    differs between them, and held-out metrics, as the MLflow UI shows them, with each run's
+    Prefect flow-run id."""
     from alignflow import compare as comparing
     from alignflow.pipeline import tracking_uri as config_tracking_uri
 
@@ -229,7 +266,12 @@ def compare(
         _fail(f"{uri}: {_first_line(error.message)}", 1)
     except ValueError as error:
         _fail(str(error), 1)
+    try:
+        comparing.check_columns(runs, param or [], metric or [])
+    except ValueError as error:
+        _fail(str(error), 2)
     params = [*comparing.PARAMS, *(param or [])]
+    params += comparing.differing_params(runs, params)  # what tells these runs apart
     metrics = [*comparing.METRICS, *(metric or [])]
     typer.echo(comparing.render(comparing.rows(runs, params, metrics)))
 
@@ -391,7 +433,10 @@ def serve(
 
 @app.command("launch")
 def launch_stage(
-    stage: Annotated[str, typer.Argument(help="The stage to run, e.g. sft or reward.")],
+    stage: Annotated[
+        str,
+        typer.Argument(help="The stage to run: one of " + ", ".join(STAGES) + "."),
+    ],
     config: Annotated[Path, typer.Argument(help="Pipeline YAML, e.g. configs/tiny.yaml.")],
     nproc: Annotated[
         int, typer.Option("--nproc", min=1, help="Processes: one per GPU (gloo DDP on CPU).")
@@ -450,13 +495,30 @@ def show_config(config: Path, set_: SetOption = None) -> None:
 
 
 @app.command()
-def summary(artifacts_root: Path = Path("runs")) -> None:
-    """Print the newest run's summary.json."""
+def summary(
+    artifacts_root: Annotated[
+        Path, typer.Option("--artifacts-root", help="The run.artifacts_root the run used.")
+    ] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json as it is.")] = False,
+) -> None:
+    """The newest run under --artifacts-root: its stages, registration, evaluation table and
+    where to look further."""
+    from alignflow.evaluation import markdown_table
+    from alignflow.tracking import default_tracking_uri
+
     path = artifacts_root / "latest" / "summary.json"
     if not path.exists():
         _fail(f"{path}: no run yet (run `alignflow run CONFIG` first)", 1)
-    json.dump(json.loads(path.read_text()), sys.stdout, indent=2)
-    typer.echo()
+    data = json.loads(path.read_text())
+    if as_json:
+        json.dump(data, sys.stdout, indent=2)
+        typer.echo()
+        return
+    typer.echo(f"run {data['run_id']}")
+    if data.get("eval"):
+        typer.echo(markdown_table(data["eval"]))
+    local_store = (artifacts_root / "mlflow.db").is_file()
+    _print_outcome(data, default_tracking_uri(artifacts_root) if local_store else None)
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Inspect and validate datasets.")
@@ -467,7 +529,11 @@ app.add_typer(data_app, name="data")
 def data_check(
     path: Annotated[str, typer.Argument(help="A JSON/JSONL/CSV/Parquet file or a glob.")],
     format_: Annotated[
-        str | None, typer.Option("--format", help="Skip detection and use this format.")
+        str | None,
+        typer.Option(
+            "--format",
+            help="Skip detection and use this format: one of " + ", ".join(FORMATS) + ".",
+        ),
     ] = None,
     tokenizer: Annotated[
         str | None, typer.Option("--tokenizer", help="Tokenizer path/id for length percentiles.")

@@ -60,3 +60,11 @@ def test_compare_names_the_experiments_there_when_one_is_missing(pipeline_runs):
     done = _compare(pipeline_runs, "--experiment", "nope")
     assert done.exit_code == 1
     assert "no MLflow experiment 'nope'" in done.output and "alignflow" in done.output
+
+
+def test_a_misspelled_param_is_refused_naming_the_closest(pipeline_runs):
+    done = _compare(pipeline_runs, "--flow", "rlhf", "--param", "ppo.kl.cof")
+    assert done.exit_code == 2
+    last = done.output.strip().splitlines()[-1]
+    assert last.startswith("error: --param ppo.kl.cof: no listed run logged it; did you mean ")
+    assert "ppo.kl.coef" in last.split("did you mean ")[1]

@@ -4,6 +4,8 @@ plain `transformers` loads and that generates what the pipeline's evaluation rec
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,11 @@ def test_the_export_holds_safetensors_tokenizer_generation_config_and_a_model_ca
     names = {path.name for path in exported.iterdir()}
     assert {"config.json", "model.safetensors", "generation_config.json", "README.md"} <= names
     assert not [name for name in names if name.endswith((".bin", ".pt", ".pkl"))]
+    umask = os.umask(0)
+    os.umask(umask)
+    files = [path for path in exported.rglob("*") if path.is_file()]
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in files}
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)  # readable as the umask allows, not 0600
     tokenizer_config = json.loads((exported / "tokenizer_config.json").read_text())
     assert tokenizer_config.get("chat_template") or (exported / "chat_template.jinja").exists()
     generation = json.loads((exported / "generation_config.json").read_text())

@@ -53,6 +53,9 @@ def _label_in_terminal(run_id: str, schema: dict, env: dict) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "**A**" in done.stdout and f"resumed flow run {run_id}" in done.stdout
+    assert (
+        "\\n" not in done.stdout and "\n---" in done.stdout
+    )  # markdown lines, not one escaped string
     assert "'Z' is not one of" in done.stdout  # the wrong answer was refused, then asked again
 
 
@@ -94,6 +97,8 @@ def test_people_label_over_the_api_and_the_labels_reach_the_reward_model(
             answered.append(answer)
             wait_for(lambda: paused_run(prefect_api) is None or process.poll() is not None, 60)
         assert process.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-3000:]
+        # the paused run's own terminal said how to answer from another one
+        assert f"`alignflow label {run['id']}`" in (tmp_path / "run.log").read_text()
     finally:
         if process.poll() is None:
             process.kill()

@@ -138,6 +138,24 @@ def _error_lines(done: subprocess.CompletedProcess) -> list[str]:
     return [line for line in done.stderr.splitlines() if line.startswith("error: ")]
 
 
+def test_the_champion_is_fetched_under_a_relative_artifacts_root(
+    pipeline_runs, tmp_path, monkeypatch
+):
+    """The shipped configs' `artifacts_root: ./runs-…` is relative to where the command runs."""
+    from alignflow.retraining import CHAMPION, Champion, champion_stage
+
+    _seed_champion(pipeline_runs, "relative-root", _stage_model(pipeline_runs, "sft", "model"))
+    monkeypatch.chdir(tmp_path)
+    cfg = pipeline_runs.cfg
+    run = cfg.run.model_copy(
+        update={"artifacts_root": "./rel-runs", "mlflow_tracking_uri": tracking_uri(cfg)}
+    )
+    started = champion_stage(cfg.model_copy(update={"run": run}), Champion(
+        model_name="relative-root", version="1"))  # fmt: skip
+    assert (tmp_path / "rel-runs" / CHAMPION / "model" / "config.json").is_file()
+    assert Path(started.output).resolve() == (tmp_path / "rel-runs" / CHAMPION).resolve()
+
+
 def test_retrain_without_a_champion_is_a_one_line_error(pipeline_runs):
     done = _retrain(pipeline_runs, "never-registered")
     assert done.returncode == 2

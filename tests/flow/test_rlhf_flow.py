@@ -107,3 +107,24 @@ def pytest_approx(value):
     import pytest
 
     return pytest.approx(value)
+
+
+def test_summary_shows_the_evaluation_table_and_where_to_look(pipeline_runs):
+    from typer.testing import CliRunner
+
+    from alignflow.app.cli import app
+
+    root = pipeline_runs.root
+    latest = json.loads((root / "latest" / "summary.json").read_text())
+    shown = CliRunner().invoke(app, ["summary", "--artifacts-root", str(root)])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert lines[0] == f"run {latest['run_id']}"
+    assert any(line.startswith("| judge_score |") for line in lines)  # the evaluation table
+    table = next(line.removeprefix("evaluation: ") for line in lines if line.startswith("eval"))
+    assert Path(table).read_text().startswith(f"judge: `{latest['eval']['judge']}`")
+    mlflow_ui = f"mlflow: mlflow ui --backend-store-uri {tracking_uri(pipeline_runs.cfg)} "
+    assert any(line.startswith(mlflow_ui) for line in lines), shown.output
+    assert lines[-1] == f"summary: {Path(latest['run_dir']) / 'summary.json'}"
+    as_json = CliRunner().invoke(app, ["summary", "--artifacts-root", str(root), "--json"])
+    assert json.loads(as_json.output) == latest

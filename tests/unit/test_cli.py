@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from alignflow.app.cli import app
+from alignflow.config import load_config
 
 REPO_ROOT = Path(__file__).parents[2]
 TINY = str(REPO_ROOT / "configs" / "tiny.yaml")
@@ -138,3 +139,16 @@ def test_deploy_outside_a_checkout_names_alignflow_home(runner, monkeypatch, tmp
     assert result.exit_code == 1
     (line,) = _error_lines(result.stderr)
     assert f"no infra/prefect.yaml under {tmp_path}" in line and "ALIGNFLOW_HOME" in line
+
+
+def test_a_runs_name_carries_its_overrides_but_not_where_it_goes():
+    from alignflow.app.cli import _named_by_overrides
+
+    sets = ["ppo.updates=40", "run.artifacts_root=/tmp/x", "sft.learning_rate=1e-4"]
+    cfg = _named_by_overrides(load_config(TINY, sets), sets)
+    assert cfg.run.name == "tiny-demo [ppo.updates=40, sft.learning_rate=1e-4]"
+    assert _named_by_overrides(load_config(TINY, []), None).run.name == "tiny-demo"
+    placed = ["run.artifacts_root=/tmp/x"]
+    assert _named_by_overrides(load_config(TINY, placed), placed).run.name == "tiny-demo"
+    many = [f"ppo.updates={n}" for n in range(100)]
+    assert len(_named_by_overrides(load_config(TINY, []), many).run.name) == 120
