@@ -66,8 +66,14 @@ def _started_after(pid: int, since: int) -> bool:
     return int(stat.rsplit(")", 1)[1].split()[19]) >= since
 
 
-def _leftovers(since: int) -> list[str]:
-    """Processes started during the session, other than this one, whose command is one of ours."""
+# Set for the session and inherited by everything it starts (orphans included, which lose their
+# parent): what tells this session's processes from another one's, or a user's, on the machine.
+SESSION_ENV = "ALIGNFLOW_TEST_SESSION"
+
+
+def _leftovers(since: int, marker: bytes) -> list[str]:
+    """Processes this session started (they carry `marker` in their environment), other than
+    this one, whose command is one of ours."""
     found = []
     for entry in Path("/proc").glob("[0-9]*"):
         pid = int(entry.name)
@@ -76,6 +82,8 @@ def _leftovers(since: int) -> list[str]:
         try:
             words = (entry / "cmdline").read_bytes().split(b"\0")
             if not any(name in word for word in words for name in _OURS):
+                continue
+            if marker not in (entry / "environ").read_bytes().split(b"\0"):
                 continue
             if _started_after(pid, since):
                 found.append(f"{pid}: {b' '.join(words).decode(errors='replace')[:200]}")
@@ -87,14 +95,18 @@ def _leftovers(since: int) -> list[str]:
 @pytest.fixture(scope="session", autouse=True)
 def no_process_outlives_the_tests():
     """Torn down last: every server and engine a test started has stopped (10 s of grace); any
-    left are killed and the session fails, naming them."""
+    left are killed and the session fails, naming them. Only this session's processes: never
+    another session's or a user's run on the same machine."""
     import signal
     import time
+    import uuid
 
     since = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    os.environ[SESSION_ENV] = uuid.uuid4().hex
+    marker = f"{SESSION_ENV}={os.environ[SESSION_ENV]}".encode()
     yield
     deadline = time.monotonic() + 10
-    while (left := _leftovers(since)) and time.monotonic() < deadline:
+    while (left := _leftovers(since, marker)) and time.monotonic() < deadline:
         time.sleep(0.5)
     for line in left:
         with contextlib.suppress(OSError):
