@@ -9,7 +9,7 @@ from typing import Any
 
 from alignflow.pipeline import FLOW_TAG, PREFECT_RUN_TAG
 
-PARAMS = ("policy.algorithm", "model.source", "run.seed", "ppo.updates")
+PARAMS = ("policy.algorithm", "model.source", "run.seed", "policy.ppo.updates")
 METRICS = (
     "eval.win_rate_policy_vs_sft",
     "eval.judge_score.policy",
@@ -50,7 +50,7 @@ def differing_params(runs: Sequence[Any], shown: Sequence[str], most: int = 8) -
 
 def check_columns(runs: Sequence[Any], params: Sequence[str], metrics: Sequence[str]) -> None:
     """Raise ValueError for a requested param or metric no listed run has, naming the closest
-    existing ones (a misspelled `--param ppo.kl.cof` is not a column of dashes)."""
+    existing ones (a misspelled `--param policy.ppo.kl.cof` is not a column of dashes)."""
     import difflib
 
     for option, asked, kind in (("--param", params, "params"), ("--metric", metrics, "metrics")):

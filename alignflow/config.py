@@ -460,8 +460,8 @@ class PPOConfig(_Section):
     def _quantized_needs_lora(self) -> PPOConfig:
         if self.quantization != "none" and self.lora is None:
             raise ValueError(
-                f"ppo.quantization '{self.quantization}' trains LoRA adapters on a frozen "
-                "quantized base: set ppo.lora (e.g. {r: 8})"
+                f"policy.ppo.quantization '{self.quantization}' trains LoRA adapters on a frozen "
+                "quantized base: set policy.ppo.lora (e.g. {r: 8})"
             )
         return self
 
@@ -469,8 +469,8 @@ class PPOConfig(_Section):
     def _minibatch_divides_rollout(self) -> PPOConfig:
         if self.rollout_batch_size % self.minibatch_size:
             raise ValueError(
-                f"ppo.minibatch_size ({self.minibatch_size}) must divide "
-                f"ppo.rollout_batch_size ({self.rollout_batch_size})"
+                f"policy.ppo.minibatch_size ({self.minibatch_size}) must divide "
+                f"policy.ppo.rollout_batch_size ({self.rollout_batch_size})"
             )
         return self
 
@@ -591,10 +591,10 @@ class RFTConfig(PolicyTrainingConfig):
 
 
 class PolicyConfig(_Section):
-    """Which algorithm turns the SFT model into the aligned policy; each has its own section
-    (PPO's is the top-level `ppo`)."""
+    """Which algorithm turns the SFT model into the aligned policy; each has its own section."""
 
     algorithm: Literal["ppo", "dpo", "kto", "orpo", "rloo", "grpo", "rft"] = "ppo"
+    ppo: PPOConfig = PPOConfig()
     dpo: DPOConfig = DPOConfig()
     kto: KTOConfig = KTOConfig()
     orpo: ORPOConfig = ORPOConfig()
@@ -669,10 +669,10 @@ class PipelineConfig(_Section):
     model: ModelConfig = ModelConfig()
     sft: SFTConfig = SFTConfig()
     collect: CollectConfig = CollectConfig()
-    reward: RewardConfig = RewardConfig()
+    # training the reward model (the reward stage); `rewards`: what the policy maximises
+    reward_model: RewardConfig = RewardConfig()
     rewards: RewardsConfig = RewardsConfig()
     policy: PolicyConfig = PolicyConfig()
-    ppo: PPOConfig = PPOConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
     retrain: RetrainConfig = RetrainConfig()
@@ -740,12 +740,18 @@ class PipelineConfig(_Section):
         return self
 
 
+# Sections that moved: an old config names them in one line that says where they went.
+RENAMED_SECTIONS = {"ppo": "policy.ppo", "reward": "reward_model"}
+
+
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "<root>"
         if item["type"] == "extra_forbidden":
             problem = "unknown key"
+            if key in RENAMED_SECTIONS:
+                problem = f"renamed: it is {RENAMED_SECTIONS[key]} now"
         else:
             problem = item["msg"].removeprefix("Value error, ")
             if "input" in item and item["type"] not in ("missing", "value_error"):

@@ -163,7 +163,7 @@ def _load_merged(folder: Path, trust_remote_code: bool):
 
 KEY_PARAMS = (
     "model.source", "model.name_or_path", "policy.algorithm", "run.seed", "sft.epochs",
-    "sft.learning_rate", "ppo.updates", "ppo.learning_rate", "ppo.kl.coef", "data.source",
+    "sft.learning_rate", "policy.ppo.updates", "policy.ppo.learning_rate", "policy.ppo.kl.coef", "data.source",
 )  # fmt: skip
 
 

@@ -63,12 +63,12 @@ def check_reward_model(metrics: dict, what: str, fail_at_accuracy: float | None,
     if spread is not None and min_score_std is not None and not spread > min_score_std:
         raise DegenerateModel(
             f"{what}: every held-out answer gets nearly the same score (std {spread:.2g} <= "
-            f"reward.min_score_std {min_score_std:g}); lower reward.learning_rate or check the pairs"
+            f"reward_model.min_score_std {min_score_std:g}); lower reward_model.learning_rate or check the pairs"
         )
     if accuracy is not None and fail_at_accuracy is not None and accuracy <= fail_at_accuracy:
         raise DegenerateModel(
             f"{what}: held-out pair accuracy {accuracy:.3f} is at or below "
-            f"reward.fail_at_accuracy {fail_at_accuracy:g} (chance: 0.5) on "
+            f"reward_model.fail_at_accuracy {fail_at_accuracy:g} (chance: 0.5) on "
             f"{metrics.get('eval_pairs', '?')} pairs; more or cleaner pairs, or other reward.* "
             "settings"
         )

@@ -53,30 +53,31 @@ def _settings(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
                 for role in shape.DATA_ROLES
             }
         if cfg.data.preferences:  # own pairs are split train/eval here
-            settings["pair_eval_fraction"] = cfg.reward.eval_fraction
+            settings["pair_eval_fraction"] = cfg.reward_model.eval_fraction
         return settings
     # What a stage reads that no upstream key covers: a given reward model, the pairs' origin.
     if stage == "evaluate":  # the reward model scores the samples (evaluate.sampling: its own)
-        return {"evaluate": dump["evaluate"], "reward_model": cfg.reward.model}
+        return {"evaluate": dump["evaluate"], "reward_model": cfg.reward_model.model}
     if stage == "register":
         return {"registry": dump["registry"], "tracking": tracking_uri(cfg)}
     if stage == "policy":
         algorithm = cfg.policy.algorithm
         settings = {"algorithm": algorithm, "seed": cfg.run.seed}
-        settings[algorithm] = dump["ppo"] if algorithm == "ppo" else dump["policy"][algorithm]
+        settings[algorithm] = dump["policy"][algorithm]
         if algorithm in shape.REWARD_DRIVEN:
             settings["rewards"] = dump["rewards"]
-            settings["reward_model"] = cfg.reward.model
+            settings["reward_model"] = cfg.reward_model.model
         else:  # learns from the pairs: which ones
             settings["pairs"] = shape.collect_mode(cfg)
         return settings
-    settings = {stage: dump[stage], "seed": cfg.run.seed}
+    section = "reward_model" if stage == "reward" else stage  # the reward stage's section
+    settings = {stage: dump[section], "seed": cfg.run.seed}
     if stage == "reward":
         settings["pairs"] = shape.collect_mode(cfg)
     if stage == "collect":
         # its pairs are split train/eval with the reward stage's fraction; whether your own pairs
         # join them (mode) is the reward and policy stages' business
-        settings["pair_eval_fraction"] = cfg.reward.eval_fraction
+        settings["pair_eval_fraction"] = cfg.reward_model.eval_fraction
         settings["collect"] = {k: v for k, v in dump["collect"].items() if k != "mode"}
         if cfg.collect.served and cfg.feedback_store_path:
             from alignflow.serve import served_fingerprint  # new exchanges: a new collect run

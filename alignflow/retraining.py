@@ -182,7 +182,7 @@ def _judge(cfg: PipelineConfig, reward_dir: str | None, tokenizer):
         if reward_dir is None:
             raise ValueError(
                 "retrain.judge is reward_model, but this config has no reward model (rule rewards "
-                "only): make retrain.judge a rule, or set reward.model"
+                "only): make retrain.judge a rule, or set reward_model.model"
             )
         from alignflow.models import default_device, load_scalar_head_model
 

@@ -4,7 +4,7 @@ Every stage reads only what its shape gives it, so the shape is decided here onc
 - own pairs (`data.preferences`) -> reward model -> PPO/RLOO/GRPO, or DPO/KTO/ORPO straight from them;
 - `sft.enabled: false`: an instruct model as it ships is the policy's start and its reference;
 - `rewards.model_weight: 0`: rule rewards only, no reward model trained;
-- `reward.model`: an existing reward model instead of training one;
+- `reward_model.model`: an existing reward model instead of training one;
 - `collect.mode`: sampled-and-labelled pairs, your own, or both.
 
 At module level it imports only the stage graph (alignflow.stages): the config imports it.
@@ -63,7 +63,7 @@ def reward_model_needed(cfg: PipelineConfig) -> bool:
 
 
 def trains_reward_model(cfg: PipelineConfig) -> bool:
-    return reward_model_needed(cfg) and cfg.reward.model is None
+    return reward_model_needed(cfg) and cfg.reward_model.model is None
 
 
 def needs_pairs(cfg: PipelineConfig) -> bool:
@@ -113,9 +113,9 @@ def check(cfg: PipelineConfig) -> None:
         raise ValueError(
             f"collect.mode '{mode}' trains on your own pairs: list them in data.preferences"
         )
-    if cfg.reward.model is not None and not reward_model_needed(cfg):
+    if cfg.reward_model.model is not None and not reward_model_needed(cfg):
         raise ValueError(
-            f"reward.model is set, but nothing reads a reward model (policy.algorithm "
+            f"reward_model.model is set, but nothing reads a reward model (policy.algorithm "
             f"{cfg.policy.algorithm}, rewards.model_weight {cfg.rewards.model_weight:g}, "
             f"evaluate.judge {cfg.evaluate.judge}, retrain.judge {cfg.retrain.judge}): remove it"
         )

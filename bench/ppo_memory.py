@@ -72,14 +72,14 @@ def worker(size: str, mode: str, updates: int) -> dict:
 
     folder, device = ROOT / size, default_device()
     ppo = {"updates": updates, "rollout_batch_size": 16, "minibatch_size": 8, "ppo_epochs": 2}
-    cfg = build_config({"ppo": {**ppo, **MODES[mode]}})
+    cfg = build_config({"policy": {"ppo": {**ppo, **MODES[mode]}}})
     before = rss_mib()
     tokenizer = load_tokenizer(str(folder / "sft"))
     policy, reference, value = ppo_models(
         cfg, str(folder / "sft"), str(folder / "reward"), tokenizer, device
     )
     trainer = PPOTrainer(
-        cfg.ppo, policy, reference, load_rewarder(cfg, [str(folder / "reward")], tokenizer, device),
+        cfg.policy.ppo, policy, reference, load_rewarder(cfg, [str(folder / "reward")], tokenizer, device),
         value, tokenizer, demo.prompt_rows(0, 64, 0.3, 0.2, salt=0), seed=0,
         output_dir=folder / f"run-{mode}",
     )  # fmt: skip

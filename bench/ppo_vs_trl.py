@@ -61,7 +61,7 @@ through `optimizers=`, the optimizer and LR schedule our PPOTrainer builds (Adam
 decay 0.01, policy learning_rate and value_learning_rate as two groups), since its own config has
 one learning rate for both and other AdamW defaults. One reward model, no rules (checked).
 
-LoRA (`ppo.lora` set) as the pipeline runs it (alignflow.algorithms.ppo.ppo_models), on both sides: the policy
+LoRA (`policy.ppo.lora` set) as the pipeline runs it (alignflow.algorithms.ppo.ppo_models), on both sides: the policy
 is `lora_policy` (the SFT model with a fresh adapter seeded by the run's seed; reference = the
 adapter switched off) and the reward model stays a plain frozen model. TRL 1.12's `peft_config=`
 would call `get_peft_model` on the policy inside its __init__, unseeded and after `optimizers=`
@@ -72,7 +72,7 @@ DisabledAdapter does, and the optimizer holds exactly the adapter it trains. Our
 `getattr(value_model, base_model_prefix)` and `value_model.score`, which a PeftModel hides, so it
 gets the reward model with the same adapter injected in place (`_trl_lora_critic`, same seed) and
 all but the `lora_` and `score` weights frozen: both critics train the same tensors from the same
-values. ppo.quantization is refused: the bench builds no matching bitsandbytes set-up for TRL.
+values. policy.ppo.quantization is refused: the bench builds no matching bitsandbytes set-up for TRL.
 
 Settings that cannot be matched (TRL has no knob, or a different rule):
 - missing EOS: ours replaces the score with `missing_eos_score` (-1.0); TRL subtracts
@@ -169,7 +169,9 @@ def ensure_models(config_path: str):
 
     root = BENCH_DIR / Path(config_path).stem
     cfg = load_config(config_path, [f"run.artifacts_root={root / 'runs'}", "run.name=bench"])
-    upstream = cfg.model_dump(mode="json", include={"data", "model", "sft", "collect", "reward"})
+    upstream = cfg.model_dump(
+        mode="json", include={"data", "model", "sft", "collect", "reward_model"}
+    )
     digest = hashlib.sha256(json.dumps([upstream, cfg.run.seed], sort_keys=True).encode())
     manifest = root / f"models-{digest.hexdigest()[:12]}.json"
     if manifest.exists():
@@ -186,15 +188,15 @@ def ensure_models(config_path: str):
 def check_comparable(cfg) -> None:
     """Refuse switches TRL 1.12's PPO has no equivalent of: the comparison would be meaningless.
     LoRA is compared (both sides get the pipeline's adapters); quantization is not."""
-    ppo, rewards = cfg.ppo, cfg.rewards
+    ppo, rewards = cfg.policy.ppo, cfg.rewards
     if ppo.quantization != "none":
         raise SystemExit(
-            f"ppo.quantization '{ppo.quantization}': the bench gives TRL no matching bitsandbytes "
-            "set-up, so only unquantized models are compared; set ppo.quantization: none"
+            f"policy.ppo.quantization '{ppo.quantization}': the bench gives TRL no matching bitsandbytes "
+            "set-up, so only unquantized models are compared; set policy.ppo.quantization: none"
         )
     ours_only = {
         "rewards (rules, extra models, length penalty, weight)": rewards != type(rewards)(),
-        "reward.ensemble_size > 1": cfg.reward.ensemble_size > 1,
+        "reward_model.ensemble_size > 1": cfg.reward_model.ensemble_size > 1,
         "kl.adaptive": ppo.kl.adaptive,
         "reward_normalization": ppo.reward_normalization,
         "reward_clip": ppo.reward_clip is not None,
@@ -488,7 +490,7 @@ class Models(NamedTuple):
 
 
 def _load(paths: dict, ppo, side: str, device: str, seed: int) -> Models:
-    """What one side trains with: four full models, or with `ppo.lora` the pipeline's LoRA
+    """What one side trains with: four full models, or with `policy.ppo.lora` the pipeline's LoRA
     policy, its adapter-off reference and a LoRA critic (alignflow.algorithms.ppo.ppo_models; TRL's critic holds
     its adapter in place, `_trl_lora_critic`); the reward model is a plain frozen model."""
     from alignflow.models import load_causal_lm, load_scalar_head_model, load_tokenizer
@@ -929,7 +931,7 @@ def phase_table(summary: dict) -> list[str]:
 
 
 def _spec(args, cfg, paths: dict, seed: int) -> dict:
-    ppo = cfg.ppo.model_copy(update={"updates": args.updates or cfg.ppo.updates})
+    ppo = cfg.policy.ppo.model_copy(update={"updates": args.updates or cfg.policy.ppo.updates})
     return {
         "seed": seed,
         "paths": paths,
@@ -950,7 +952,7 @@ def parse_args() -> argparse.Namespace:
         "--first-seed", type=int, default=None, help="seeds first..first+N-1 (default: run.seed)"
     )
     parser.add_argument(
-        "--updates", type=int, default=None, help="default: the config's ppo.updates"
+        "--updates", type=int, default=None, help="default: the config's policy.ppo.updates"
     )
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--eval-samples", type=int, default=8, help="samples per held-out prompt")

@@ -20,7 +20,7 @@ def ppo_models(cfg: PipelineConfig, sft_dir: str, rm_dir: str, tokenizer, device
     from alignflow.models import load_causal_lm, load_scalar_head_model
 
     trust, pad = cfg.model.trust_remote_code, tokenizer.pad_token_id
-    if cfg.ppo.lora is None:
+    if cfg.policy.ppo.lora is None:
         return (
             load_causal_lm(sft_dir, trust, device, tokenizer=tokenizer),
             load_causal_lm(sft_dir, trust, device, tokenizer=tokenizer),
@@ -30,8 +30,8 @@ def ppo_models(cfg: PipelineConfig, sft_dir: str, rm_dir: str, tokenizer, device
     from alignflow.rl.lora import lora_policy, lora_value_model
 
     seed = cfg.run.seed
-    policy, reference = lora_policy(sft_dir, cfg.ppo, trust, device, seed)
-    return policy, reference, lora_value_model(rm_dir, cfg.ppo, trust, pad, device, seed)
+    policy, reference = lora_policy(sft_dir, cfg.policy.ppo, trust, device, seed)
+    return policy, reference, lora_value_model(rm_dir, cfg.policy.ppo, trust, pad, device, seed)
 
 
 def _window_mean(history: list[dict], key: str, first: bool, width: int = 5) -> float:
@@ -60,7 +60,7 @@ def train_ppo(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict:
     device = str(distributed.device()) if launched else default_device()
     policy, reference, value_model = ppo_models(cfg, sft_dir, rm_dir, tokenizer, device)
     trainer = PPOTrainer(
-        cfg.ppo,
+        cfg.policy.ppo,
         policy=policy,
         reference=reference,
         reward_model=load_rewarder(cfg, reward_dirs, tokenizer, device),
@@ -74,11 +74,11 @@ def train_ppo(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict:
         deepspeed=os.environ.get(DEEPSPEED_ENV),  # set by `alignflow launch ... --deepspeed`
     )
     history = trainer.train()
-    saved = work / (POLICY_DIR if cfg.ppo.lora is None else ADAPTER_DIR)
+    saved = work / (POLICY_DIR if cfg.policy.ppo.lora is None else ADAPTER_DIR)
     trainer.save_policy(saved)
     if distributed.is_main():
-        check_finite_weights(saved, "ppo", "ppo.learning_rate")
-        if cfg.ppo.lora is not None:
+        check_finite_weights(saved, "ppo", "policy.ppo.learning_rate")
+        if cfg.policy.ppo.lora is not None:
             merge_adapter(sft_dir, work / ADAPTER_DIR, work / POLICY_DIR, trust)
         tokenizer.save_pretrained(work / POLICY_DIR)
         shutil.rmtree(work / CHECKPOINT_DIR, ignore_errors=True)

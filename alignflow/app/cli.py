@@ -29,7 +29,7 @@ SetOption = Annotated[
     typer.Option(
         "--set",
         metavar="SECTION.KEY=VALUE",
-        help="Override a config value, e.g. ppo.updates=40 (repeatable).",
+        help="Override a config value, e.g. policy.ppo.updates=40 (repeatable).",
     ),
 ]
 
@@ -66,7 +66,7 @@ _PLACE_KEYS = ("run.name=", "run.artifacts_root=", "run.mlflow_tracking_uri=", "
 
 
 def _named_by_overrides(cfg, overrides: list[str] | None):
-    """The config with its `--set` overrides in its run name (`tiny-demo [ppo.updates=40]`), so
+    """The config with its `--set` overrides in its run name (`tiny-demo [policy.ppo.updates=40]`), so
     runs of one config are told apart in MLflow and `alignflow compare`."""
     said = [item for item in overrides or [] if not item.startswith(_PLACE_KEYS)]
     if not said:

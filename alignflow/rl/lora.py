@@ -37,7 +37,7 @@ class DisabledAdapter:
 
 
 def quantization_config(kind: str):
-    """transformers' BitsAndBytesConfig for `ppo.quantization` (None for "none")."""
+    """transformers' BitsAndBytesConfig for `policy.ppo.quantization` (None for "none")."""
     if kind == "none":
         return None
     from transformers import BitsAndBytesConfig

@@ -150,13 +150,13 @@ class DeepSpeedStrategy:
 
 def fill_auto(source: dict, cfg: PPOConfig, policy, name: str) -> dict:
     """A copy of a DeepSpeed config with its "auto" fields set as the PPO engine runs: one
-    optimizer step per minibatch, `ppo.max_grad_norm` clipping, the models' own precision, and
+    optimizer step per minibatch, `policy.ppo.max_grad_norm` clipping, the models' own precision, and
     the bucket sizes transformers derives from the hidden size."""
     config = json.loads(json.dumps(source))
     if "scheduler" in config:
         raise ValueError(
             f"DeepSpeed config {name}: remove its 'scheduler' section; PPO sets its own learning "
-            "rate schedule (ppo.lr_schedule)"
+            "rate schedule (policy.ppo.lr_schedule)"
         )
     world = distributed.world_size()
     hidden = getattr(policy.config, "hidden_size", None) or 1024
@@ -170,7 +170,7 @@ def fill_auto(source: dict, cfg: PPOConfig, policy, name: str) -> dict:
         if config.get(key, "auto") not in ("auto", value):
             raise ValueError(
                 f"DeepSpeed config {name}: {key} is {config[key]}, but PPO steps once per "
-                f'minibatch ({key} = {value} from ppo.minibatch_size); set it to "auto"'
+                f'minibatch ({key} = {value} from policy.ppo.minibatch_size); set it to "auto"'
             )
         config[key] = value
     auto = {
@@ -221,7 +221,7 @@ def make_strategy(cfg: PPOConfig, policy, value_model, deepspeed: str | Path | d
         return TorchStrategy(cfg, policy, value_model)
     if cfg.quantization != "none":
         raise ValueError(
-            f"ppo.quantization '{cfg.quantization}' does not run under DeepSpeed: train LoRA "
+            f"policy.ppo.quantization '{cfg.quantization}' does not run under DeepSpeed: train LoRA "
             "without quantization there, or QLoRA without --deepspeed"
         )
     return DeepSpeedStrategy(cfg, policy, value_model, deepspeed)

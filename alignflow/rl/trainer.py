@@ -70,7 +70,7 @@ def sampling_warning(cfg: PPOConfig) -> str | None:
     if sampling.top_k == 0 and sampling.top_p == 1.0:
         return None
     return (
-        f"ppo.sampling top_k={sampling.top_k} top_p={sampling.top_p} samples from a truncated "
+        f"policy.ppo.sampling top_k={sampling.top_k} top_p={sampling.top_p} samples from a truncated "
         "distribution, not the policy's: the KL estimate and the PPO ratio are biased. "
         "Use top_k: 0 and top_p: 1.0 for PPO."
     )
@@ -123,7 +123,7 @@ class PPOTrainer:
         self.rank, self.world = distributed.rank(), distributed.world_size()
         if cfg.rollout_batch_size % self.world or cfg.minibatch_size % self.world:
             raise ValueError(
-                f"ppo.rollout_batch_size ({cfg.rollout_batch_size}) and ppo.minibatch_size "
+                f"policy.ppo.rollout_batch_size ({cfg.rollout_batch_size}) and policy.ppo.minibatch_size "
                 f"({cfg.minibatch_size}) must be divisible by the {self.world} processes"
             )
         distributed.init_process_group_from_env()
@@ -164,7 +164,7 @@ class PPOTrainer:
     def _shared_trunk(self) -> tuple[int, bool]:
         """(how many bottom layers policy, reference and critic share frozen, whether the reward
         models share them too): run once per rollout batch (alignflow.rl.trunk). Depth 0 when
-        ppo.shared_trunk is off or under DeepSpeed (sharded weights). A reward model that does not
+        policy.ppo.shared_trunk is off or under DeepSpeed (sharded weights). A reward model that does not
         share them (another base, not quantized like the policy) is scored with whole passes."""
         if not self.cfg.shared_trunk or not isinstance(self.strategy, TorchStrategy):
             return 0, False
@@ -244,7 +244,7 @@ class PPOTrainer:
                 raise
             raise NonFiniteError(
                 f"policy is not finite at update {update}: sampling saw NaN/inf probabilities "
-                "(a diverged update; lower ppo.learning_rate or resume from an earlier checkpoint)"
+                "(a diverged update; lower policy.ppo.learning_rate or resume from an earlier checkpoint)"
             ) from error
         sequence, attention, q = sampled.sequence, sampled.attention_mask, sampled.query_len
         mask, logprobs, ref_logprobs = sampled.mask, sampled.logprobs, sampled.ref_logprobs
@@ -319,13 +319,13 @@ class PPOTrainer:
         if not torch.isfinite(loss):
             raise NonFiniteError(
                 f"PPO loss is {loss.item()} at update {self.update_index} "
-                f"(policy {pg_loss.item()}, value {vf_loss.item()}); lower ppo.learning_rate"
+                f"(policy {pg_loss.item()}, value {vf_loss.item()}); lower policy.ppo.learning_rate"
             )
         grad_norm = self.strategy.step(loss)
         if not torch.isfinite(grad_norm):
             raise NonFiniteError(
                 f"PPO gradient norm is {grad_norm.item()} at update {self.update_index}; "
-                "lower ppo.learning_rate"
+                "lower policy.ppo.learning_rate"
             )
         return {
             "policy_loss": pg_loss.item(),
@@ -410,7 +410,7 @@ class PPOTrainer:
             bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{stats['kl']:.2f}")
             if self.cfg.kl_stop is not None and stats["kl"] > self.cfg.kl_stop:
                 self.stopped_early = (
-                    f"KL {stats['kl']:.3f} nats/sequence exceeded ppo.kl_stop "
+                    f"KL {stats['kl']:.3f} nats/sequence exceeded policy.ppo.kl_stop "
                     f"{self.cfg.kl_stop} at update {self.update_index - 1}"
                 )
                 log.warning("stopping PPO early: %s", self.stopped_early)

@@ -130,7 +130,7 @@ def pairs_from_records(
     rows = []
     for pair in decided:
         comparison = by_id[pair.comparison_id]
-        split = split_of({"id": comparison.id}, cfg.reward.eval_fraction, str(cfg.run.seed))
+        split = split_of({"id": comparison.id}, cfg.reward_model.eval_fraction, str(cfg.run.seed))
         rows.append(
             {
                 "prompt": comparison.prompt,

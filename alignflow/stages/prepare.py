@@ -72,7 +72,7 @@ def _prepare_data(cfg: PipelineConfig, work: Path) -> dict[str, float]:
         # only what this config's shape reads: an unused role neither stops a run nor costs time
         needed = required_roles(cfg)
         datasets = {role: getattr(data, role) for role in DATA_ROLES if role in needed}
-    pair_split = (cfg.reward.eval_fraction, str(cfg.run.seed))  # as the collect stage splits
+    pair_split = (cfg.reward_model.eval_fraction, str(cfg.run.seed))  # as the collect stage splits
     reports = prepare_datasets(data, datasets, work, _length_fn(cfg, work), pair_split)
     metrics: dict[str, float] = {}
     warnings = []

@@ -96,12 +96,15 @@ def train_member(
     checkpoints = out.parent / f"checkpoints-{out.name}"
     trainer = RewardTrainer(
         model=model,
-        args=RewardConfig(**trainer_kwargs(cfg.reward, checkpoints, seed)),
+        args=RewardConfig(**trainer_kwargs(cfg.reward_model, checkpoints, seed)),
         train_dataset=Dataset.from_list(preference_ids(tokenizer, train)),
         processing_class=tokenizer,
         # peft's SEQ_CLS task trains the score head beside the adapter
-        peft_config=peft_lora_config(cfg.reward.lora, "SEQ_CLS", model),
-        callbacks=[tracking.trainer_callback(), periodic_checkpoints(cfg.reward.save_minutes)],
+        peft_config=peft_lora_config(cfg.reward_model.lora, "SEQ_CLS", model),
+        callbacks=[
+            tracking.trainer_callback(),
+            periodic_checkpoints(cfg.reward_model.save_minutes),
+        ],
     )
     # RewardTrainer drops pairs longer than max_length without a word: count them.
     dropped = len(train) - len(trainer.train_dataset)
@@ -111,7 +114,9 @@ def train_member(
         **first_and_last(trainer.state.log_history, "loss"),
         **pair_accuracy(trainer.model.eval(), tokenizer, heldout),
     }
-    save_trained(trainer, tokenizer, out, cfg.reward.lora is not None, "reward.learning_rate")
+    save_trained(
+        trainer, tokenizer, out, cfg.reward_model.lora is not None, "reward_model.learning_rate"
+    )
     if trainer.is_world_process_zero():
         write_json_atomic(out / MEMBER_METRICS, metrics)  # last: marks the member complete
         shutil.rmtree(checkpoints, ignore_errors=True)
@@ -136,7 +141,7 @@ def run(
     sft: StageResult | None,
     collect: StageResult | None,
 ) -> dict:
-    """Train `reward.ensemble_size` reward models on this run's preference pairs into `work`
+    """Train `reward_model.ensemble_size` reward models on this run's preference pairs into `work`
     (member 0 in MODEL_DIR), each checked against chance; returns the stage's metrics."""
     rows = preference_rows(cfg, prepare, collect)
     pairs = [row for row in rows if "chosen" in row]  # KTO-style unpaired rows: not pairs
@@ -149,7 +154,7 @@ def run(
     metrics |= origin_counts(pairs)
     _log_provenance(prepare, collect, pairs)
     start = start_model(cfg, prepare, sft)
-    for index in range(cfg.reward.ensemble_size):
+    for index in range(cfg.reward_model.ensemble_size):
         out = work / member_dir(index)
         # trained before a crash: keep it (rank 0 decides, so N processes agree)
         if distributed.broadcast_object((out / MEMBER_METRICS).exists()):
@@ -161,10 +166,10 @@ def run(
         what = "reward" if index == 0 else f"reward (ensemble member {index})"
         check_reward_model(
             {**member, "eval_pairs": len(heldout)}, what,
-            cfg.reward.fail_at_accuracy, cfg.reward.min_score_std,
+            cfg.reward_model.fail_at_accuracy, cfg.reward_model.min_score_std,
         )  # fmt: skip
         prefix = "" if index == 0 else f"member_{index}_"
         metrics.update({prefix + key: value for key, value in member.items()})
-    metrics["ensemble_size"] = cfg.reward.ensemble_size
+    metrics["ensemble_size"] = cfg.reward_model.ensemble_size
     tracking.log_metrics(metrics)
     return metrics

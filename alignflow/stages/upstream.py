@@ -39,11 +39,11 @@ def start_model(cfg: PipelineConfig, prepare: StageResult, sft: StageResult | No
 
 def reward_model_dirs(cfg: PipelineConfig, reward: StageResult | None) -> list[str]:
     """The reward models the policy and the evaluation read: the ensemble the reward stage trained,
-    the one `reward.model` names, or none (rule rewards only)."""
+    the one `reward_model.model` names, or none (rule rewards only)."""
     if reward is not None:
         members = int(reward.metrics.get("ensemble_size", 1))
         return [str(reward.path(member_dir(index))) for index in range(members)]
-    return [cfg.reward.model] if cfg.reward.model else []
+    return [cfg.reward_model.model] if cfg.reward_model.model else []
 
 
 def preference_rows(

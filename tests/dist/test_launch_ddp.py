@@ -76,7 +76,7 @@ def collected_root(pipeline_runs, tmp_path) -> Path:
 
 def test_reward_model_on_two_ddp_processes_learns_and_rank_zero_commits_it(collected_root):
     epochs = 3  # 24 steps: losses logged at steps 10 and 20
-    done = _launch(collected_root, "reward", "--set", f"reward.epochs={epochs}")
+    done = _launch(collected_root, "reward", "--set", f"reward_model.epochs={epochs}")
     assert "reward: completed" in done.stdout.splitlines()[-1]
     output, result = _committed(collected_root, "reward")
     assert (output / "model" / "model.safetensors").exists()
@@ -84,7 +84,7 @@ def test_reward_model_on_two_ddp_processes_learns_and_rank_zero_commits_it(colle
     assert metrics["final_loss"] < metrics["first_loss"]
     assert metrics["accuracy"] > 0.5
     pairs = metrics["train_pairs"] - metrics["dropped_too_long"]
-    steps = _steps(pairs, micro_config(collected_root).reward.batch_size, epochs)
+    steps = _steps(pairs, micro_config(collected_root).reward_model.batch_size, epochs)
     _check_one_run_of_two_processes(collected_root, "reward", result, steps)
 
 
@@ -92,7 +92,7 @@ def test_ppo_on_two_ddp_processes_keeps_replicas_identical_and_raises_reward(rew
     # 16 rollouts per update, 8 per rank; PPOTrainer.check_replicas raises if the two ranks'
     # weights differ after training, so completing proves the gradients were averaged.
     done = _launch(
-        rewarded_root, "policy", "--set", "ppo.updates=12", "--set", "ppo.checkpoint_every=4"
+        rewarded_root, "policy", "--set", "policy.ppo.updates=12", "--set", "policy.ppo.checkpoint_every=4"
     )
     assert "policy: completed" in done.stdout.splitlines()[-1]
     output, result = _committed(rewarded_root, "policy")

@@ -94,7 +94,7 @@ def test_ppo_under_deepspeed_matches_plain_torch_and_resumes_exactly(
 
 def test_ppo_stage_under_deepspeed_zero3_raises_reward_and_saves_a_whole_policy(rewarded_root):
     lines: list[str] = []
-    overrides = [f"run.artifacts_root={rewarded_root}", "ppo.updates=12", "ppo.checkpoint_every=4"]
+    overrides = [f"run.artifacts_root={rewarded_root}", "policy.ppo.updates=12", "policy.ppo.checkpoint_every=4"]
     result = launch.run(
         "policy",
         REPO / "configs" / "micro.yaml",

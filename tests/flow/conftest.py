@@ -67,7 +67,7 @@ def start_labelled_pipeline(pipeline_runs, root, api: str, prompts: int, batch: 
         f"collect.max_prompts={prompts}",
         "data.min_examples=4",  # a few labelled prompts give a few pairs
         f"collect.labelers=[{{kind: human, human: {{batch_size: {batch}, timeout_s: 600}}}}]",
-        "ppo.updates=2",
+        "policy.ppo.updates=2",
         "evaluate.samples_per_prompt=1",
     ]
     command = [sys.executable, "-m", "alignflow.app.cli", "run", "configs/micro.yaml"]

@@ -33,7 +33,7 @@ def test_unknown_model_path_fails_in_one_line_and_writes_nothing(tmp_path):
 
 
 def test_wrong_type_in_override_fails_with_exit_code_2(tmp_path):
-    result = _run(tmp_path, "ppo.updates=many")
+    result = _run(tmp_path, "policy.ppo.updates=many")
     assert result.returncode == 2
-    assert "ppo.updates" in result.stderr
+    assert "policy.ppo.updates" in result.stderr
     assert not (tmp_path / "runs").exists()

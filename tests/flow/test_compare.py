@@ -35,7 +35,7 @@ def test_compare_lists_each_pipeline_run_with_the_metrics_mlflow_holds(pipeline_
         assert row["flow"] == "rlhf"
         assert parent.data.tags["prefect.flow_run_id"].startswith(row["prefect_run"])
         assert row["policy.algorithm"] == "ppo"
-        assert row["ppo.updates"] == str(pipeline_runs.cfg.ppo.updates)
+        assert row["policy.ppo.updates"] == str(pipeline_runs.cfg.policy.ppo.updates)
         win_rate = parent.data.metrics["eval.win_rate_policy_vs_sft"]
         assert row["eval.win_rate_policy_vs_sft"] == f"{win_rate:.4g}"
         refusals = parent.data.metrics["eval.refusal_rate.policy"]
@@ -63,8 +63,10 @@ def test_compare_names_the_experiments_there_when_one_is_missing(pipeline_runs):
 
 
 def test_a_misspelled_param_is_refused_naming_the_closest(pipeline_runs):
-    done = _compare(pipeline_runs, "--flow", "rlhf", "--param", "ppo.kl.cof")
+    done = _compare(pipeline_runs, "--flow", "rlhf", "--param", "policy.ppo.kl.cof")
     assert done.exit_code == 2
     last = done.output.strip().splitlines()[-1]
-    assert last.startswith("error: --param ppo.kl.cof: no listed run logged it; did you mean ")
-    assert "ppo.kl.coef" in last.split("did you mean ")[1]
+    assert last.startswith(
+        "error: --param policy.ppo.kl.cof: no listed run logged it; did you mean "
+    )
+    assert "policy.ppo.kl.coef" in last.split("did you mean ")[1]

@@ -120,7 +120,7 @@ def stack(postgres, tmp_path_factory):
 def _deployment_config(stack, updates: int) -> dict:
     cfg = micro_config(
         stack["home"] / "runs", f"run.mlflow_tracking_uri={stack['mlflow']}",
-        f"ppo.updates={updates}", "ppo.checkpoint_every=4",
+        f"policy.ppo.updates={updates}", "policy.ppo.checkpoint_every=4",
     )  # fmt: skip
     return cfg.model_dump(mode="json")
 
@@ -175,13 +175,15 @@ def test_deployment_run_with_a_param_trains_tracks_and_registers_on_the_servers(
     config = _deployment_config(stack, updates=8)
     flow_run_id = _run_deployment(stack, config)
     run = wait_for_flow_run(stack, flow_run_id)
-    assert run["parameters"]["config"]["ppo"]["updates"] == 8
+    assert run["parameters"]["config"]["policy"]["ppo"]["updates"] == 8
 
     client = MlflowClient(stack["mlflow"])
     experiment = client.get_experiment_by_name(config["run"]["experiment"])
     (parent,) = _top_level_runs(client, experiment.experiment_id, flow_run_id)
     assert parent.info.status == "FINISHED"
-    assert parent.data.params["ppo.updates"] == "8"  # the parameter given on the command line
+    assert (
+        parent.data.params["policy.ppo.updates"] == "8"
+    )  # the parameter given on the command line
     children = client.search_runs(
         [experiment.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
@@ -254,11 +256,11 @@ def test_a_run_submitted_from_the_deployment_form_in_the_ui_uses_the_changed_par
     wait_for(lambda: browser.find_elements(By.XPATH, "//*[text()='Completed']"), 60)
     browser.save_screenshot(str(ARTIFACTS / "prefect-ui-deployment-run.png"))
 
-    assert run["parameters"]["config"]["ppo"]["updates"] == 6
+    assert run["parameters"]["config"]["policy"]["ppo"]["updates"] == 6
     client = MlflowClient(stack["mlflow"])
     experiment = client.get_experiment_by_name(defaults["config"]["run"]["experiment"])
     (parent,) = _top_level_runs(client, experiment.experiment_id, flow_run_id)
-    assert parent.data.params["ppo.updates"] == "6"
+    assert parent.data.params["policy.ppo.updates"] == "6"
     assert (ARTIFACTS / "prefect-ui-deployment-form.png").stat().st_size > 10_000
 
 

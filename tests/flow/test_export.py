@@ -35,7 +35,7 @@ def test_the_exported_champion_generates_the_evaluations_greedy_responses(pipeli
     generate = pipeline("text-generation", model=str(exported))
     evaluate = Path(pipeline_runs.first["stages"]["evaluate"]["output"])
     rows = read_jsonl(evaluate / "samples.jsonl")
-    max_new_tokens = pipeline_runs.cfg.ppo.sampling.max_new_tokens
+    max_new_tokens = pipeline_runs.cfg.policy.ppo.sampling.max_new_tokens
     for row in rows[:4]:
         (out,) = generate(row["prompt"], max_new_tokens=max_new_tokens, do_sample=False)
         reply = out["generated_text"][-1]

@@ -87,7 +87,7 @@ def _config(tmp_path: Path, data: dict) -> Path:
     tree["data"] = data
     tree["run"]["artifacts_root"] = str(tmp_path / "runs")
     tree["sft"]["epochs"] = 1
-    tree["ppo"]["updates"] = 2
+    tree["policy"]["ppo"]["updates"] = 2
     tree["evaluate"] = {**tree.get("evaluate", {}), "judge": JUDGE}
     tree["retrain"] = {**tree.get("retrain", {}), "judge": "reward_model"}
     path = tmp_path / "files.yaml"

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _command(root: Path) -> list[str]:
     return [sys.executable, "-m", "alignflow.app.cli", "run", "configs/micro.yaml",
-            "--set", f"run.artifacts_root={root}", "--set", "ppo.checkpoint_every=2"]  # fmt: skip
+            "--set", f"run.artifacts_root={root}", "--set", "policy.ppo.checkpoint_every=2"]  # fmt: skip
 
 
 def _wait_for_checkpoint(root: Path, process: subprocess.Popen, limit_s: float = 600) -> Path:

@@ -136,7 +136,7 @@ def test_rule_rewards_alone_train_grpo_with_no_reward_model(shapes):
 def test_an_existing_reward_model_replaces_the_reward_stage(shapes):
     trained = shapes("rm_ppo_own_pairs")
     reward_model = str(Path(trained["stages"]["reward"]["output"]) / "model")
-    summary = shapes("ppo_given_rm", f"reward.model={reward_model}")
+    summary = shapes("ppo_given_rm", f"reward_model.model={reward_model}")
     assert list(_statuses(summary)) == ["prepare", "sft", "policy", "evaluate", "register"]
     ppo = _metrics(summary, "policy")
     assert ppo["reward_last"] > ppo["reward_first"]

@@ -19,7 +19,7 @@ from alignflow.pipeline import tracking_uri
 REPO = Path(__file__).resolve().parents[2]
 # The micro pipeline's own PPO gains about +0.08 oracle score over SFT on the 18 held-out prompts,
 # with a 95% interval that reaches down to about 0: a round run that way may or may not be promoted.
-CLEARLY_BETTER = ("ppo.learning_rate=3e-4", "retrain.samples_per_prompt=8")
+CLEARLY_BETTER = ("policy.ppo.learning_rate=3e-4", "retrain.samples_per_prompt=8")
 INVERTED_ORACLE = '[{function: "tests.flow.retrain_rules:inverted_oracle"}]'
 
 
@@ -121,7 +121,7 @@ def test_a_worse_challenger_is_rejected_and_stays_registered(pipeline_runs):
     _seed_champion(pipeline_runs, name, _stage_model(pipeline_runs, "policy", "policy"))
     done = _retrain(
         pipeline_runs, name, "rewards.model_weight=0", f"rewards.rules={INVERTED_ORACLE}",
-        "ppo.updates=20", "ppo.learning_rate=3e-4",
+        "policy.ppo.updates=20", "policy.ppo.learning_rate=3e-4",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{name} v2: rejected" in done.stdout

@@ -65,7 +65,7 @@ def test_mlflow_has_a_parent_run_with_config_and_a_child_run_per_stage(pipeline_
     parent_id = pipeline_runs.first["mlflow_run_id"]
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
-    assert parent.data.params["ppo.updates"] == str(pipeline_runs.cfg.ppo.updates)
+    assert parent.data.params["policy.ppo.updates"] == str(pipeline_runs.cfg.policy.ppo.updates)
     assert parent.data.tags["prefect.flow_run_id"]
     artifacts = {a.path for a in client.list_artifacts(parent_id, "config")}
     assert "config/resolved.yaml" in artifacts
@@ -91,7 +91,7 @@ def test_mlflow_child_runs_hold_per_step_metrics(pipeline_runs):
     for metric in ("reward", "rlhf_reward", "kl", "clipfrac", "value_loss", "entropy",
                    "approx_kl", "generation_seconds", "training_seconds"):  # fmt: skip
         history = client.get_metric_history(ppo_run, metric)
-        assert len(history) == pipeline_runs.cfg.ppo.updates, metric
+        assert len(history) == pipeline_runs.cfg.policy.ppo.updates, metric
 
 
 def test_policy_is_registered_once_with_the_champion_alias(pipeline_runs):

@@ -39,7 +39,7 @@ def micro_models(pipeline_runs) -> MicroModels:
         sft_dir=str(Path(stages["sft"]["output"]) / "model"),
         rm_dir=str(Path(stages["reward"]["output"]) / "model"),
         prompt_rows=[json.loads(line) for line in prompts_file.read_text().splitlines()],
-        ppo_cfg=pipeline_runs.cfg.ppo,
+        ppo_cfg=pipeline_runs.cfg.policy.ppo,
     )
 
 

@@ -34,7 +34,7 @@ def test_sft_that_diverges_fails_and_keeps_nothing(pipeline_runs, tmp_path):
 
 
 def test_reward_model_that_learned_nothing_fails_and_keeps_nothing(pipeline_runs, tmp_path):
-    cfg = micro_config(tmp_path, "reward.learning_rate=1.0e6")
+    cfg = micro_config(tmp_path, "reward_model.learning_rate=1.0e6")
     stages = {name: _stage_result(pipeline_runs, name) for name in ("prepare", "sft", "collect")}
     with pytest.raises(DegenerateModel, match=r"^reward: "):
         run_reward(

@@ -24,7 +24,7 @@ def _trainer(pipeline_runs, output_dir: Path, updates: int, log_metrics=None) ->
         lr_schedule="linear",
         reward_normalization=True,
         reward_clip=2.0,
-        kl=pipeline_runs.cfg.ppo.kl.model_copy(
+        kl=pipeline_runs.cfg.policy.ppo.kl.model_copy(
             update={"adaptive": True, "target": 0.01, "horizon": 64}
         ),
         **extra,
@@ -59,7 +59,7 @@ def test_ppo_resumed_from_checkpoint_matches_an_uninterrupted_run(pipeline_runs,
     for name, weight in straight.policy.state_dict().items():
         torch.testing.assert_close(resumed.policy.state_dict()[name], weight, rtol=1e-5, atol=1e-6)
     assert resumed.resumed_from == 2
-    assert resumed.kl_ctl.value == straight.kl_ctl.value != pipeline_runs.cfg.ppo.kl.coef
+    assert resumed.kl_ctl.value == straight.kl_ctl.value != pipeline_runs.cfg.policy.ppo.kl.coef
     assert resumed.reward_moments.state_dict() == straight.reward_moments.state_dict()
     assert resumed.scheduler.get_last_lr() == straight.scheduler.get_last_lr()
 

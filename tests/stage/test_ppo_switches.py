@@ -140,7 +140,7 @@ def test_kl_stop_ends_training_early_and_says_why(models, tmp_path):
     history = trainer.train()
     assert 1 < len(history) < 6
     assert history[-1]["kl"] > 1e-4
-    assert "exceeded ppo.kl_stop" in trainer.stopped_early
+    assert "exceeded policy.ppo.kl_stop" in trainer.stopped_early
 
 
 def test_sample_tables_are_logged_every_n_updates(models, tmp_path):

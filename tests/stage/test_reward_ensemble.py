@@ -1,4 +1,4 @@
-"""`reward.ensemble_size: 2` trains two reward models with different seeds, and the policy
+"""`reward_model.ensemble_size: 2` trains two reward models with different seeds, and the policy
 stages score with both."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def _stage_result(pipeline_runs, stage: str) -> StageResult:
 
 
 def test_two_member_ensemble_is_trained_and_scored_with(pipeline_runs, tmp_path):
-    cfg = micro_config(tmp_path, "reward.ensemble_size=2", "rewards.ensemble=mean_minus_std")
+    cfg = micro_config(tmp_path, "reward_model.ensemble_size=2", "rewards.ensemble=mean_minus_std")
     ctx = tracking_context(cfg, tags={})
     sft = _stage_result(pipeline_runs, "sft")
     prepared, collected = (

@@ -306,6 +306,7 @@ def test_quantized_ppo_is_refused_and_lora_is_not():
 
     cfg = load_config(str(Path(__file__).resolve().parents[2] / "configs" / "smollm2.yaml"))
     bench.check_comparable(cfg)  # LoRA on the top 8 layers: compared
-    quantized = cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"quantization": "4bit"})})
-    with pytest.raises(SystemExit, match="ppo.quantization '4bit'"):
+    ppo = cfg.policy.ppo.model_copy(update={"quantization": "4bit"})
+    quantized = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"ppo": ppo})})
+    with pytest.raises(SystemExit, match="policy.ppo.quantization '4bit'"):
         bench.check_comparable(quantized)

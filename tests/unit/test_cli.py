@@ -34,12 +34,12 @@ def _error_lines(output: str) -> list[str]:
 
 def test_run_with_unknown_key_exits_2_with_one_error_line_naming_it(runner, tmp_path):
     config = tmp_path / "bad.yaml"
-    config.write_text("ppo:\n  learnig_rate: 1.0e-5\n")
+    config.write_text("policy:\n  ppo:\n    learnig_rate: 1.0e-5\n")
     result = runner.invoke(app, ["run", str(config)])
     assert result.exit_code == 2
     # click >= 8.2 keeps stderr apart; `output` is what a terminal shows (both streams).
     assert result.stdout == ""
-    assert _error_lines(result.stderr) == [f"error: {config}: ppo.learnig_rate: unknown key"]
+    assert _error_lines(result.stderr) == [f"error: {config}: policy.ppo.learnig_rate: unknown key"]
 
 
 def test_run_with_wrong_type_exits_2_naming_key_and_value(runner):
@@ -52,11 +52,11 @@ def test_run_with_wrong_type_exits_2_naming_key_and_value(runner):
 
 
 def test_run_with_malformed_set_exits_2(runner):
-    result = runner.invoke(app, ["run", TINY, "--set", "ppo.updates"])
+    result = runner.invoke(app, ["run", TINY, "--set", "policy.ppo.updates"])
     assert result.exit_code == 2
     lines = _error_lines(result.stderr)
     assert len(lines) == 1
-    assert "ppo.updates" in lines[0]
+    assert "policy.ppo.updates" in lines[0]
     assert "section.key=value" in lines[0]
 
 
@@ -69,31 +69,34 @@ def test_run_with_missing_config_file_exits_2_naming_it(runner, tmp_path):
 
 def test_run_lists_every_problem_above_one_last_error_line(runner):
     result = runner.invoke(
-        app, ["run", TINY, "--set", "ppo.learnig_rate=1", "--set", "sft.epochs=abc"]
+        app, ["run", TINY, "--set", "policy.ppo.learnig_rate=1", "--set", "sft.epochs=abc"]
     )
     assert result.exit_code == 2
     *problems, last = result.stderr.rstrip().splitlines()
     assert _error_lines(result.stderr) == [last]
     assert last.startswith("error: 2 problems in the config (above); the first: ")
     assert len(problems) == 2 and all(problem.startswith("  ") for problem in problems)
-    assert {"ppo.learnig_rate", "sft.epochs"} == {
-        key for problem in problems for key in ("ppo.learnig_rate", "sft.epochs") if key in problem
+    assert {"policy.ppo.learnig_rate", "sft.epochs"} == {
+        key
+        for problem in problems
+        for key in ("policy.ppo.learnig_rate", "sft.epochs")
+        if key in problem
     }
 
 
 def test_show_config_prints_resolved_yaml_with_override(runner):
-    result = runner.invoke(app, ["show-config", TINY, "--set", "ppo.updates=7"])
+    result = runner.invoke(app, ["show-config", TINY, "--set", "policy.ppo.updates=7"])
     assert result.exit_code == 0, result.output
-    assert "  updates: 7" in result.stdout.splitlines()
+    assert "    updates: 7" in result.stdout.splitlines()
     resolved = yaml.safe_load(result.stdout)
-    assert resolved["ppo"]["updates"] == 7
+    assert resolved["policy"]["ppo"]["updates"] == 7
     assert resolved["run"]["name"] == "tiny-demo"
 
 
 def test_show_config_with_unknown_key_exits_2(runner):
-    result = runner.invoke(app, ["show-config", TINY, "--set", "ppo.learnig_rate=1"])
+    result = runner.invoke(app, ["show-config", TINY, "--set", "policy.ppo.learnig_rate=1"])
     assert result.exit_code == 2
-    assert _error_lines(result.stderr) == [f"error: {TINY}: ppo.learnig_rate: unknown key"]
+    assert _error_lines(result.stderr) == [f"error: {TINY}: policy.ppo.learnig_rate: unknown key"]
 
 
 def test_help_lists_the_run_command(runner):
@@ -144,11 +147,11 @@ def test_deploy_outside_a_checkout_names_alignflow_home(runner, monkeypatch, tmp
 def test_a_runs_name_carries_its_overrides_but_not_where_it_goes():
     from alignflow.app.cli import _named_by_overrides
 
-    sets = ["ppo.updates=40", "run.artifacts_root=/tmp/x", "sft.learning_rate=1e-4"]
+    sets = ["policy.ppo.updates=40", "run.artifacts_root=/tmp/x", "sft.learning_rate=1e-4"]
     cfg = _named_by_overrides(load_config(TINY, sets), sets)
-    assert cfg.run.name == "tiny-demo [ppo.updates=40, sft.learning_rate=1e-4]"
+    assert cfg.run.name == "tiny-demo [policy.ppo.updates=40, sft.learning_rate=1e-4]"
     assert _named_by_overrides(load_config(TINY, []), None).run.name == "tiny-demo"
     placed = ["run.artifacts_root=/tmp/x"]
     assert _named_by_overrides(load_config(TINY, placed), placed).run.name == "tiny-demo"
-    many = [f"ppo.updates={n}" for n in range(100)]
+    many = [f"policy.ppo.updates={n}" for n in range(100)]
     assert len(_named_by_overrides(load_config(TINY, []), many).run.name) == 120

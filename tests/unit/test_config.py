@@ -38,8 +38,8 @@ def test_tiny_yaml_loads_with_its_own_values():
     assert isinstance(cfg, PipelineConfig)
     assert cfg.run.name == "tiny-demo"
     assert cfg.model.source == "tiny"
-    assert cfg.ppo.rollout_batch_size == 32
-    assert cfg.ppo.minibatch_size == 16
+    assert cfg.policy.ppo.rollout_batch_size == 32
+    assert cfg.policy.ppo.minibatch_size == 16
     assert cfg.sft.learning_rate == pytest.approx(2e-3)
 
 
@@ -55,9 +55,9 @@ def test_empty_file_gives_the_declared_defaults(tmp_path):
 
 
 def test_a_file_value_overrides_only_that_default(tmp_path):
-    cfg = load_config(_write(tmp_path, "ppo:\n  updates: 3\n"))
-    assert cfg.ppo.updates == 3
-    assert cfg.ppo.learning_rate == PipelineConfig().ppo.learning_rate
+    cfg = load_config(_write(tmp_path, "policy:\n  ppo:\n    updates: 3\n"))
+    assert cfg.policy.ppo.updates == 3
+    assert cfg.policy.ppo.learning_rate == PipelineConfig().policy.ppo.learning_rate
 
 
 @pytest.mark.parametrize("config_path", CONFIGS, ids=lambda path: path.name)
@@ -78,12 +78,16 @@ def test_the_configs_folder_is_not_empty():
 def test_overrides_parse_yaml_scalars_into_typed_values():
     cfg = load_config(
         None,
-        ["ppo.learning_rate=1e-5", "ppo.whiten_rewards=true", "ppo.missing_eos_score=null"],
+        [
+            "policy.ppo.learning_rate=1e-5",
+            "policy.ppo.whiten_rewards=true",
+            "policy.ppo.missing_eos_score=null",
+        ],
     )
-    assert cfg.ppo.learning_rate == pytest.approx(1e-5)
-    assert isinstance(cfg.ppo.learning_rate, float)
-    assert cfg.ppo.whiten_rewards is True
-    assert cfg.ppo.missing_eos_score is None
+    assert cfg.policy.ppo.learning_rate == pytest.approx(1e-5)
+    assert isinstance(cfg.policy.ppo.learning_rate, float)
+    assert cfg.policy.ppo.whiten_rewards is True
+    assert cfg.policy.ppo.missing_eos_score is None
 
 
 def test_parse_overrides_reads_booleans_nulls_and_numbers():
@@ -97,28 +101,32 @@ def test_parse_overrides_reads_booleans_nulls_and_numbers():
 
 
 def test_parse_overrides_reads_exponent_without_a_dot_as_a_float():
-    assert parse_overrides(["ppo.learning_rate=1e-5"]) == [("ppo.learning_rate", 1e-5)]
+    assert parse_overrides(["policy.ppo.learning_rate=1e-5"]) == [
+        ("policy.ppo.learning_rate", 1e-5)
+    ]
 
 
 def test_nested_override_changes_one_value_and_keeps_its_file_siblings():
-    cfg = load_config(TINY, ["ppo.kl.adaptive=true"])
-    assert cfg.ppo.kl.adaptive is True
-    assert cfg.ppo.kl.coef == pytest.approx(0.05)
-    assert cfg.ppo.kl.estimator == "k1"
-    assert cfg.ppo.updates == 60
+    cfg = load_config(TINY, ["policy.ppo.kl.adaptive=true"])
+    assert cfg.policy.ppo.kl.adaptive is True
+    assert cfg.policy.ppo.kl.coef == pytest.approx(0.05)
+    assert cfg.policy.ppo.kl.estimator == "k1"
+    assert cfg.policy.ppo.updates == 60
 
 
 def test_override_wins_over_the_file():
-    assert load_config(TINY, ["ppo.updates=7"]).ppo.updates == 7
+    assert load_config(TINY, ["policy.ppo.updates=7"]).policy.ppo.updates == 7
 
 
 def test_later_override_of_the_same_key_wins():
-    assert load_config(None, ["ppo.updates=7", "ppo.updates=9"]).ppo.updates == 9
+    assert (
+        load_config(None, ["policy.ppo.updates=7", "policy.ppo.updates=9"]).policy.ppo.updates == 9
+    )
 
 
 def test_override_without_equals_sign_is_rejected():
-    message = _error(None, ["ppo.updates"])
-    assert "ppo.updates" in message
+    message = _error(None, ["policy.ppo.updates"])
+    assert "policy.ppo.updates" in message
     assert "section.key=value" in message
 
 
@@ -137,19 +145,19 @@ def test_unknown_top_level_key_is_one_line_naming_file_and_key(tmp_path):
 
 
 def test_unknown_nested_key_is_one_line_naming_file_and_dotted_key(tmp_path):
-    path = _write(tmp_path, "ppo:\n  learnig_rate: 1.0e-5\n")
-    assert _error(path) == f"{path}: ppo.learnig_rate: unknown key"
+    path = _write(tmp_path, "policy:\n  ppo:\n    learnig_rate: 1.0e-5\n")
+    assert _error(path) == f"{path}: policy.ppo.learnig_rate: unknown key"
 
 
 def test_unknown_key_from_an_override_names_the_config_file():
-    assert _error(TINY, ["ppo.kl.coeff=0.1"]) == f"{TINY}: ppo.kl.coeff: unknown key"
+    assert _error(TINY, ["policy.ppo.kl.coeff=0.1"]) == f"{TINY}: policy.ppo.kl.coeff: unknown key"
 
 
 def test_each_problem_gets_its_own_line(tmp_path):
-    path = _write(tmp_path, "ppo:\n  learnig_rate: 1.0e-5\nsft:\n  epochs: abc\n")
+    path = _write(tmp_path, "policy:\n  ppo:\n    learnig_rate: 1.0e-5\nsft:\n  epochs: abc\n")
     lines = _error(path).splitlines()
     assert len(lines) == 2
-    assert any("ppo.learnig_rate: unknown key" in line for line in lines)
+    assert any("policy.ppo.learnig_rate: unknown key" in line for line in lines)
     assert any("sft.epochs" in line for line in lines)
     assert all(line.startswith(f"{path}: ") for line in lines)
 
@@ -168,15 +176,15 @@ def test_out_of_range_value_names_the_key():
 
 
 def test_minibatch_that_does_not_divide_rollout_batch_is_rejected_naming_both():
-    message = _error(None, ["ppo.rollout_batch_size=32", "ppo.minibatch_size=5"])
+    message = _error(None, ["policy.ppo.rollout_batch_size=32", "policy.ppo.minibatch_size=5"])
     assert len(message.splitlines()) == 1
-    assert "ppo.minibatch_size (5)" in message
-    assert "ppo.rollout_batch_size (32)" in message
+    assert "policy.ppo.minibatch_size (5)" in message
+    assert "policy.ppo.rollout_batch_size (32)" in message
 
 
 def test_minibatch_that_divides_rollout_batch_is_accepted():
-    cfg = load_config(None, ["ppo.rollout_batch_size=48", "ppo.minibatch_size=12"])
-    assert (cfg.ppo.rollout_batch_size, cfg.ppo.minibatch_size) == (48, 12)
+    cfg = load_config(None, ["policy.ppo.rollout_batch_size=48", "policy.ppo.minibatch_size=12"])
+    assert (cfg.policy.ppo.rollout_batch_size, cfg.policy.ppo.minibatch_size) == (48, 12)
 
 
 def test_pretrained_model_without_name_or_path_is_rejected():
@@ -213,15 +221,15 @@ def test_a_top_level_list_is_rejected(tmp_path):
 def test_config_sections_are_frozen():
     cfg = load_config(TINY)
     with pytest.raises(ValidationError):
-        cfg.ppo.updates = 3
+        cfg.policy.ppo.updates = 3
     with pytest.raises(ValidationError):
-        cfg.ppo = cfg.ppo.model_copy()
-    assert cfg.ppo.updates == 60
+        cfg.policy.ppo = cfg.policy.ppo.model_copy()
+    assert cfg.policy.ppo.updates == 60
 
 
 def test_dump_config_round_trips_through_load_config(tmp_path):
     cfg = load_config(
-        TINY, ["ppo.kl.adaptive=true", "ppo.missing_eos_score=null", "sft.epochs=2.5"]
+        TINY, ["policy.ppo.kl.adaptive=true", "policy.ppo.missing_eos_score=null", "sft.epochs=2.5"]
     )
     path = _write(tmp_path, dump_config(cfg), "resolved.yaml")
     assert load_config(path) == cfg

@@ -35,7 +35,7 @@ def test_an_infinite_weight_in_a_second_shard_fails(tmp_path):
     save_file({"a": torch.ones(2)}, tmp_path / "model-00001-of-00002.safetensors")
     save_file({"b": torch.tensor([1.0, math.inf])}, tmp_path / "model-00002-of-00002.safetensors")
     with pytest.raises(DegenerateModel, match="1 of 2 weight tensors"):
-        check_finite_weights(tmp_path, "reward", "reward.learning_rate")
+        check_finite_weights(tmp_path, "reward", "reward_model.learning_rate")
 
 
 def test_a_nan_logged_loss_fails_with_its_step():

@@ -66,7 +66,7 @@ def test_the_source_config_is_not_modified():
 
 def test_a_scheduler_section_is_refused_with_the_setting_that_replaces_it():
     source = {**_shipped("zero2.json"), "scheduler": {"type": "WarmupLR"}}
-    with pytest.raises(ValueError, match="remove its 'scheduler' section.*ppo.lr_schedule"):
+    with pytest.raises(ValueError, match="remove its 'scheduler' section.*policy.ppo.lr_schedule"):
         fill_auto(source, PPOConfig(), Policy(16), "my.json")
 
 
@@ -81,5 +81,7 @@ def test_a_batch_size_that_disagrees_with_the_minibatch_is_refused():
 
 def test_quantized_ppo_is_refused_under_deepspeed():
     cfg = PPOConfig(lora={"r": 4}, quantization="4bit")
-    with pytest.raises(ValueError, match="ppo.quantization '4bit' does not run under DeepSpeed"):
+    with pytest.raises(
+        ValueError, match="policy.ppo.quantization '4bit' does not run under DeepSpeed"
+    ):
         make_strategy(cfg, Policy(16), Policy(16), _shipped("zero2.json"))

@@ -125,4 +125,4 @@ def test_readme_rewards_example_is_a_valid_config_whose_rules_import() -> None:
     block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "ensemble_size" in b)
     cfg = build_config(yaml.safe_load(block))
     check_rewards(cfg)
-    assert cfg.reward.ensemble_size == 3 and cfg.rewards.ensemble == "mean_minus_std"
+    assert cfg.reward_model.ensemble_size == 3 and cfg.rewards.ensemble == "mean_minus_std"

@@ -48,7 +48,7 @@ ALL = ("prepare", "sft", "collect", "reward", "policy", "evaluate", "register")
           "rewards.rules=[{function: 'a.b:c'}]"), ("sft", "rl_prompts", "heldout"),
          ("prepare", "sft", "policy", "evaluate", "register")),
         # an existing reward model -> PPO
-        (("reward.model=some/rm",), ("sft", "rl_prompts", "heldout"),
+        (("reward_model.model=some/rm",), ("sft", "rl_prompts", "heldout"),
          ("prepare", "sft", "policy", "evaluate", "register")),
         # both: own pairs and collected ones
         (("collect.mode=both",), ("sft", "preferences", "preference_prompts", "rl_prompts",
@@ -75,8 +75,10 @@ def test_collect_mode_needs_own_pairs_and_defaults_by_their_presence(tmp_path):
 
 
 def test_a_reward_model_nothing_reads_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="reward.model is set, but nothing reads a reward model"):
-        load_config(None, ["policy.algorithm=dpo", "reward.model=some/rm"])
+    with pytest.raises(
+        ConfigError, match="reward_model.model is set, but nothing reads a reward model"
+    ):
+        load_config(None, ["policy.algorithm=dpo", "reward_model.model=some/rm"])
 
 
 def test_cache_keys_follow_the_pairs_origin_and_the_given_reward_model(tmp_path):
@@ -85,7 +87,9 @@ def test_cache_keys_follow_the_pairs_origin_and_the_given_reward_model(tmp_path)
     on = stage_keys(_files(tmp_path, "collect.mode=on", **roles))
     assert both["collect"] == on["collect"] and both["sft"] == on["sft"]
     assert both["reward"] != on["reward"]  # the same collected pairs, plus the user's
-    given = [stage_keys(_files(tmp_path, f"reward.model={m}", **roles))["policy"] for m in "ab"]
+    given = [
+        stage_keys(_files(tmp_path, f"reward_model.model={m}", **roles))["policy"] for m in "ab"
+    ]
     assert given[0] != given[1]
 
 
@@ -119,7 +123,7 @@ def test_combinations_that_would_fail_mid_run_fail_at_load(tmp_path):
     # a retraining round judged by a reward model needs one: trained here, or given
     dpo = ["policy.algorithm=dpo", "retrain.judge=reward_model"]
     assert "reward" in active_stages(load_config(None, dpo))
-    assert "reward" not in active_stages(load_config(None, [*dpo, "reward.model=some/rm"]))
+    assert "reward" not in active_stages(load_config(None, [*dpo, "reward_model.model=some/rm"]))
 
 
 def test_too_few_rows_names_the_setting_and_the_unpaired_rows_it_cannot_read():

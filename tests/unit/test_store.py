@@ -48,7 +48,7 @@ def test_stage_keys_cover_every_stage_and_are_stable(tmp_path):
 
 
 def test_ppo_learning_rate_changes_only_ppo_and_downstream_keys(tmp_path):
-    changed = _changed(_keys(tmp_path), _keys(tmp_path, "ppo.learning_rate=1.0e-4"))
+    changed = _changed(_keys(tmp_path), _keys(tmp_path, "policy.ppo.learning_rate=1.0e-4"))
     assert changed == {"policy", "evaluate", "register"}
 
 
