@@ -3,32 +3,29 @@ the listed runs (a real MLflow store)."""
 
 from __future__ import annotations
 
-import mlflow
 from mlflow import MlflowClient
 
 from alignflow.compare import differing_params
 
 
 def test_the_params_that_differ_between_runs_are_the_extra_columns(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    try:
-        experiment = mlflow.create_experiment("cmp", artifact_location=str(tmp_path / "art"))
-        for params in (
-            {"run.seed": "0", "policy.ppo.learning_rate": "1e-4", "sft.epochs": "2"},
-            {"run.seed": "0", "policy.ppo.learning_rate": "3e-4", "sft.epochs": "2"},
-            {
-                "run.seed": "0",
-                "policy.ppo.learning_rate": "3e-4",
-                "sft.epochs": "2",
-                "policy.ppo.lora.r": "8",
-            },
-        ):
-            with mlflow.start_run(experiment_id=experiment):
-                mlflow.log_params(params)
-    finally:
-        mlflow.set_tracking_uri(None)
-    runs = MlflowClient(uri).search_runs([experiment])
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # no fluent (global) run state
+    experiment = client.create_experiment("cmp", artifact_location=str(tmp_path / "art"))
+    for params in (
+        {"run.seed": "0", "policy.ppo.learning_rate": "1e-4", "sft.epochs": "2"},
+        {"run.seed": "0", "policy.ppo.learning_rate": "3e-4", "sft.epochs": "2"},
+        {
+            "run.seed": "0",
+            "policy.ppo.learning_rate": "3e-4",
+            "sft.epochs": "2",
+            "policy.ppo.lora.r": "8",
+        },
+    ):
+        run = client.create_run(experiment)
+        for key, value in params.items():
+            client.log_param(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id)
+    runs = client.search_runs([experiment])
     assert differing_params(runs, shown=["run.seed"]) == [
         "policy.ppo.learning_rate",
         "policy.ppo.lora.r",
