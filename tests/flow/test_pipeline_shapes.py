@@ -86,6 +86,10 @@ def test_own_pairs_go_straight_to_dpo_with_no_reward_model_or_rl_prompts(shapes)
     assert "reward_score" not in summary["eval"]  # no reward model anywhere in this shape
 
 
+# slow, with test_an_existing_reward_model_replaces_the_reward_stage (it reuses this run; ~55 s
+# together), for make test's 20 minutes; the reward model -> PPO path runs in make test through
+# the micro pipeline and the family matrix. Both run under make test-all.
+@pytest.mark.slow
 def test_own_hh_pairs_and_collected_ones_train_the_reward_model_that_ppo_uses(shapes):
     summary = shapes("rm_ppo_own_pairs")
     assert list(_statuses(summary)) == [
@@ -133,6 +137,7 @@ def test_rule_rewards_alone_train_grpo_with_no_reward_model(shapes):
     assert "reward_score" not in summary["eval"] and summary["eval"]["rm_accuracy"] is None
 
 
+@pytest.mark.slow  # see test_own_hh_pairs_and_collected_ones_train_the_reward_model_that_ppo_uses
 def test_an_existing_reward_model_replaces_the_reward_stage(shapes):
     trained = shapes("rm_ppo_own_pairs")
     reward_model = str(Path(trained["stages"]["reward"]["output"]) / "model")
