@@ -14,6 +14,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -341,10 +342,13 @@ def log_dataset_input(rows: list[dict], name: str, source: str, digest: str) -> 
     frame = pd.DataFrame(
         [{k: v if isinstance(v, str) else json.dumps(v) for k, v in r.items()} for r in rows]
     )
-    # a file:// URI: a bare path matches two of MLflow's local sources (scheme "" and "file")
-    # and warns that it "can be interpreted in multiple ways"
     uri = source if "://" in source else Path(source).resolve().as_uri()
-    dataset = mlflow.data.from_pandas(frame, source=uri, name=name, digest=digest)
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source twice (schemes "" and "file"); both match any
+        # local file and it warns that the source "can be interpreted in multiple ways" before
+        # taking that same class. Only this message, only here.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        dataset = mlflow.data.from_pandas(frame, source=uri, name=name, digest=digest)
     mlflow.log_input(dataset, context="training")
 
 
