@@ -770,9 +770,9 @@ def _short_repr(value: Any) -> str:
     return _REPR.repr(value)
 
 
-def bounded_line(line: str) -> str:
-    """`line` cut to MAX_ERROR_LINE characters: an error message never embeds a whole value."""
-    return line if len(line) <= MAX_ERROR_LINE else line[: MAX_ERROR_LINE - 1] + "…"
+def bounded_line(line: str, limit: int = MAX_ERROR_LINE) -> str:
+    """`line` cut to `limit` characters: an error message never embeds a whole value."""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -71,8 +71,7 @@ def _named_by_overrides(cfg, overrides: list[str] | None):
     said = [item for item in overrides or [] if not item.startswith(_PLACE_KEYS)]
     if not said:
         return cfg
-    name = f"{cfg.run.name} [{', '.join(said)}]"
-    name = name if len(name) <= 120 else name[:119] + "…"
+    name = bounded_line(f"{cfg.run.name} [{', '.join(said)}]", limit=120)
     return cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": name})})
 
 
