@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from alignflow import shape
+from alignflow import demo, shape
 from alignflow.stages import MULTI_PROCESS_STAGES
 
 
@@ -272,9 +272,6 @@ class LLMJudgeConfig(_Section):
         return self
 
 
-ORACLE_RULE = "alignflow.demo:oracle_reward"  # the demo's labeler: a rule on family/subject
-
-
 class HumanLabelConfig(_Section):
     """People label in the Prefect UI (the flow pauses with a form), with `alignflow label RUN_ID`
     in a terminal, or over Prefect's REST API."""
@@ -329,11 +326,9 @@ class CollectConfig(_Section):
     # Label only the first N preference prompts (e.g. one round for people); None: all of them.
     max_prompts: int | None = Field(None, gt=0)
     # Who says which candidate is better. Several labelers: each labels every comparison and the
-    # pairs are decided by majority (alignflow.feedback.aggregate), agreement reported.
-    labelers: list[LabelerConfig] = Field(
-        default_factory=lambda: [LabelerConfig(kind="rule", function=ORACLE_RULE, name="oracle")],
-        min_length=1,
-    )
+    # pairs are decided by majority (alignflow.feedback.aggregate), agreement reported. None: the
+    # demo oracle with data.source demo; a files config that collects must name its own.
+    labelers: list[LabelerConfig] | None = Field(None, min_length=1)
     # Where candidates come from: "sft" (this run's SFT model), "champion" (the registered
     # champion policy), or a local model folder.
     policy: str = "sft"
@@ -608,9 +603,10 @@ JUDGE_PATTERN = r"^(reward_model|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$"
 
 class EvaluateConfig(_Section):
     # What scores the held-out samples of base, SFT and the policy (judge_score, win-rate): a rule
-    # reward (`module:function`, the rewards.rules signature; the demo oracle by default) or
-    # "reward_model", this run's reward model, which the policy was trained against: a biased judge.
-    judge: str = Field(ORACLE_RULE, pattern=JUDGE_PATTERN)
+    # reward (`module:function`, the rewards.rules signature) or "reward_model", this run's reward
+    # model, which the policy was trained against: a biased judge. None: the demo oracle with
+    # data.source demo; a files config names its own.
+    judge: str | None = Field(None, pattern=JUDGE_PATTERN)
     samples_per_prompt: int = Field(4, gt=0)
     # How every policy's held-out responses are sampled (and the retraining round's champion and
     # challenger): the evaluation's own, whichever policy.algorithm trained
@@ -641,8 +637,9 @@ class RetrainConfig(_Section):
     # Fewer new feedback records than this since the last round: the round is skipped.
     min_new_records: int = Field(1, ge=1)
     # What scores both policies on the held-out prompts: a rule reward (`module:function`, the
-    # rewards.rules signature) or "reward_model" (the round's refreshed reward model).
-    judge: str = Field(ORACLE_RULE, pattern=JUDGE_PATTERN)
+    # rewards.rules signature) or "reward_model" (the round's refreshed reward model). None: the
+    # same judge as evaluate.judge.
+    judge: str | None = Field(None, pattern=JUDGE_PATTERN)
     margin: float = Field(0.0, ge=0)
     confidence: float = Field(0.95, gt=0, lt=1)
     bootstrap_resamples: int = Field(2000, ge=100)
@@ -711,33 +708,59 @@ class PipelineConfig(_Section):
         shape.check(self)
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _judges_by_default(cls, tree: Any) -> Any:
+        """Fill the judges and labelers a config leaves unset: with data.source demo, the demo's
+        (alignflow.demo.config_defaults); then retrain.judge from evaluate.judge."""
+        if not isinstance(tree, dict):
+            return tree
+        tree = dict(tree)
+        data = tree.get("data") or {}
+        source = data.get("source", "demo") if isinstance(data, dict) else data.source
+        if source == "demo":
+            for section, defaults in demo.config_defaults().items():
+                for key, value in defaults.items():
+                    tree[section] = _with_default(tree.get(section), key, value)
+        judge = _section_value(tree.get("evaluate"), "judge")
+        if judge is not None:
+            tree["retrain"] = _with_default(tree.get("retrain"), "judge", judge)
+        return tree
+
     @model_validator(mode="after")
-    def _oracle_needs_demo_columns(self) -> PipelineConfig:
-        """The demo oracle scores by the demo's family/subject columns, so on a files config the
-        prompts it scores must keep them: the preference prompts when it labels comparisons, the
-        RL prompts when it is a rule reward, the held-out prompts when it judges the evaluation
-        or the retraining rounds."""
-        if self.data.source != "files":
-            return self
-        users = [
-            ("heldout", "evaluate.judge", self.evaluate.judge == ORACLE_RULE),
-            ("heldout", "retrain.judge", self.retrain.judge == ORACLE_RULE),
-            ("preference_prompts", "a collect labeler",
-             any(labeler.function == ORACLE_RULE for labeler in self.collect.labelers)),
-            ("rl_prompts", "a rewards.rules entry",
-             any(rule.function == ORACLE_RULE for rule in self.rewards.rules)),
-        ]  # fmt: skip
-        for role, user, uses_oracle in users:
-            if not uses_oracle:
-                continue
-            for index, dataset in enumerate(getattr(self.data, role)):
-                if not {"family", "subject"} <= set(dataset.keep_columns):
-                    raise ValueError(
-                        f"data.{role}[{index}]: {user} is the demo oracle {ORACLE_RULE}, which "
-                        "reads the demo's family and subject columns; add keep_columns: "
-                        f"[family, subject], or make {user} something else"
-                    )
+    def _judges_named(self) -> PipelineConfig:
+        """A files config names who judges and, when it collects, who labels: the core has no
+        judge of its own, and the demo's oracle reads columns only the demo's data has."""
+        if self.evaluate.judge is None:
+            raise ValueError(
+                "evaluate.judge: name who scores the held-out samples, a rule reward "
+                "`module:function` or reward_model (the demo oracle judges only data.source: demo)"
+            )
+        if self.collect.labelers is None and shape.runs_collect(self):
+            raise ValueError(
+                "collect.labelers: name who labels the sampled comparisons (rule, reward_model, "
+                "llm_judge, human or file), or bring your own pairs (collect.mode: off)"
+            )
+        demo.check_config(self)
         return self
+
+
+def _section_value(section: Any, key: str) -> Any:
+    """`key` of a config section given as a mapping or as its model (None when unset)."""
+    if isinstance(section, BaseModel):
+        return getattr(section, key)
+    return (section or {}).get(key) if isinstance(section, dict) else None
+
+
+def _with_default(section: Any, key: str, value: Any) -> Any:
+    """The section (a mapping, its model, or None) with `key` set to `value` where it is unset."""
+    if _section_value(section, key) is not None or not (
+        section is None or isinstance(section, (dict, BaseModel))
+    ):
+        return section
+    if isinstance(section, BaseModel):
+        return type(section).model_validate({**section.model_dump(exclude_unset=True), key: value})
+    return {**(section or {}), key: value}
 
 
 # Sections that moved: an old config names them in one line that says where they went.
@@ -747,7 +770,7 @@ RENAMED_SECTIONS = {"ppo": "policy.ppo", "reward": "reward_model"}
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        key = ".".join(str(part) for part in item["loc"])
         if item["type"] == "extra_forbidden":
             problem = "unknown key"
             if key in RENAMED_SECTIONS:
@@ -756,7 +779,8 @@ def _format_errors(error: ValidationError, source: str) -> str:
             problem = item["msg"].removeprefix("Value error, ")
             if "input" in item and item["type"] not in ("missing", "value_error"):
                 problem += f" (got {_short_repr(item['input'])})"
-        lines.append(bounded_line(f"{source}: {key}: {problem}"))
+        # a problem of the whole config names its keys itself
+        lines.append(bounded_line(f"{source}: {key}: {problem}" if key else f"{source}: {problem}"))
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from alignflow.store import write_jsonl
 
@@ -360,3 +360,62 @@ def oracle_reward(
         oracle_score(row_family, row_subject, completion)
         for row_family, row_subject, completion in zip(family, subject, completions, strict=True)
     ]
+
+
+# ---- the demo's seam: all the pipeline takes from the demo ------------------------------------
+# The core names no demo judge, column or metric; a config with `data.source: demo` gets these.
+
+ORACLE = "alignflow.demo:oracle_reward"  # the demo's judge and labeler, a rule reward
+KEEP_COLUMNS = ["family", "subject"]  # what the oracle reads of a prompt row
+
+
+def config_defaults() -> dict[str, dict[str, Any]]:
+    """{section: {key: value}} that a demo config leaves unset (None) and the demo supplies: the
+    oracle judges the evaluation (and so the retraining rounds) and labels the comparisons."""
+    return {
+        "evaluate": {"judge": ORACLE},
+        "collect": {"labelers": [{"kind": "rule", "function": ORACLE, "name": "oracle"}]},
+    }
+
+
+def oracle_users(cfg) -> list[tuple[str, str]]:
+    """(data role, config key) of every place `cfg` (a PipelineConfig) has the oracle score prompt
+    rows of that role: those rows must keep the demo's columns."""
+    users = [
+        ("heldout", "evaluate.judge", cfg.evaluate.judge == ORACLE),
+        ("heldout", "retrain.judge", cfg.retrain.judge == ORACLE),
+        ("preference_prompts", "a collect labeler",
+         any(labeler.function == ORACLE for labeler in cfg.collect.labelers or [])),
+        ("rl_prompts", "a rewards.rules entry",
+         any(rule.function == ORACLE for rule in cfg.rewards.rules)),
+    ]  # fmt: skip
+    return [(role, key) for role, key, uses in users if uses]
+
+
+def check_config(cfg) -> None:
+    """A files config that names the oracle must keep the demo's columns on the prompts the
+    oracle scores; raises ValueError naming the dataset and who reads it."""
+    if cfg.data.source != "files":
+        return
+    for role, user in oracle_users(cfg):
+        for index, dataset in enumerate(getattr(cfg.data, role)):
+            if not set(KEEP_COLUMNS) <= set(dataset.keep_columns):
+                raise ValueError(
+                    f"data.{role}[{index}]: {user} is the demo oracle {ORACLE}, which reads the "
+                    f"demo's family and subject columns; add keep_columns: [{', '.join(KEEP_COLUMNS)}], "
+                    f"or make {user} something else"
+                )
+
+
+def refusal_metrics(rows: Sequence[dict], texts: Sequence[str]) -> dict[str, float]:
+    """The demo's refusal rates over responses (`texts[i]` answers `rows[i]`): unsafe prompts
+    refused (`refusal_rate`), review prompts refused by mistake (`false_refusal_rate`); a rate is
+    left out when no row is of its family (a user's own held-out prompts)."""
+    rates = {}
+    for family, key in (("unsafe", "refusal_rate"), ("review", "false_refusal_rate")):
+        refused = [
+            is_refusal(t) for row, t in zip(rows, texts, strict=True) if row.get("family") == family
+        ]
+        if refused:
+            rates[key] = sum(refused) / len(refused)
+    return rates

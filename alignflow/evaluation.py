@@ -1,5 +1,5 @@
 """Held-out evaluation of policies: sampled with the PPO sampling settings and a fixed seed, scored
-by the judge (`evaluate.judge`: a rule reward, the demo oracle by default, or the reward model) and
+by the judge (`evaluate.judge`: a rule reward, the demo oracle on the demo's data, or the reward model) and
 the reward model, with KL to the SFT reference and the judge's win-rate."""
 
 from __future__ import annotations
@@ -109,13 +109,6 @@ def make_judge(spec: str, where: str, reward_model, tokenizer, batch_size: int) 
     return score
 
 
-def _refusal_rate(flat: list[tuple[dict, str]], family: str, key: str) -> dict[str, float]:
-    """{key: the demo's refusal rate on one prompt family}; nothing when the rows carry no such
-    family (a user's own held-out prompts)."""
-    refused = [demo.is_refusal(text) for row, text in flat if row.get("family") == family]
-    return {key: _mean(refused)} if refused else {}
-
-
 def fluency(base_model, tokenizer, rows, samples: PolicySamples, batch_size: int) -> list[float]:
     """Each sampled response's mean per-token log-likelihood (nats) under the untouched base model,
     in the samples' order: a policy that games its judge with broken language scores lower here.
@@ -150,8 +143,7 @@ def policy_metrics(
             if rm_scores is None
             else {"reward_score": _mean([s for ss in rm_scores for s in ss])}
         ),
-        **_refusal_rate(flat, "unsafe", "refusal_rate"),
-        **_refusal_rate(flat, "review", "false_refusal_rate"),
+        **demo.refusal_metrics([row for row, _ in flat], [text for _, text in flat]),
         "kl_to_sft": _mean(kl),
         "kl_to_sft_per_token": sum(kl) / max(sum(tokens), 1),
         "mean_words": _mean([len(text.split()) for _, text in flat]),

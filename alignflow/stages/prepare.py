@@ -19,8 +19,6 @@ from alignflow.store import write_json_atomic, write_jsonl
 
 log = logging.getLogger(__name__)
 
-DEMO_KEEP = ["family", "subject"]  # what the demo oracle reads to label a prompt's responses
-
 
 def _write_demo_sources(cfg: PipelineConfig, raw: Path) -> dict[str, list[DatasetConfig]]:
     """Write the demo task's files, as a user would bring theirs, and the dataset list naming them."""
@@ -49,7 +47,7 @@ def _write_demo_sources(cfg: PipelineConfig, raw: Path) -> dict[str, list[Datase
     datasets = {}
     for role, rows in files.items():
         write_jsonl(raw / dataset_file(role), list(rows))
-        keep = [] if role == "sft" else DEMO_KEEP
+        keep = [] if role == "sft" else demo.KEEP_COLUMNS
         datasets[role] = [DatasetConfig(path=str(raw / dataset_file(role)), keep_columns=keep)]
     return datasets
 

@@ -90,6 +90,9 @@ def _config(tmp_path: Path, data: dict) -> Path:
     tree["policy"]["ppo"]["updates"] = 2
     tree["evaluate"] = {**tree.get("evaluate", {}), "judge": JUDGE}
     tree["retrain"] = {**tree.get("retrain", {}), "judge": "reward_model"}
+    # the demo's oracle labels the comparisons, named: a files config has no default labeler
+    oracle = {"kind": "rule", "function": "alignflow.demo:oracle_reward", "name": "oracle"}
+    tree["collect"] = {**tree.get("collect", {}), "labelers": [oracle]}
     path = tmp_path / "files.yaml"
     path.write_text(yaml.safe_dump(tree))
     return path

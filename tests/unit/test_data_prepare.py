@@ -256,8 +256,8 @@ def test_fingerprint_changes_when_a_file_changes(tmp_path):
 
 
 def test_readme_files_config_is_a_valid_config():
-    """The README's every-option `data.source: files` example loads; without its own judges the
-    demo oracle would judge, which needs the held-out rows' demo columns, and the check says so."""
+    """The README's every-option `data.source: files` example loads; without its own judge it
+    fails, naming evaluate.judge (the demo's oracle judges only the demo's data)."""
     import re
 
     import yaml
@@ -273,7 +273,7 @@ def test_readme_files_config_is_a_valid_config():
     assert cfg.data.sft[2].format == "classification"
     assert [d.path for d in cfg.data.preferences][0] == "data/dpo_en_demo.json"
     del tree["evaluate"]
-    with pytest.raises(ConfigError, match=r"data.heldout\[0\]: evaluate.judge .*keep_columns"):
+    with pytest.raises(ConfigError, match=r"evaluate.judge: name who scores the held-out samples"):
         build_config(tree)
 
 

@@ -237,9 +237,11 @@ def _prompt_sets(missing: str) -> list[str]:
 @pytest.mark.parametrize(
     ("missing", "user", "more"),
     [
-        ("preference_prompts", "a collect labeler", []),  # the default labeler is the oracle
+        ("preference_prompts", "a collect labeler",
+         ["collect.labelers=[{kind: rule, function: alignflow.demo:oracle_reward}]"]),
         ("rl_prompts", "a rewards.rules entry",
-         ["rewards.rules=[{function: alignflow.demo:oracle_reward}]"]),
+         ["rewards.rules=[{function: alignflow.demo:oracle_reward}]",
+          "collect.labelers=[{kind: reward_model, models: [my-org/rm]}]"]),
     ],
 )  # fmt: skip
 def test_the_demo_oracle_needs_its_columns_on_the_prompts_it_scores(missing, user, more):
@@ -253,6 +255,7 @@ def test_the_demo_oracle_needs_its_columns_on_the_prompts_it_scores(missing, use
                 "data.source=files",
                 "data.sft=[{path: s.jsonl}]",
                 *_prompt_sets(missing),
+                "evaluate.judge=alignflow.demo:oracle_reward",
                 *more,
             ],  # fmt: skip
         )
@@ -268,12 +271,15 @@ FILES_LABELLED_BY_A_REWARD_MODEL = [
 ]
 
 
+ORACLE = "alignflow.demo:oracle_reward"
+
+
 @pytest.mark.parametrize(
     ("judges", "key"),
     [
-        ([], "evaluate.judge"),  # both default to the oracle; the message names the first
-        (["retrain.judge=reward_model"], "evaluate.judge"),
-        (["evaluate.judge=my.rules:score"], "retrain.judge"),
+        ([f"evaluate.judge={ORACLE}"], "evaluate.judge"),  # retrain.judge follows it
+        ([f"evaluate.judge={ORACLE}", "retrain.judge=reward_model"], "evaluate.judge"),
+        (["evaluate.judge=my.rules:score", f"retrain.judge={ORACLE}"], "retrain.judge"),
     ],
 )  # fmt: skip
 def test_held_out_prompts_need_the_oracle_columns_while_the_oracle_judges(judges, key):
@@ -284,6 +290,25 @@ def test_held_out_prompts_need_the_oracle_columns_while_the_oracle_judges(judges
         match=rf"data.heldout\[0\]: {key} is the demo oracle .*keep_columns: \[family, subject\]",
     ):
         load_config(REPO / "configs" / "micro.yaml", FILES_LABELLED_BY_A_REWARD_MODEL + judges)
+
+
+def test_the_demo_supplies_its_judges_and_a_files_config_names_its_own():
+    """The core names no judge: the demo's oracle judges and labels a demo config; a files config
+    without a judge, or collecting without a labeler, fails at load naming the key; retrain.judge
+    follows evaluate.judge unless set."""
+    demo = load_config(REPO / "configs" / "micro.yaml", [])
+    assert (demo.evaluate.judge, demo.retrain.judge) == (ORACLE, ORACLE)
+    assert [labeler.function for labeler in demo.collect.labelers] == [ORACLE]
+    with pytest.raises(Exception, match=r"evaluate.judge: name who scores the held-out samples"):
+        load_config(REPO / "configs" / "micro.yaml", FILES_LABELLED_BY_A_REWARD_MODEL)
+    unlabelled = [o for o in FILES_LABELLED_BY_A_REWARD_MODEL if not o.startswith("collect.")]
+    with pytest.raises(Exception, match=r"collect.labelers: name who labels"):
+        load_config(REPO / "configs" / "micro.yaml", [*unlabelled, "evaluate.judge=reward_model"])
+    files = load_config(
+        REPO / "configs" / "micro.yaml",
+        [*FILES_LABELLED_BY_A_REWARD_MODEL, "evaluate.judge=my.rules:score"],
+    )
+    assert (files.evaluate.judge, files.retrain.judge) == ("my.rules:score", "my.rules:score")
 
 
 def test_held_out_prompts_need_no_demo_columns_under_other_judges():

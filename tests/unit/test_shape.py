@@ -14,13 +14,18 @@ from alignflow.shape import active_stages, collect_mode, required_roles
 from tests.conftest import REPO
 
 D = {"path": "d.jsonl", "keep_columns": ["family", "subject"]}  # the demo oracle reads them
+ORACLE = "alignflow.demo:oracle_reward"  # named: a files config has no judge or labeler by default
 
 
 def _files(tmp_path, *overrides: str, **data):
     """A files config with the given datasets (each a one-file list) and dotted overrides."""
     import yaml
 
-    tree = {"data": {"source": "files", **{role: [D] for role in data}}}
+    tree = {
+        "data": {"source": "files", **{role: [D] for role in data}},
+        "evaluate": {"judge": ORACLE},
+        "collect": {"labelers": [{"kind": "rule", "function": ORACLE}]},
+    }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(tree))
     return load_config(path, list(overrides))
