@@ -302,6 +302,17 @@ def load_causal_lm(
     return model.to(device) if device else model
 
 
+class _DropMessages(logging.Filter):
+    """Drops log records whose message contains `text`."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
 def load_scalar_head_model(
     path: str, trust_remote_code: bool = False, pad_token_id=None, device: str | None = None
 ):
@@ -312,16 +323,18 @@ def load_scalar_head_model(
     the loading info checked here instead: anything missing besides the head is still a warning."""
     from transformers import AutoModelForSequenceClassification
 
+    # Dropped by a filter on that one record, not by raising the logger's level: transformers
+    # checks a tensor-parallel plan, and warns "layers were not sharded", when that level is set.
     report = logging.getLogger("transformers.modeling_utils")
-    level = report.level
-    report.setLevel(logging.ERROR)
+    load_report = _DropMessages("LOAD REPORT")
+    report.addFilter(load_report)
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=1, trust_remote_code=trust_remote_code, use_safetensors=True,
             output_loading_info=True,
         )  # fmt: skip
     finally:
-        report.setLevel(level)
+        report.removeFilter(load_report)
     missing = [key for key in info["missing_keys"] if key.split(".")[0] != "score"]
     if missing or info["mismatched_keys"]:
         log.warning("%s: weights not in the checkpoint, initialized fresh: %s", path,

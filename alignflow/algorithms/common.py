@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 from torch import Tensor
 
-from alignflow import distributed, tracking
+from alignflow import distributed, progress, tracking
 from alignflow.algorithms.saving import first_and_last, save_trained
 from alignflow.config import OnlineRLConfig, PipelineConfig, PolicyTrainingConfig
 from alignflow.models import (
@@ -110,12 +110,14 @@ def lora(section, model) -> object | None:
     return peft_lora_config(section.lora, "CAUSAL_LM", model)
 
 
-def fit(trainer, work: Path, save_minutes: float | None) -> dict[str, float]:
+def fit(trainer, work: Path, save_minutes: float | None, name: str) -> dict[str, float]:
     """Train (resuming from the last checkpoint in `work`, if a crash left one; one is saved at
-    least every `save_minutes`), logging every logged step to the active MLflow run. Returns the
+    least every `save_minutes`), logging every logged step to the active MLflow run and showing
+    progress as `name` (alignflow.progress). Returns the
     mean training loss, and the first and last logged ones."""
     trainer.add_callback(tracking.trainer_callback())
     trainer.add_callback(periodic_checkpoints(save_minutes))
+    progress.watch(trainer, name)
     output = trainer.train(resume_from_checkpoint=last_checkpoint(work / CHECKPOINTS))
     return {"train_loss": output.training_loss, **first_and_last(trainer.state.log_history, "loss")}
 

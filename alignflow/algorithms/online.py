@@ -81,7 +81,7 @@ def _prompt_dataset(inputs: PolicyInputs):
 
 
 def _train_online(trainer, tokenizer, work: Path, algorithm: str, section) -> dict[str, float]:
-    losses = fit(trainer, work, section.save_minutes)
+    losses = fit(trainer, work, section.save_minutes, algorithm)
     save_policy(trainer, tokenizer, work, f"policy.{algorithm}.learning_rate")
     history = trainer.state.log_history
     return {

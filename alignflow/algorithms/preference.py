@@ -84,7 +84,7 @@ def _fit_and_save(
     cfg: PipelineConfig, trainer, tokenizer, inputs: PolicyInputs, work: Path, rows: int
 ):
     section = getattr(cfg.policy, cfg.policy.algorithm)
-    losses = fit(trainer, work, section.save_minutes)
+    losses = fit(trainer, work, section.save_minutes, cfg.policy.algorithm)
     policy_dir = save_policy(
         trainer, tokenizer, work, f"policy.{cfg.policy.algorithm}.learning_rate"
     )

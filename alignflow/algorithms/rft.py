@@ -102,6 +102,6 @@ def train_rft(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict[str
         processing_class=tokenizer,
         peft_config=lora(section, model),
     )
-    losses = fit(trainer, work, section.save_minutes)
+    losses = fit(trainer, work, section.save_minutes, "rft")
     save_policy(trainer, tokenizer, work, "policy.rft.learning_rate")
     return {**sampled, **losses}

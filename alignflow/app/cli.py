@@ -129,6 +129,22 @@ def _quiet_defaults() -> None:
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "alignflow,tasks")
     for name in ("alignflow", "tasks"):  # Prefect adds its handlers to them, not a level
         logging.getLogger(name).setLevel(logging.INFO)
+    # Prefect's client prints a telemetry notice on a terminal's first run and then reports usage:
+    # off here as on the server (PREFECT_SERVER_ANALYTICS_ENABLED above).
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    # Shown on a terminal as one live line per stage (alignflow.progress), not one bar per map.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+def _training_defaults() -> None:
+    """For the commands that train: DeepSpeed, detecting the accelerator itself, warns "Setting
+    accelerator to CPU" in every process of a run without a GPU; torch decides it for it instead
+    (a machine with a GPU keeps DeepSpeed's own detection)."""
+    if "DS_ACCELERATOR" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["DS_ACCELERATOR"] = "cpu"
 
 
 @app.command()
@@ -139,6 +155,7 @@ def run(
     """Run the whole RLHF pipeline as a Prefect flow; completed stages are reused."""
     cfg = _named_by_overrides(_load(config, set_), set_)
     _quiet_defaults()
+    _training_defaults()
     from alignflow.models import check_base_model
     from alignflow.rl.rewards import check_rewards
 
@@ -198,6 +215,7 @@ def retrain(
     the challenger only when it wins on held-out prompts (retrain.* in the config)."""
     cfg = _named_by_overrides(_load(config, set_), set_)
     _quiet_defaults()
+    _training_defaults()
     from alignflow.store import RootBusy
     from flows.retrain import retrain as retrain_flow
 
@@ -453,6 +471,7 @@ def launch_stage(
     its upstream stages must be complete (`alignflow run` makes them)."""
     _load(config, set_)  # a config error exits 2 before any process starts
     _quiet_defaults()
+    _training_defaults()
     from alignflow import launch as launching
 
     try:

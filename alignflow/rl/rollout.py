@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from alignflow.config import SamplingConfig
+from alignflow.progress import Progress
 from alignflow.rl.functional import entropy_from_logprobs, kl_exact
 from alignflow.rl.trunk import TrunkStates, generated_trunk, recording, starting_at
 
@@ -367,13 +368,13 @@ def sample_texts(
     greedy: bool = False,
     desc: str = "generating",
 ) -> list[str]:
-    """Generate one response per prompt, in batches, with a progress bar."""
-    from tqdm.auto import tqdm
-
+    """Generate one response per prompt, in batches, showing progress (in prompts) as `desc`."""
     stops = stop_token_ids(model)
     texts: list[str] = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
-        ids, mask = encode_prompts(tokenizer, prompts[start : start + batch_size], model.device)
-        response = generate(model, ids, mask, sampling, greedy=greedy)
-        texts.extend(decode(tokenizer, response, response_mask(response, stops)))
+    with Progress(desc, len(prompts)) as progress:
+        for start in range(0, len(prompts), batch_size):
+            ids, mask = encode_prompts(tokenizer, prompts[start : start + batch_size], model.device)
+            response = generate(model, ids, mask, sampling, greedy=greedy)
+            texts.extend(decode(tokenizer, response, response_mask(response, stops)))
+            progress.update(len(texts))
     return texts

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from alignflow import distributed
 from alignflow.config import PPOConfig, RewardsConfig
+from alignflow.progress import Progress
 from alignflow.rl import functional
 from alignflow.rl.rewards import Rewarder
 from alignflow.rl.rollout import (
@@ -400,14 +401,11 @@ class PPOTrainer:
             )
 
     def train(self) -> list[dict]:
-        from tqdm.auto import tqdm
-
         self.resume()
-        bar = tqdm(total=self.cfg.updates, initial=self.update_index, desc="ppo", leave=False)
+        bar = Progress("ppo", self.cfg.updates, initial=self.update_index)
         while self.update_index < self.cfg.updates and self.stopped_early is None:
             stats = self.step()
-            bar.update(1)
-            bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{stats['kl']:.2f}")
+            bar.update(self.update_index, reward=stats["reward"], kl=stats["kl"])
             if self.cfg.kl_stop is not None and stats["kl"] > self.cfg.kl_stop:
                 self.stopped_early = (
                     f"KL {stats['kl']:.3f} nats/sequence exceeded policy.ppo.kl_stop "

@@ -7,12 +7,18 @@ import shutil
 import statistics
 from pathlib import Path
 
-from alignflow import distributed, tracking
+from alignflow import distributed, progress, tracking
 from alignflow.algorithms.saving import first_and_last, save_trained
 from alignflow.config import PipelineConfig
 from alignflow.health import check_reward_model
 from alignflow.shape import require
-from alignflow.stages import MEMBER_METRICS, OWN_PREFERENCES_FILE, PAIRS_FILE, member_dir
+from alignflow.stages import (
+    MEMBER_METRICS,
+    MODEL_DIR,
+    OWN_PREFERENCES_FILE,
+    PAIRS_FILE,
+    member_dir,
+)
 from alignflow.stages.upstream import origin_counts, preference_rows, start_model
 from alignflow.store import StageResult, write_json_atomic
 
@@ -108,6 +114,7 @@ def train_member(
     )
     # RewardTrainer drops pairs longer than max_length without a word: count them.
     dropped = len(train) - len(trainer.train_dataset)
+    progress.watch(trainer, "reward" if out.name == MODEL_DIR else f"reward {out.name}")
     trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
     metrics = {
         "dropped_too_long": dropped,

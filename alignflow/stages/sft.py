@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from alignflow import tracking
+from alignflow import progress, tracking
 from alignflow.algorithms.saving import first_and_last, save_trained
 from alignflow.config import PipelineConfig
 from alignflow.stages import MODEL_DIR, SFT_EVAL_FILE, dataset_file
@@ -46,6 +46,7 @@ def run(cfg: PipelineConfig, work: Path, prepare: StageResult) -> dict:
         peft_config=peft_lora_config(cfg.sft.lora, "CAUSAL_LM", model),
         callbacks=[tracking.trainer_callback(), periodic_checkpoints(cfg.sft.save_minutes)],
     )
+    progress.watch(trainer, "sft")
     trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
     save_trained(
         trainer, tokenizer, work / MODEL_DIR, cfg.sft.lora is not None, "sft.learning_rate"
