@@ -309,6 +309,15 @@ class PipelineRun:
         summary = {**self.summary(), **(extra or {})}
         write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
         point_latest(self.cfg.run.artifacts_root, self.run_dir)
-        tracking.log_summary(self.ctx, summary)
+        tracking.log_summary(self.ctx, summary, _evaluation_markdown(summary.get("eval")))
         tracking.end_run(self.ctx, self.ctx.parent_run_id, "FAILED" if failed else "FINISHED")
         return summary
+
+
+def _evaluation_markdown(summary: dict | None) -> str:
+    """The evaluation table for the parent run's description; nothing before an evaluation."""
+    if not summary:
+        return ""
+    from alignflow.evaluation import markdown_table
+
+    return markdown_table(summary)

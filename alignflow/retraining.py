@@ -254,10 +254,17 @@ def apply_decision(
     from alignflow.stages.register import serving_requirements
 
     name = cfg.registry.model_name
-    registered = tracking.register_policy(challenger_dir, name, serving_requirements())
+    verdict = "promoted" if decision.promote else "rejected"
+    description = (
+        f"Retraining challenger, {verdict}: judge ({cfg.retrain.judge}) gain over the champion "
+        f"{decision.gain:+.3f} (interval {decision.ci_low:+.3f} to {decision.ci_high:+.3f}). "
+        f"{decision.reason}"
+    )
+    registered = tracking.register_policy(
+        challenger_dir, name, serving_requirements(), description=description
+    )
     version = registered["version"]
     client = _client(cfg)
-    verdict = "promoted" if decision.promote else "rejected"
     evidence = {
         DECISION_TAG: verdict,
         "alignflow.gain": f"{decision.gain:.6g}",

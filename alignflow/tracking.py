@@ -270,8 +270,28 @@ def content_digest(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def register_policy(model_dir: Path, model_name: str, pip_requirements: list[str]) -> dict:
+def _model_card(text: str, license_id: str | None):
+    """A Hugging Face model card: `text`, and the license in its metadata when known."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCardData(license=license_id, library_name="transformers")
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text or 'An alignflow policy.'}\n")
+
+
+def register_policy(
+    model_dir: Path,
+    model_name: str,
+    pip_requirements: list[str],
+    description: str = "",
+    tags: dict[str, str] | None = None,
+    license_id: str | None = None,
+) -> dict:
     """Log the policy as an MLflow transformers model and register it, once per content.
+
+    The version gets `description` (markdown: the evaluation that earned it) and `tags` (its
+    figures), set again on a rerun that finds it. The logged model's card carries the description
+    and `license_id` (the base model's license; None when unknown: MLflow then says to check it),
+    so MLflow does not look for a card on the hub.
 
     The version carries the folder's content digest: registering the same policy again (a rerun
     after a kill, a run that changed only an evaluation setting) finds that version instead of
@@ -304,10 +324,15 @@ def register_policy(model_dir: Path, model_name: str, pip_requirements: list[str
             name="policy",
             task="text-generation",
             pip_requirements=pip_requirements,
+            model_card=_model_card(description, license_id),
         )
         # one call creates the version with its digest: no version without it, even if killed
         registered = mlflow.register_model(info.model_uri, model_name, tags={WEIGHTS_TAG: digest})
         version, model_uri = str(registered.version), info.model_uri
+    if description:
+        client.update_model_version(model_name, version, description=description)
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(model_name, version, key, value)
     aliases = {k: str(v) for k, v in client.get_registered_model(model_name).aliases.items()}
     champion = aliases.get("champion")
     alias = "champion" if champion in (None, version) else "challenger"
@@ -381,9 +406,12 @@ def download_model(model_uri: str, dst_path: str | None = None) -> str:
     return str(model)
 
 
-def log_summary(ctx: TrackingContext, summary: dict[str, Any]) -> None:
-    """The run summary on the parent run: eval metrics as metrics, the whole thing as a file."""
-    from mlflow.entities import Metric
+def log_summary(ctx: TrackingContext, summary: dict[str, Any], evaluation: str = "") -> None:
+    """The run summary on the parent run: eval metrics as metrics, the whole thing as a file, and
+    every stage it used linked, the cached ones (whose MLflow runs belong to an earlier parent
+    run) included: tags `alignflow.stage.<stage>.run_id`/`.status`, and the run's description
+    (a table of the stages with links, then `evaluation`, markdown)."""
+    from mlflow.entities import Metric, RunTag
 
     client = _client(ctx.tracking_uri)
     now = int(time.time() * 1000)
@@ -392,6 +420,31 @@ def log_summary(ctx: TrackingContext, summary: dict[str, Any]) -> None:
         for key, value in flatten(summary.get("eval", {})).items()
         if isinstance(value, int | float) and math.isfinite(value)
     ]
-    if metrics:
-        client.log_batch(ctx.parent_run_id, metrics=metrics)
+    tags, rows = {}, ["| stage | status | seconds | MLflow run |", "|---|---|---|---|"]
+    for name, stage in summary.get("stages", {}).items():
+        tags[f"alignflow.stage.{name}.status"] = stage["status"]
+        run_id = stage.get("mlflow_run_id")
+        link = "-"
+        if run_id:
+            tags[f"alignflow.stage.{name}.run_id"] = run_id
+            experiment = _experiment_of(client, run_id) or ctx.experiment_id
+            link = f"[{run_id[:12]}](#/experiments/{experiment}/runs/{run_id})"
+        rows.append(f"| {name} | {stage['status']} | {stage['seconds']:.1f} | {link} |")
+    tags[NOTE_TAG] = "\n".join(rows) + (f"\n\n{evaluation}" if evaluation else "")
+    client.log_batch(
+        ctx.parent_run_id,
+        metrics=metrics,
+        tags=[RunTag(key, value[:MAX_TAG_VALUE]) for key, value in tags.items()],
+    )
     client.log_dict(ctx.parent_run_id, summary, "summary.json")
+
+
+NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (markdown)
+MAX_TAG_VALUE = 8000  # MLflow's limit on a tag value
+
+
+def _experiment_of(client, run_id: str) -> str | None:
+    try:
+        return client.get_run(run_id).info.experiment_id
+    except Exception:  # a run deleted since: the link falls back to this run's experiment
+        return None

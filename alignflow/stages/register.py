@@ -44,6 +44,50 @@ def gate(cfg: PipelineConfig, evaluate: StageResult):
     )  # fmt: skip
 
 
+def version_description(summary: dict, evidence: dict[str, float]) -> str:
+    """A registered version's description: the evaluation table that earned it, and the gate."""
+    from alignflow.evaluation import markdown_table
+
+    gate_line = (
+        f"**registration gate:** judge gain over {summary['reference']} {evidence['gain']:+.3f} "
+        f"(95 % interval {evidence['ci_low']:+.3f} to {evidence['ci_high']:+.3f})"
+    )
+    return f"{markdown_table(summary)}\n{gate_line}\n"
+
+
+def version_tags(summary: dict, evidence: dict[str, float]) -> dict[str, str]:
+    """A registered version's figures as tags: the policy's row of the evaluation table and the
+    gate's gain and interval (`eval.<metric>`, `gate.<key>`)."""
+    tags = {"alignflow.algorithm": summary["algorithm"], "alignflow.judge": summary["judge"]}
+    for metric, values in summary.items():
+        if isinstance(values, dict) and isinstance(values.get("policy"), int | float):
+            tags[f"eval.{metric}"] = f"{values['policy']:.6g}"
+    tags["eval.win_rate_vs_reference"] = f"{summary['win_rate_policy_vs_sft']:.6g}"
+    return tags | {f"gate.{key}": f"{value:.6g}" for key, value in evidence.items()}
+
+
+def base_license(cfg: PipelineConfig) -> str | None:
+    """The license the policy inherits from its base model: the `license:` of a local model
+    folder's card (README.md front matter, as on the hub), the project's own for the tiny model
+    built here from scratch; None when unknown."""
+    import yaml
+
+    if cfg.model.source == "tiny":
+        return "apache-2.0"
+    card = Path(cfg.model.name_or_path or "") / "README.md"
+    if not card.is_file():
+        return None
+    parts = card.read_text(encoding="utf-8", errors="replace").split("---", 2)
+    if len(parts) < 3 or parts[0].strip():
+        return None
+    try:
+        front = yaml.safe_load(parts[1])
+    except yaml.YAMLError:
+        return None
+    value = front.get("license") if isinstance(front, dict) else None
+    return value if isinstance(value, str) else None
+
+
 def run(cfg: PipelineConfig, work: Path, policy: StageResult, evaluate: StageResult) -> dict:
     """Register the policy when the evaluation's gate passes; returns what was decided."""
     summary = evaluate.metrics["summary"]
@@ -60,6 +104,8 @@ def run(cfg: PipelineConfig, work: Path, policy: StageResult, evaluate: StageRes
         tracking.set_tags({"alignflow.registered": "false"})
         return {"registered": False, "reason": reason, **evidence, "warnings": [reason]}
     registered = tracking.register_policy(
-        policy.path(POLICY_DIR), cfg.registry.model_name, serving_requirements()
-    )
+        policy.path(POLICY_DIR), cfg.registry.model_name, serving_requirements(),
+        description=version_description(summary, evidence),
+        tags=version_tags(summary, evidence), license_id=base_license(cfg),
+    )  # fmt: skip
     return {"registered": True, **registered, **evidence}

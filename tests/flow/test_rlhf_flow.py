@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from alignflow.pipeline import STAGES, tracking_uri
@@ -101,6 +102,43 @@ def test_policy_is_registered_once_with_the_champion_alias(pipeline_runs):
     assert len(versions) == 1  # the cached second run registers nothing new
     assert client.get_model_version_by_alias(name, "champion").version == versions[0].version
     assert pipeline_runs.first["registered"]["alias"] == "champion"
+
+
+def test_every_parent_run_links_every_stage_it_used_the_cached_ones_included(pipeline_runs):
+    """The second run computed nothing: its parent run still names each stage's MLflow run (the
+    first run's children) in tags and in its description, beside the evaluation table."""
+    client = _client(pipeline_runs)
+    parent = client.get_run(pipeline_runs.second["mlflow_run_id"])
+    tags = parent.data.tags
+    for name, stage in pipeline_runs.first["stages"].items():
+        assert tags[f"alignflow.stage.{name}.status"] == "cached"
+        assert tags[f"alignflow.stage.{name}.run_id"] == stage["mlflow_run_id"]
+        experiment = client.get_run(stage["mlflow_run_id"]).info.experiment_id
+        assert (
+            f"(#/experiments/{experiment}/runs/{stage['mlflow_run_id']})"
+            in (tags["mlflow.note.content"])
+        )
+    assert "| judge_score |" in tags["mlflow.note.content"]
+
+
+def test_the_registered_version_carries_its_evaluation_as_description_and_tags(pipeline_runs):
+    client = _client(pipeline_runs)
+    name = pipeline_runs.cfg.registry.model_name
+    version = client.get_model_version_by_alias(name, "champion")
+    ev = pipeline_runs.first["eval"]
+    assert f"judge: `{ev['judge']}`" in version.description
+    assert "| judge_score |" in version.description and "registration gate" in version.description
+    assert float(version.tags["eval.judge_score"]) == pytest.approx(
+        ev["judge_score"]["policy"], rel=1e-5
+    )  # tags hold 6 significant digits
+    gain = pipeline_runs.first["registered"]["gain"]
+    assert float(version.tags["gate.gain"]) == pytest.approx(gain, rel=1e-5)
+    assert version.tags["alignflow.algorithm"] == "ppo"
+    # the logged model's card: the description and the license of the tiny model built here
+    card = client.download_artifacts(version.run_id, "policy/model_card.md")
+    assert "| judge_score |" in Path(card).read_text()
+    card_data = Path(client.download_artifacts(version.run_id, "policy/model_card_data.yaml"))
+    assert "license: apache-2.0" in card_data.read_text()
 
 
 def pytest_approx(value):
