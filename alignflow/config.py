@@ -36,24 +36,33 @@ Bool = Annotated[bool, Strict()]
 
 class _Section(BaseModel):
     # Floats are finite: a learning rate of .inf or .nan is a typo, not a setting.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
 
 
 class RunConfig(_Section):
     name: str = "alignflow"
+    """Name of the run's MLflow parent run (`<name>-<flow>` for the other flows, e.g. retrain);
+    `--set` overrides are appended to it in brackets."""
     seed: int = 0
+    """Random seed of the stages: model init, training and sampling (reward-model ensemble members
+    take run.seed, run.seed + 1, ...)."""
     artifacts_root: str = "./runs"
-    # None -> $ALIGNFLOW_TRACKING_URI when set (the worker images), else a SQLite file inside
-    # artifacts_root (the embedded default).
+    """Folder the runs are kept in: stage outputs (`stages/`), one folder per run, the feedback
+    store and, by default, the MLflow SQLite store."""
     mlflow_tracking_uri: str | None = None
+    """MLflow tracking URI. None: $ALIGNFLOW_TRACKING_URI when set (the worker images), else a
+    SQLite file inside artifacts_root (the embedded default)."""
     experiment: str = "alignflow"
-    # Prefect global concurrency limit the stages that use an accelerator hold a slot of (one per
-    # process), so two runs never share a device; unlimited where the server defines no such limit.
+    """MLflow experiment the runs are logged to (created on first use)."""
     gpu_limit: str | None = "gpu"
-    # Where your own `module:function` rules, judges and labelers are imported from (ahead of
-    # installed packages). Unset in a config file: that file's folder, so a `my_rules.py` beside
-    # the config is found from any working directory.
+    """Prefect global concurrency limit the stages that use an accelerator hold a slot of (one per
+    process), so two runs never share a device; unlimited where the server defines no such limit."""
     code_dir: str | None = None
+    """Where your own `module:function` rules, judges and labelers are imported from (ahead of
+    installed packages). Unset in a config file: that file's folder, so a `my_rules.py` beside
+    the config is found from any working directory."""
 
     @field_validator("artifacts_root")
     @classmethod
@@ -67,52 +76,77 @@ class DemoTaskConfig(_Section):
     """The synthetic review/unsafe task (alignflow.demo)."""
 
     seed: int = 0
+    """Seed the task is generated from: its prompts, responses and train/held-out split."""
     sft_examples: int = 2000
+    """SFT rows generated (conversations mixing good and bad behaviour)."""
     unsafe_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    """Share of the SFT, preference and RL prompts that are unsafe requests; the rest ask for
+    reviews."""
     preference_prompts: int = 384
+    """Prompts generated for the collect stage to sample and label pairs on."""
     rl_prompts: int = 512
+    """Prompts generated for the RL algorithms (PPO, RLOO, GRPO, rejection sampling)."""
     heldout_review_prompts: int = 48
+    """Held-out review prompts (about products never trained on), for evaluation only."""
     heldout_unsafe_prompts: int = 20
+    """Held-out unsafe prompts (template and action pairs never trained on), for evaluation only."""
     heldout_product_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    # Held-out reviews of these products (any names, e.g. "Sony headphones") instead of held-out
-    # combinations of the task's own words: for a pretrained model, which knows the words.
+    """Share of the brand and product combinations held out of training for the held-out review
+    prompts."""
     heldout_products: list[str] = []
+    """Held-out reviews of these products (any names, e.g. "Sony headphones") instead of held-out
+    combinations of the task's own words: for a pretrained model, which knows the words."""
 
 
 class DatasetConfig(_Section):
     """One dataset: where it is, which format, and how its names map to the canonical ones."""
 
-    # A JSON/JSONL/CSV/Parquet file, a glob, a `datasets.save_to_disk` folder, a folder of data
-    # files, or a hub dataset id.
     path: str
-    format: str | None = None  # None: detected from the records' keys
-    split: str = "train"  # for folders and hub datasets with several splits
-    # `canonical name: name in your data`, as in LLaMA-Factory's dataset_info.json.
+    """A JSON/JSONL/CSV/Parquet file, a glob, a `datasets.save_to_disk` folder, a folder of data
+    files, or a hub dataset id."""
+    format: str | None = None
+    """The format's name (e.g. alpaca, sharegpt, messages, preference, hh_rlhf, ranking,
+    classification; see alignflow.data.formats). None: detected from the records' keys."""
+    split: str = "train"
+    """The split to read, for folders and hub datasets with several splits."""
     columns: dict[str, str] = {}
+    """Top-level columns to rename, as `canonical name: name in your data` (as in LLaMA-Factory's
+    dataset_info.json)."""
     message_keys: dict[str, str] = {}
+    """Keys inside each message to rename, as `canonical name: name in your data`, e.g.
+    `{from: speaker, value: text}`."""
     roles: dict[str, str] = {}
-    # format "classification": {prompt: "...{text}...", completion: "{label}"}; None = the default.
+    """Role values to rename, as `canonical name: name in your data`, e.g.
+    `{human: customer, gpt: agent}`."""
     template: dict[str, str] | None = None
-    keep_columns: list[str] = []  # copied verbatim onto every row (e.g. metadata a labeler reads)
-    # Rows of this dataset in the training mix: 2.0 writes each twice, 0.5 keeps a fixed half
-    # (chosen by a hash of the row, so the same rows stay chosen as data grows).
+    """For format "classification": {prompt: "...{text}...", completion: "{label}"}; None = the
+    default."""
+    keep_columns: list[str] = []
+    """Columns copied verbatim onto every row (e.g. metadata a labeler reads)."""
     weight: float = Field(1.0, gt=0)
+    """Rows of this dataset in the training mix: 2.0 writes each twice, 0.5 keeps a fixed half
+    (chosen by a hash of the row, so the same rows stay chosen as data grows)."""
 
 
 class CleanConfig(_Section):
     """Cleaning applied to training datasets; each removal is counted per reason and logged."""
 
     exact_dedup: Bool = True
-    # Estimated Jaccard similarity of word 5-gram shingles at or above which a row is a near
-    # duplicate of an earlier one (MinHash LSH); null turns near dedup off.
+    """Remove rows identical to an earlier row."""
     near_dedup_threshold: float | None = Field(0.8, gt=0, le=1)
-    min_chars: int = Field(1, ge=0)  # in tokens when max_tokens is set
+    """Estimated Jaccard similarity of word 5-gram shingles at or above which a row is a near
+    duplicate of an earlier one (MinHash LSH); null turns near dedup off."""
+    min_chars: int = Field(1, ge=0)
+    """Shortest row kept, in characters (in tokens when max_tokens is set)."""
     max_chars: int | None = Field(None, gt=0)
-    # Token length (the base model's tokenizer) above which a row is dropped (and counted) here,
-    # rather than truncated or silently dropped by a trainer later.
+    """Length in characters above which a training row is dropped (and counted); null: no limit.
+    Set it or max_tokens, not both."""
     max_tokens: int | None = Field(None, gt=0)
-    # Training rows sharing a word n-gram with a held-out prompt are removed; null turns it off.
+    """Token length (the base model's tokenizer) above which a row is dropped (and counted) here,
+    rather than truncated or silently dropped by a trainer later."""
     eval_overlap_ngram: int | None = Field(8, gt=0)
+    """Training rows sharing a word n-gram of this length with a held-out prompt are removed; null
+    turns it off."""
 
     @model_validator(mode="after")
     def _one_length_measure(self) -> CleanConfig:
@@ -126,22 +160,31 @@ class DataConfig(_Section):
     `files` reads the datasets listed here."""
 
     source: Literal["demo", "files"] = "demo"
+    """demo: the synthetic task (data.demo); files: the datasets listed in this section."""
     demo: DemoTaskConfig = DemoTaskConfig()
+    """The synthetic task's seed and sizes (data.source demo)."""
     sft: list[DatasetConfig] = []
-    # Your own preference data, in any preference format (pairs, HH-RLHF, rankings/scores,
-    # LLaMA-Factory pairwise, KTO-style unpaired): it goes to the reward model and to DPO/KTO/ORPO
-    # as it is, beside or instead of the pairs the collect stage labels (collect.mode).
+    """Conversations for supervised fine-tuning (data.source files)."""
     preferences: list[DatasetConfig] = []
-    preference_prompts: list[DatasetConfig] = []  # prompts to sample and label pairs on
-    rl_prompts: list[DatasetConfig] = []  # prompts for PPO/RLOO/GRPO rollouts
-    heldout: list[DatasetConfig] = []  # evaluation prompts, never trained on
-    on_error: Literal["raise", "skip"] = "raise"  # skip: count and list bad records, go on
+    """Your own preference data, in any preference format (pairs, HH-RLHF, rankings/scores,
+    LLaMA-Factory pairwise, KTO-style unpaired): it goes to the reward model and to DPO/KTO/ORPO
+    as it is, beside or instead of the pairs the collect stage labels (collect.mode)."""
+    preference_prompts: list[DatasetConfig] = []
+    """Prompts to sample and label pairs on."""
+    rl_prompts: list[DatasetConfig] = []
+    """Prompts for PPO/RLOO/GRPO rollouts and rejection sampling."""
+    heldout: list[DatasetConfig] = []
+    """Evaluation prompts, never trained on."""
+    on_error: Literal["raise", "skip"] = "raise"
+    """raise: a bad record stops the run; skip: count and list bad records, go on."""
     clean: CleanConfig = CleanConfig()
-    # Fraction of SFT rows held out for an eval loss, by a hash of each row's content.
+    """Deduplication, length limits and held-out overlap removal for the training datasets."""
     eval_fraction: float = Field(0.0, ge=0, lt=1)
-    # Fewest training examples a role (SFT rows, preference pairs, prompts) may have after cleaning,
-    # and a stage may train on: below it nothing can be learned, so the run stops and says so.
+    """Fraction of SFT rows held out for an eval loss, by a hash of each row's content."""
     min_examples: int = Field(16, ge=1)
+    """Fewest training examples a role (SFT rows, preference pairs, prompts) may have after
+    cleaning, and a stage may train on: below it nothing can be learned, so the run stops and says
+    so."""
 
     @model_validator(mode="after")
     def _datasets_match_source(self) -> DataConfig:
@@ -157,11 +200,17 @@ class TinyModelConfig(_Section):
     """A Llama-architecture model built locally from a random init."""
 
     hidden_size: int = Field(128, gt=0)
+    """Width of the hidden states (and embeddings)."""
     num_layers: int = Field(3, gt=0)
+    """Decoder layers."""
     num_heads: int = Field(4, gt=0)
+    """Attention heads (as many key/value heads); must divide hidden_size."""
     intermediate_size: int = Field(256, gt=0)
+    """Width of each MLP's hidden layer."""
     vocab_size: int = Field(600, gt=0)
+    """Vocabulary size the byte-level BPE tokenizer is trained to, on the demo task's text."""
     max_position_embeddings: int = Field(256, gt=0)
+    """Longest sequence the model takes, in tokens."""
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> TinyModelConfig:
@@ -173,18 +222,23 @@ class TinyModelConfig(_Section):
 
 
 class ModelConfig(_Section):
-    # "tiny": build tokenizer + model locally; "pretrained": from_pretrained(name_or_path).
     source: Literal["tiny", "pretrained"] = "tiny"
+    """tiny: build tokenizer + model locally; pretrained: from_pretrained(name_or_path)."""
     name_or_path: str | None = None
+    """The pretrained base model: a hub id or a local folder (`real:<name>`: a model that
+    `alignflow fetch-real` provides). Needed when source is pretrained."""
     tiny: TinyModelConfig = TinyModelConfig()
-    # A GGUF file (llama.cpp, Ollama) inside name_or_path (a local folder or a hub repo): the
-    # prepare stage dequantizes it once, to float32, into a safetensors folder (its base_model/),
-    # tokenizer and chat template included, which every later stage reads.
+    """The size of the locally built model (source tiny)."""
     gguf_file: str | None = None
+    """A GGUF file (llama.cpp, Ollama) inside name_or_path (a local folder or a hub repo): the
+    prepare stage dequantizes it once, to float32, into a safetensors folder (its base_model/),
+    tokenizer and chat template included, which every later stage reads."""
     trust_remote_code: Bool = False
-    # A built-in template name (alignflow.data.templates.TEMPLATES) to use instead of the model's
-    # own; None = the model's own, and an error if it has none.
+    """Let transformers run the modelling and tokenizer code a model ships with
+    (from_pretrained's trust_remote_code)."""
     chat_template: Literal["chatml", "llama3", "chatglm"] | None = None
+    """A built-in template name (alignflow.data.templates.TEMPLATES) to use instead of the model's
+    own; None = the model's own, and an error if it has none."""
 
     @model_validator(mode="after")
     def _pretrained_needs_path(self) -> ModelConfig:
@@ -199,37 +253,56 @@ class ModelConfig(_Section):
 
 class LoraConfig(_Section):
     r: int = Field(8, gt=0)
+    """Rank of the LoRA update matrices."""
     alpha: int = 16
+    """LoRA scaling (peft's lora_alpha): the update is scaled by alpha / r."""
     dropout: float = 0.0
+    """Dropout on the LoRA layers' input (peft's lora_dropout)."""
     target_modules: list[str] | str = "all-linear"
-    # Adapters on the top N transformer layers only (None: every layer). Backward then stops at
-    # the lowest adapted layer, so a step costs a forward pass plus the top layers' backward.
+    """Modules that get adapters (peft's target_modules): "all-linear", a list of module names, or
+    a pattern; top_layers takes "all-linear" or a list."""
     top_layers: int | None = Field(None, gt=0)
+    """Adapters on the top N transformer layers only (None: every layer). Backward then stops at
+    the lowest adapted layer, so a step costs a forward pass plus the top layers' backward."""
 
 
 class SFTConfig(_Section):
-    # false: no SFT stage; the policy starts from the base model, which is also its reference
-    # (an instruct model as it ships).
     enabled: Bool = True
+    """false: no SFT stage; the policy starts from the base model, which is also its reference
+    (an instruct model as it ships)."""
     epochs: float = Field(6.0, gt=0)
+    """Passes over the SFT rows (fractions allowed)."""
     learning_rate: float = Field(2e-3, gt=0)
+    """Peak learning rate (cosine schedule after the warmup)."""
     batch_size: int = Field(32, gt=0)
+    """Rows per optimizer step on each process."""
     max_length: int = Field(128, gt=0)
+    """Tokens a row is truncated to; a row left with no trained token is dropped and counted
+    (rows_dropped_by_truncation)."""
     warmup_ratio: float = 0.05
+    """Fraction of the training steps over which the learning rate rises linearly from 0."""
     lora: LoraConfig | None = None
+    """LoRA adapters instead of full fine-tuning (null: full), merged into the saved model."""
     save_steps: int = Field(100, gt=0)
-    # Also a checkpoint after this many minutes of training, whatever save_steps says (null: off).
+    """Optimizer steps between checkpoints, which a killed run resumes from."""
     save_minutes: float | None = Field(5.0, gt=0)
+    """Also a checkpoint after this many minutes of training, whatever save_steps says (null:
+    off)."""
 
 
 class SamplingConfig(_Section):
     """How responses are sampled (collect, PPO's rollouts, the online algorithms, evaluate)."""
 
-    # Log-probs are computed at this temperature too, so the KL estimate stays consistent.
     temperature: float = Field(0.7, gt=0)
+    """Sampling temperature. Log-probs are computed at this temperature too, so the KL estimate
+    stays consistent."""
     top_k: int = Field(0, ge=0)
+    """Sample from the k most likely tokens only (0: no limit)."""
     top_p: float = Field(1.0, gt=0, le=1.0)
+    """Sample from the smallest set of most likely tokens whose probabilities add up to top_p
+    (1.0: no limit)."""
     max_new_tokens: int = Field(40, gt=0)
+    """Most tokens generated per response."""
 
 
 # The judge's prompt: {prompt} is the conversation so far, {response_a} and {response_b} the two
@@ -252,17 +325,29 @@ class LLMJudgeConfig(_Section):
     """An OpenAI-compatible chat endpoint as a pairwise judge, asked in both orders."""
 
     base_url: str = "http://127.0.0.1:8000/v1"
+    """Base URL of the endpoint's OpenAI-compatible API."""
     model: str = Field(min_length=1)
-    # The NAME of the environment variable holding the API key, never the key (it would end up in
-    # MLflow params and logs). None: no key (a local server).
+    """Model name sent with every request (the labeler id is `llm_judge:<model>` unless named)."""
     api_key_env: str | None = "OPENAI_API_KEY"
+    """The NAME of the environment variable holding the API key, never the key (it would end up in
+    MLflow params and logs). None: no key (a local server)."""
     prompt_template: str = DEFAULT_JUDGE_TEMPLATE
+    """The judge's prompt: {prompt} is the conversation so far, {response_a} and {response_b} the
+    two candidates in the order shown; it must ask for an answer of A, B or TIE."""
     max_tokens: int = Field(8, gt=0)
+    """Most tokens the judge may answer with."""
     temperature: float = Field(0.0, ge=0)
-    max_retries: int = Field(3, ge=0)  # per call, with exponential backoff
+    """Sampling temperature of the judge's answers."""
+    max_retries: int = Field(3, ge=0)
+    """Retries per call, with exponential backoff."""
     timeout_s: float = Field(60.0, gt=0)
-    requests_per_minute: float | None = Field(None, gt=0)  # None: no client-side rate limit
+    """Seconds one call may take before it times out (then it is retried)."""
+    requests_per_minute: float | None = Field(None, gt=0)
+    """Client-side rate limit: calls at least 60 / requests_per_minute seconds apart. None: no
+    client-side rate limit."""
     allow_ties: Bool = True
+    """Accept TIE as a verdict. false: a TIE counts as unparsable, and a pair whose two orders
+    disagree is left unjudged rather than tied."""
 
     @model_validator(mode="after")
     def _template_fields(self) -> LLMJudgeConfig:
@@ -276,15 +361,18 @@ class HumanLabelConfig(_Section):
     """People label in the Prefect UI (the flow pauses with a form), with `alignflow label RUN_ID`
     in a terminal, or over Prefect's REST API."""
 
-    batch_size: int = Field(5, gt=0)  # comparisons per pause (one form)
-    mode: Literal["choice", "ranking"] = "choice"  # pick the best, or rank all (e.g. "B>A=C")
-    timeout_s: int = Field(3600, gt=0)  # per pause
-    # fail: the run fails when a pause times out; continue: go on with the labels given so far
+    batch_size: int = Field(5, gt=0)
+    """Comparisons per pause (one form)."""
+    mode: Literal["choice", "ranking"] = "choice"
+    """choice: pick the best; ranking: rank all (e.g. "B>A=C")."""
+    timeout_s: int = Field(3600, gt=0)
+    """Seconds each pause waits for an answer."""
     on_timeout: Literal["fail", "continue"] = "fail"
-    # pause: the run's process waits for the answer. suspend: the process exits and frees its
-    # worker; the answer resumes the run, which starts again and reuses the completed stages and
-    # the batches already answered (needs a deployment: `alignflow deploy`).
+    """fail: the run fails when a pause times out; continue: go on with the labels given so far."""
     wait: Literal["pause", "suspend"] = "pause"
+    """pause: the run's process waits for the answer. suspend: the process exits and frees its
+    worker; the answer resumes the run, which starts again and reuses the completed stages and
+    the batches already answered (needs a deployment: `alignflow deploy`)."""
 
 
 class FileLabelConfig(_Section):
@@ -292,21 +380,31 @@ class FileLabelConfig(_Section):
     answers are imported from `answers` (validated against what was exported)."""
 
     format: Literal["jsonl", "csv"] = "jsonl"
-    answers: str | None = None  # None: export only, and stop with a message saying what to do
+    """Format of the exported comparisons (`to_label.jsonl` or `to_label.csv`)."""
+    answers: str | None = None
+    """The team's answers (the exported columns with `ranking` filled in). None: export only, and
+    stop with a message saying what to do."""
 
 
 class LabelerConfig(_Section):
     """One labeler in `collect.labelers`; `kind` says which of the other fields it reads."""
 
     kind: Literal["rule", "reward_model", "llm_judge", "human", "file"]
-    name: str | None = None  # the labeler id in records (default: from kind and its source)
-    # rule: `package.module:function`, called like a rule reward (prompts, completions, **columns)
+    """Who labels: a rule (`function`), reward models (`models`), an LLM judge (`llm_judge`),
+    people (`human`) or an outside team through files (`file`)."""
+    name: str | None = None
+    """The labeler id in records (default: from kind and its source)."""
     function: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-    # reward_model: trained reward models, combined as rewards.ensemble says
+    """rule: `package.module:function`, called like a rule reward (prompts, completions,
+    **columns)."""
     models: list[str] = []
+    """reward_model: trained reward models, combined as rewards.ensemble says."""
     llm_judge: LLMJudgeConfig | None = None
+    """llm_judge: the endpoint that judges, and how it is asked."""
     human: HumanLabelConfig = HumanLabelConfig()
+    """human: how people are asked."""
     file: FileLabelConfig = FileLabelConfig()
+    """file: the export format and the answers file."""
 
     @model_validator(mode="after")
     def _has_its_source(self) -> LabelerConfig:
@@ -318,29 +416,33 @@ class LabelerConfig(_Section):
 
 
 class CollectConfig(_Section):
-    # Where the preference pairs come from: "on" (sampled here and labelled), "off" (data.preferences
-    # only) or "both" (merged; every pair says which in `origin`). None: "off" when
-    # data.preferences is set, else "on".
     mode: Literal["on", "off", "both"] | None = None
+    """Where the preference pairs come from: "on" (sampled here and labelled), "off"
+    (data.preferences only) or "both" (merged; every pair says which in `origin`). None: "off" when
+    data.preferences is set, else "on"."""
     samples_per_prompt: int = Field(4, ge=2)
-    # Label only the first N preference prompts (e.g. one round for people); None: all of them.
+    """Responses sampled per preference prompt (identical ones collapsed) for the labelers to
+    compare."""
     max_prompts: int | None = Field(None, gt=0)
-    # Who says which candidate is better. Several labelers: each labels every comparison and the
-    # pairs are decided by majority (alignflow.feedback.aggregate), agreement reported. None: the
-    # demo oracle with data.source demo; a files config that collects must name its own.
+    """Label only the first N preference prompts (e.g. one round for people); None: all of them."""
     labelers: list[LabelerConfig] | None = Field(None, min_length=1)
-    # Where candidates come from: "sft" (this run's SFT model), "champion" (the registered
-    # champion policy), or a local model folder.
+    """Who says which candidate is better. Several labelers: each labels every comparison and the
+    pairs are decided by majority (alignflow.feedback.aggregate), agreement reported. None: the
+    demo oracle with data.source demo; a files config that collects must name its own."""
     policy: str = "sft"
-    # Also label what people asked the served model (`alignflow serve --feedback-store` pointed at
-    # this feedback store): each served prompt becomes a comparison of the served response and
-    # fresh samples. Off by default: the demo oracle scores only the demo's own prompts.
+    """Where candidates come from: "sft" (this run's SFT model), "champion" (the registered
+    champion policy), or a local model folder."""
     served: Bool = False
+    """Also label what people asked the served model (`alignflow serve --feedback-store` pointed
+    at this feedback store): each served prompt becomes a comparison of the served response and
+    fresh samples. Off by default: the demo oracle scores only the demo's own prompts."""
     batch_size: int = Field(64, gt=0)
+    """Sequences sampled per generate call."""
     sampling: SamplingConfig = SamplingConfig()
-    # Every labelled record is also appended here (Parquet files; relative to run.artifacts_root)
-    # for the retraining flow to read incrementally. None: not kept.
+    """How the candidates are sampled."""
     feedback_store: str | None = "feedback"
+    """Every labelled record is also appended here (Parquet files; relative to run.artifacts_root)
+    for the retraining flow to read incrementally. None: not kept."""
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -350,26 +452,38 @@ class CollectConfig(_Section):
 
 
 class RewardConfig(_Section):
-    # An existing reward model (a local folder or hub id with a one-output sequence-classification
-    # head, sharing the policy's tokenizer) used instead of training one: no reward stage runs.
     model: str | None = None
+    """An existing reward model (a local folder or hub id with a one-output sequence-classification
+    head, sharing the policy's tokenizer) used instead of training one: no reward stage runs."""
     epochs: float = Field(2.0, gt=0)
+    """Passes over the training pairs (fractions allowed)."""
     learning_rate: float = Field(5e-4, gt=0)
+    """Peak learning rate (cosine schedule after the warmup)."""
     batch_size: int = Field(32, gt=0)
+    """Pairs per optimizer step on each process."""
     max_length: int = Field(128, gt=0)
+    """Most tokens of a prompt with its response; longer pairs are dropped by the trainer and
+    counted (dropped_too_long)."""
     eval_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    """Fraction of the preference pairs held out, by a hash of the comparison (of the prompt for
+    your own pairs), to measure the reward model's pair accuracy."""
     warmup_ratio: float = 0.05
+    """Fraction of the training steps over which the learning rate rises linearly from 0."""
     save_steps: int = Field(100, gt=0)
-    save_minutes: float | None = Field(5.0, gt=0)  # as sft.save_minutes
-    # A reward model that ranks held-out pairs no better than this (chance: 0.5), or whose scores
-    # barely differ between answers, fails its stage: nothing is trained against it (null: off).
+    """Optimizer steps between checkpoints, which a killed run resumes from."""
+    save_minutes: float | None = Field(5.0, gt=0)
+    """As sft.save_minutes: also a checkpoint after this many minutes of training (null: off)."""
     fail_at_accuracy: float | None = Field(0.5, ge=0, lt=1)
+    """A reward model that ranks held-out pairs no better than this (chance: 0.5) fails its stage:
+    nothing is trained against it (null: off)."""
     min_score_std: float | None = Field(1e-4, ge=0)
-    # LoRA on the SFT model plus a fresh score head, merged into the saved reward model.
+    """A reward model whose scores barely differ between answers (their std over the held-out
+    answers at or below this) fails its stage: nothing is trained against it (null: off)."""
     lora: LoraConfig | None = None
-    # Reward models trained (seeds run.seed, run.seed + 1, ...); with more than one, the policy
-    # stages score with the ensemble combined as rewards.ensemble says.
+    """LoRA on the SFT model plus a fresh score head, merged into the saved reward model."""
     ensemble_size: int = Field(1, ge=1)
+    """Reward models trained (seeds run.seed, run.seed + 1, ...); with more than one, the policy
+    stages score with the ensemble combined as rewards.ensemble says."""
 
 
 class RuleRewardConfig(_Section):
@@ -377,22 +491,28 @@ class RuleRewardConfig(_Section):
     `function(prompts, completions, **columns) -> list[float]` (see alignflow.rl.rewards)."""
 
     function: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    """The rule's `package.module:function` (imported from run.code_dir first)."""
     weight: float = 1.0
+    """Weight of the rule's score in the summed reward."""
 
 
 class RewardsConfig(_Section):
     """What PPO, RLOO, GRPO and rejection sampling maximise: a weighted sum of a reward-model
     (ensemble) score, rule rewards, and a length penalty."""
 
-    model_weight: float = Field(1.0, ge=0)  # 0: rules only, no reward model loaded
-    # How the ensemble's scores combine: mean, min, or mean - ensemble_std_coef * std.
+    model_weight: float = Field(1.0, ge=0)
+    """Weight of the reward-model (ensemble) score; 0: rules only, no reward model loaded."""
     ensemble: Literal["mean", "min", "mean_minus_std"] = "mean"
+    """How the ensemble's scores combine: mean, min, or mean - ensemble_std_coef * std."""
     ensemble_std_coef: float = Field(1.0, ge=0)
-    # More reward models (local folders or hub ids with a one-output head) joining the ensemble
-    # next to the ones this pipeline trains.
+    """The coefficient of the ensemble's std in mean_minus_std."""
     extra_models: list[str] = []
+    """More reward models (local folders or hub ids with a one-output head) joining the ensemble
+    next to the ones this pipeline trains."""
     rules: list[RuleRewardConfig] = []
-    length_penalty: float = Field(0.0, ge=0)  # subtracted per response token
+    """Rule rewards added to the sum, each with its weight."""
+    length_penalty: float = Field(0.0, ge=0)
+    """Subtracted per response token."""
 
     @model_validator(mode="after")
     def _something_to_maximise(self) -> RewardsConfig:
@@ -403,53 +523,87 @@ class RewardsConfig(_Section):
 
 class KLConfig(_Section):
     coef: float = Field(0.05, ge=0)
+    """Coefficient of the per-token KL penalty towards the reference policy (with adaptive: its
+    starting value)."""
     estimator: Literal["k1", "k3"] = "k1"
-    # adaptive: Ziegler et al. controller towards `target` nats/sequence over `horizon` samples.
+    """Per-token KL estimate: k1 = log p - log p_ref (unbiased, can be negative);
+    k3 = (r - 1) - log r with r = p_ref / p (unbiased, never negative)."""
     adaptive: Bool = False
+    """Adapt coef with the Ziegler et al. controller towards `target` nats/sequence over `horizon`
+    samples."""
     target: float = Field(3.0, gt=0)
+    """KL the adaptive controller steers towards, in nats per sequence."""
     horizon: int = Field(10000, gt=0)
+    """Samples over which the adaptive controller corrects a KL error (larger: slower changes of
+    the coefficient)."""
 
 
 class PPOConfig(_Section):
     updates: int = Field(60, gt=0)
+    """PPO updates: each samples, scores and trains on one rollout batch."""
     rollout_batch_size: int = Field(32, gt=0)
+    """Prompts rolled out per update (one response each), over all processes."""
     minibatch_size: int = Field(16, gt=0)
+    """Rollouts per optimizer step, over all processes; must divide rollout_batch_size."""
     ppo_epochs: int = Field(4, gt=0)
+    """Passes over each rollout batch."""
     learning_rate: float = Field(3e-5, gt=0)
+    """Learning rate of the policy (AdamW)."""
     value_learning_rate: float = Field(1e-4, gt=0)
+    """Learning rate of the critic (value model)."""
     kl: KLConfig = KLConfig()
+    """The per-token KL penalty towards the reference policy."""
     gamma: float = Field(1.0, ge=0, le=1)
+    """Discount factor of the returns and GAE."""
     lam: float = Field(0.95, ge=0, le=1)
+    """GAE's lambda: trades the advantages' bias (0) against their variance (1)."""
     clip_range: float = Field(0.2, gt=0)
+    """Clip range of the policy's probability ratio in the clipped surrogate loss."""
     value_clip_range: float = Field(0.2, gt=0)
+    """How far new value estimates may move from the rollout's before the value loss clips them."""
     value_coef: float = Field(0.5, ge=0)
+    """Weight of the value loss in the total loss."""
     entropy_coef: float = Field(0.0, ge=0)
+    """Weight of the entropy bonus subtracted from the loss (0: entropy is only logged)."""
     whiten_advantages: Bool = True
+    """Standardise the advantages over each rollout batch."""
     whiten_rewards: Bool = False
+    """Standardise the per-token rewards over each rollout batch."""
     max_grad_norm: float = Field(1.0, gt=0)
-    # Score given instead of the reward model's when a response never emits EOS; None = no penalty.
+    """Gradients of policy and critic are clipped to this total norm before each step."""
     missing_eos_score: float | None = -1.0
-    # Scores standardised by a running mean/std over all rollouts so far, then clipped to
-    # [-reward_clip, reward_clip] (None: no clipping).
+    """Score given instead of the reward model's when a response never emits EOS; None = no
+    penalty."""
     reward_normalization: Bool = False
+    """Scores standardised by a running mean/std over all rollouts so far."""
     reward_clip: float | None = Field(None, gt=0)
-    # Stop early (and keep the policy) when the mean KL per sequence exceeds this many nats.
+    """Scores (after normalisation, when on) clipped to [-reward_clip, reward_clip] (None: no
+    clipping)."""
     kl_stop: float | None = Field(None, gt=0)
-    lr_schedule: Literal["constant", "linear"] = "constant"  # linear: decays to 0 at `updates`
+    """Stop early (and keep the policy) when the mean KL per sequence exceeds this many nats."""
+    lr_schedule: Literal["constant", "linear"] = "constant"
+    """Learning-rate schedule of policy and critic: constant, or linear: decays to 0 at
+    `updates`."""
     sampling: SamplingConfig = SamplingConfig()
-    # LoRA PPO: policy and reference share one base (the reference is the base with the adapter
-    # off); the critic trains its own adapter. quantization 4bit + lora = QLoRA (bitsandbytes).
+    """How rollouts are sampled; top_k or top_p that truncate the distribution bias the KL
+    estimate and the PPO ratio (a warning is logged)."""
     lora: LoraConfig | None = None
+    """LoRA PPO: policy and reference share one base (the reference is the base with the adapter
+    off); the critic trains its own adapter."""
     quantization: Literal["none", "8bit", "4bit"] = "none"
-    # With LoRA on the top layers only (lora.top_layers, here and in the reward model), policy,
-    # reference, critic and reward model share the frozen layers below: they run once per rollout
-    # batch, not in every pass (alignflow.rl.trunk). Same result up to float rounding; off only to
-    # measure it. Detected from the weights: no shared layers, no effect.
+    """The frozen base loaded quantized (bitsandbytes); needs lora. quantization 4bit + lora =
+    QLoRA."""
     shared_trunk: Bool = True
+    """With LoRA on the top layers only (lora.top_layers, here and in the reward model), policy,
+    reference, critic and reward model share the frozen layers below: they run once per rollout
+    batch, not in every pass (alignflow.rl.trunk). Same result up to float rounding; off only to
+    measure it. Detected from the weights: no shared layers, no effect."""
     checkpoint_every: int = Field(10, gt=0)
-    # Every N updates, a table of prompts, completions and rewards goes to MLflow (0: never).
+    """Updates between checkpoints (the full trainer state, which a killed run resumes from)."""
     log_samples_every: int = Field(10, ge=0)
+    """Every N updates, a table of prompts, completions and rewards goes to MLflow (0: never)."""
     samples_logged: int = Field(8, gt=0)
+    """Rollouts shown in each of those tables."""
 
     @model_validator(mode="after")
     def _quantized_needs_lora(self) -> PPOConfig:
@@ -475,13 +629,21 @@ class PolicyTrainingConfig(_Section):
     suit the tiny demo model; pretrained models want learning rates near 1e-6 to 1e-5."""
 
     epochs: float = Field(1.0, gt=0)
+    """Passes over the training rows (fractions allowed)."""
     learning_rate: float = Field(1e-4, gt=0)
+    """Peak learning rate (cosine schedule after the warmup)."""
     batch_size: int = Field(16, gt=0)
+    """Rows per optimizer step on each process."""
     max_length: int = Field(128, gt=0)
+    """Most tokens of a training sequence, prompt and completion (TRL's max_length)."""
     warmup_ratio: float = 0.05
+    """Fraction of the training steps over which the learning rate rises linearly from 0."""
     save_steps: int = Field(100, gt=0)
-    save_minutes: float | None = Field(5.0, gt=0)  # as sft.save_minutes
-    lora: LoraConfig | None = None  # merged into the saved policy
+    """Optimizer steps between checkpoints, which a killed run resumes from."""
+    save_minutes: float | None = Field(5.0, gt=0)
+    """As sft.save_minutes: also a checkpoint after this many minutes of training (null: off)."""
+    lora: LoraConfig | None = None
+    """LoRA adapters instead of full fine-tuning (null: full), merged into the saved policy."""
 
 
 # The loss types of TRL 1.16's DPOTrainer and GRPOTrainer.
@@ -496,10 +658,13 @@ class DPOConfig(PolicyTrainingConfig):
     """Direct preference optimisation (TRL DPOTrainer) on the preference pairs (collected and/or
     your own, data.preferences)."""
 
-    beta: float = Field(0.1, gt=0)  # ipo: the regulariser tau
+    beta: float = Field(0.1, gt=0)
+    """DPO's beta: how strongly the policy is held to the reference; ipo: the regulariser tau."""
     loss_type: DPOLoss = "sigmoid"
-    # robust: the probability that a label is flipped; exo_pair: epsilon (1e-3 in the EXO paper).
+    """TRL DPOTrainer's loss: sigmoid (the DPO paper's), ipo, hinge, robust, exo_pair, ..."""
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    """robust: the probability that a label is flipped; exo_pair: epsilon (1e-3 in the EXO
+    paper)."""
 
     @model_validator(mode="after")
     def _exo_needs_smoothing(self) -> DPOConfig:
@@ -513,11 +678,15 @@ class KTOConfig(PolicyTrainingConfig):
     a served response its user rated (alignflow serve) is labelled by the rating."""
 
     beta: float = Field(0.1, gt=0)
+    """KTO's beta: how strongly the policy is held to the reference."""
     loss_type: Literal["kto", "apo_zero_unpaired"] = "kto"
-    # Scale one side when desirable and undesirable rows are unbalanced (the paper keeps
-    # desirable_weight * n_desirable / (undesirable_weight * n_undesirable) in [1, 4/3]).
+    """TRL KTOTrainer's loss: kto, or apo_zero_unpaired."""
     desirable_weight: float = Field(1.0, gt=0)
+    """Loss weight of desirable rows. Scale one side when desirable and undesirable rows are
+    unbalanced (the paper keeps desirable_weight * n_desirable / (undesirable_weight *
+    n_undesirable) in [1, 4/3])."""
     undesirable_weight: float = Field(1.0, gt=0)
+    """Loss weight of undesirable rows (see desirable_weight)."""
 
     @model_validator(mode="after")
     def _kl_needs_a_batch(self) -> KTOConfig:
@@ -530,7 +699,8 @@ class KTOConfig(PolicyTrainingConfig):
 class ORPOConfig(PolicyTrainingConfig):
     """ORPO (TRL experimental ORPOTrainer): SFT on chosen plus an odds-ratio penalty, no reference."""
 
-    beta: float = Field(0.1, gt=0)  # lambda in the paper: weight of the odds-ratio term
+    beta: float = Field(0.1, gt=0)
+    """Lambda in the paper: weight of the odds-ratio term."""
 
 
 class OnlineRLConfig(_Section):
@@ -538,16 +708,25 @@ class OnlineRLConfig(_Section):
     with `rewards`, and update on advantages relative to the prompt's other completions."""
 
     steps: int = Field(100, gt=0)
-    learning_rate: float = Field(1e-4, gt=0)  # tiny demo model; pretrained ones want ~1e-6
-    # Completions per step (batch_size / num_generations prompts).
+    """Training steps, each on batch_size freshly sampled completions."""
+    learning_rate: float = Field(1e-4, gt=0)
+    """Peak learning rate; the default suits the tiny demo model, pretrained ones want ~1e-6."""
     batch_size: int = Field(32, gt=0)
+    """Completions per step, over all processes (batch_size / num_generations prompts)."""
     num_generations: int = Field(4, ge=2)
-    beta: float = Field(0.05, ge=0)  # KL coefficient towards the SFT model; 0 loads no reference
+    """Completions sampled per prompt: the group each one's advantage is relative to."""
+    beta: float = Field(0.05, ge=0)
+    """KL coefficient towards the SFT model; 0 loads no reference."""
     sampling: SamplingConfig = SamplingConfig()
+    """How completions are sampled (max_new_tokens caps their length)."""
     warmup_ratio: float = 0.0
+    """Fraction of the steps over which the learning rate rises linearly from 0."""
     save_steps: int = Field(100, gt=0)
-    save_minutes: float | None = Field(5.0, gt=0)  # as sft.save_minutes
+    """Steps between checkpoints, which a killed run resumes from."""
+    save_minutes: float | None = Field(5.0, gt=0)
+    """As sft.save_minutes: also a checkpoint after this many minutes of training (null: off)."""
     lora: LoraConfig | None = None
+    """LoRA adapters instead of full fine-tuning (null: full), merged into the saved policy."""
 
     @model_validator(mode="after")
     def _whole_groups(self) -> OnlineRLConfig:
@@ -562,14 +741,19 @@ class RLOOConfig(OnlineRLConfig):
     """REINFORCE leave-one-out (TRL RLOOTrainer)."""
 
     normalize_advantages: Bool = False
+    """Standardise the advantages of each generation batch to mean 0 and std 1."""
 
 
 class GRPOConfig(OnlineRLConfig):
     """Group relative policy optimisation (TRL GRPOTrainer)."""
 
     beta: float = Field(0.04, ge=0)
+    """KL coefficient towards the SFT model; 0 loads no reference."""
     loss_type: GRPOLoss = "dapo"
-    scale_rewards: Literal["group", "batch", "none"] = "group"  # std used to scale advantages
+    """TRL GRPOTrainer's loss (dapo: token losses normalised by the active tokens of the global
+    batch; grpo: by each sequence's length; dr_grpo, bnpo, ...)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """The std used to scale advantages: the group's, the batch's, or none."""
 
 
 class RFTConfig(PolicyTrainingConfig):
@@ -577,55 +761,78 @@ class RFTConfig(PolicyTrainingConfig):
     the SFT model, keep the best by reward, then SFT (TRL SFTTrainer) on the kept ones."""
 
     epochs: float = Field(3.0, gt=0)
+    """Passes over the kept completions (fractions allowed)."""
     learning_rate: float = Field(5e-4, gt=0)
+    """Peak learning rate of the fine-tuning (cosine schedule after the warmup)."""
     samples_per_prompt: int = Field(4, ge=2)
-    # Of the per-prompt winners, the best fraction by reward is kept (1: one per prompt).
+    """Completions sampled per RL prompt, of which the best by reward is kept."""
     keep_fraction: float = Field(1.0, gt=0, le=1)
+    """Of the per-prompt winners, the best fraction by reward is kept (1: one per prompt)."""
     sampling: SamplingConfig = SamplingConfig()
+    """How the completions are sampled."""
     generation_batch_size: int = Field(64, gt=0)
+    """Sequences per generate call and per reward-scoring batch."""
 
 
 class PolicyConfig(_Section):
     """Which algorithm turns the SFT model into the aligned policy; each has its own section."""
 
     algorithm: Literal["ppo", "dpo", "kto", "orpo", "rloo", "grpo", "rft"] = "ppo"
+    """The policy algorithm: ppo, rloo, grpo and rft maximise `rewards`; dpo, kto and orpo learn
+    from the preference pairs."""
     ppo: PPOConfig = PPOConfig()
+    """PPO (our engine, alignflow.rl), read when algorithm is ppo."""
     dpo: DPOConfig = DPOConfig()
+    """DPO, read when algorithm is dpo."""
     kto: KTOConfig = KTOConfig()
+    """KTO, read when algorithm is kto."""
     orpo: ORPOConfig = ORPOConfig()
+    """ORPO, read when algorithm is orpo."""
     rloo: RLOOConfig = RLOOConfig()
+    """RLOO, read when algorithm is rloo."""
     grpo: GRPOConfig = GRPOConfig()
+    """GRPO, read when algorithm is grpo."""
     rft: RFTConfig = RFTConfig()
+    """Rejection-sampling fine-tuning, read when algorithm is rft."""
 
 
 JUDGE_PATTERN = r"^(reward_model|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$"
 
 
 class EvaluateConfig(_Section):
-    # What scores the held-out samples of base, SFT and the policy (judge_score, win-rate): a rule
-    # reward (`module:function`, the rewards.rules signature) or "reward_model", this run's reward
-    # model, which the policy was trained against: a biased judge. None: the demo oracle with
-    # data.source demo; a files config names its own.
     judge: str | None = Field(None, pattern=JUDGE_PATTERN)
+    """What scores the held-out samples of base, SFT and the policy (judge_score, win-rate): a rule
+    reward (`module:function`, the rewards.rules signature) or "reward_model", this run's reward
+    model, which the policy was trained against: a biased judge. None: the demo oracle with
+    data.source demo; a files config names its own."""
     samples_per_prompt: int = Field(4, gt=0)
-    # How every policy's held-out responses are sampled (and the retraining round's champion and
-    # challenger): the evaluation's own, whichever policy.algorithm trained
+    """Responses sampled per held-out prompt and policy (plus one greedy response)."""
     sampling: SamplingConfig = SamplingConfig()
+    """How every policy's held-out responses are sampled (and the retraining round's champion and
+    challenger): the evaluation's own, whichever policy.algorithm trained."""
     seed: int = 1234
+    """Seed of the held-out sampling (the same for every policy) and of the bootstrap intervals of
+    the registry gate and the retraining decision."""
     batch_size: int = Field(64, gt=0)
-    # eval.md shows every policy's greedy response to this many held-out prompts per prompt family
+    """Sequences per batch when sampling and scoring; the exact KL holds two batch x tokens x
+    vocabulary float32 tensors, so a large vocabulary may need less."""
     samples_shown: int = Field(2, ge=0)
+    """eval.md shows every policy's greedy response to this many held-out prompts per prompt
+    family."""
 
 
 class RegistryConfig(_Section):
     model_name: str = "alignflow-policy"
-    # The policy is registered only when it beats its reference (the SFT model, or the base model
-    # when SFT is skipped) on the held-out judge scores (evaluate.judge): a mean gain above
-    # min_gain, and a bootstrap interval of it over prompts (at `confidence`) above zero. A policy
-    # no better than where it started is never a champion, the first one included.
+    """Name the policy is registered under in the MLflow model registry."""
     min_gain: float = Field(0.0, ge=0)
+    """The policy is registered only when it beats its reference (the SFT model, or the base model
+    when SFT is skipped) on the held-out judge scores (evaluate.judge): a mean gain above
+    min_gain, and a bootstrap interval of it over prompts (at `confidence`) above zero. A policy
+    no better than where it started is never a champion, the first one included."""
     confidence: float = Field(0.95, gt=0, lt=1)
+    """Confidence level of the bootstrap interval of the gain."""
     bootstrap_resamples: int = Field(2000, ge=100)
+    """Resamples (of prompts) that bootstrap interval is computed from."""
 
 
 class RetrainConfig(_Section):
@@ -634,16 +841,20 @@ class RetrainConfig(_Section):
     The challenger is promoted when its mean held-out score gain over the champion exceeds `margin`
     and the bootstrap confidence interval of that gain (over prompts) lies above zero."""
 
-    # Fewer new feedback records than this since the last round: the round is skipped.
     min_new_records: int = Field(1, ge=1)
-    # What scores both policies on the held-out prompts: a rule reward (`module:function`, the
-    # rewards.rules signature) or "reward_model" (the round's refreshed reward model). None: the
-    # same judge as evaluate.judge.
+    """Fewer new feedback records than this since the last round: the round is skipped."""
     judge: str | None = Field(None, pattern=JUDGE_PATTERN)
+    """What scores both policies on the held-out prompts: a rule reward (`module:function`, the
+    rewards.rules signature) or "reward_model" (the round's refreshed reward model). None: the
+    same judge as evaluate.judge."""
     margin: float = Field(0.0, ge=0)
+    """The mean gain over the champion that the challenger must exceed to be promoted."""
     confidence: float = Field(0.95, gt=0, lt=1)
+    """Confidence level of the bootstrap interval of the gain."""
     bootstrap_resamples: int = Field(2000, ge=100)
-    samples_per_prompt: int = Field(2, gt=0)  # per held-out prompt and policy, same seeds for both
+    """Resamples (of prompts) that bootstrap interval is computed from."""
+    samples_per_prompt: int = Field(2, gt=0)
+    """Responses per held-out prompt and policy, same seeds for both."""
 
 
 class ComputeConfig(_Section):
@@ -652,8 +863,11 @@ class ComputeConfig(_Section):
     Prefect log. How a stage runs is not what it computes: not part of any cache key."""
 
     nproc: int = Field(1, ge=1)
+    """Processes the stage runs on (1: in the flow's process, unless deepspeed is set)."""
     launcher: Literal["torchrun", "accelerate"] = "torchrun"
-    deepspeed: str | None = None  # a DeepSpeed JSON, e.g. infra/deepspeed/zero2.json
+    """What starts the processes: torchrun or accelerate launch."""
+    deepspeed: str | None = None
+    """A DeepSpeed JSON, e.g. infra/deepspeed/zero2.json (None: no DeepSpeed)."""
 
     @property
     def launched(self) -> bool:
@@ -662,19 +876,30 @@ class ComputeConfig(_Section):
 
 class PipelineConfig(_Section):
     run: RunConfig = RunConfig()
+    """The run's name and seed, and where it is stored and tracked."""
     data: DataConfig = DataConfig()
+    """The datasets (or the demo task) and how they are cleaned."""
     model: ModelConfig = ModelConfig()
+    """The base model."""
     sft: SFTConfig = SFTConfig()
+    """Supervised fine-tuning of the base model (the sft stage)."""
     collect: CollectConfig = CollectConfig()
-    # training the reward model (the reward stage); `rewards`: what the policy maximises
+    """Preference collection: candidates sampled and labelled (the collect stage)."""
     reward_model: RewardConfig = RewardConfig()
+    """Training the reward model (the reward stage); `rewards`: what the policy maximises."""
     rewards: RewardsConfig = RewardsConfig()
+    """What the reward-driven algorithms maximise: reward models, rules, a length penalty."""
     policy: PolicyConfig = PolicyConfig()
+    """The algorithm that trains the aligned policy, and its settings (the policy stage)."""
     evaluate: EvaluateConfig = EvaluateConfig()
+    """The held-out evaluation of base, SFT and policy (the evaluate stage)."""
     registry: RegistryConfig = RegistryConfig()
+    """When and under which name the policy is registered in MLflow (the register stage)."""
     retrain: RetrainConfig = RetrainConfig()
-    # Per stage (sft, reward, policy: the ones that split their work across processes).
+    """Retraining rounds on new feedback (flows/retrain.py)."""
     compute: dict[str, ComputeConfig] = {}
+    """How each stage runs, by stage name: sft, reward, policy (the ones that split their work
+    across processes)."""
 
     @property
     def feedback_store_path(self) -> Path | None:
@@ -775,6 +1000,8 @@ def _format_errors(error: ValidationError, source: str) -> str:
             problem = "unknown key"
             if key in RENAMED_SECTIONS:
                 problem = f"renamed: it is {RENAMED_SECTIONS[key]} now"
+            else:
+                problem += _hint(item["loc"])
         else:
             problem = item["msg"].removeprefix("Value error, ")
             if "input" in item and item["type"] not in ("missing", "value_error"):
@@ -782,6 +1009,32 @@ def _format_errors(error: ValidationError, source: str) -> str:
         # a problem of the whole config names its keys itself
         lines.append(bounded_line(f"{source}: {key}: {problem}" if key else f"{source}: {problem}"))
     return "\n".join(lines)
+
+
+def _hint(loc: tuple) -> str:
+    """For an unknown key at `loc`: the section's keys closest to it, or how to list them."""
+    import difflib
+    import typing
+
+    model: Any = PipelineConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:  # a list index or a mapping key: the model stays that of the items
+            continue
+        annotation = field.annotation
+        candidates = [annotation, *typing.get_args(annotation)]
+        candidates += [inner for c in candidates for inner in typing.get_args(c)]
+        found = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not found:
+            return ""
+        model = found[0]
+    section = ".".join(str(part) for part in loc[:-1] if isinstance(part, str))
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=2)
+    if close:
+        return f"; did you mean {' or '.join(close)}?"
+    return (
+        f"; `alignflow keys {section}` lists them" if section else "; `alignflow keys` lists them"
+    )
 
 
 _REPR = reprlib.Repr()

@@ -17,6 +17,8 @@ FIXTURES = REPO.parent / "shared" / "fixtures"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Our library's log lines outside a flow run go to the console only, as under the CLI.
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 # Every test names its own MLflow store; a developer's server must never receive test runs.
 os.environ.pop("ALIGNFLOW_TRACKING_URI", None)
 

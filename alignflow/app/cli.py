@@ -19,6 +19,8 @@ from alignflow.stages import STAGES
 
 app = typer.Typer(
     add_completion=False,
+    # click's plain help: paragraphs rewrapped to the terminal, no <type> columns
+    rich_markup_mode=None,
     no_args_is_help=True,
     help="The RLHF loop (data, SFT, preferences, reward model, PPO, evaluation, registry) "
     "as Prefect flows tracked in MLflow.",
@@ -29,7 +31,8 @@ SetOption = Annotated[
     typer.Option(
         "--set",
         metavar="SECTION.KEY=VALUE",
-        help="Override a config value, e.g. policy.ppo.updates=40 (repeatable).",
+        help="Override a config value, e.g. policy.ppo.updates=40 (repeatable); "
+        "`alignflow keys` lists every key.",
     ),
 ]
 
@@ -127,6 +130,9 @@ def _quiet_defaults() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     # Our own log lines (stage timings, what data preparation removed) in the console and Prefect UI.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "alignflow,tasks")
+    # ... and outside a flow run (`alignflow launch`, a launched rank) in the console only,
+    # without a warning per line that there is no flow run to send them to.
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     for name in ("alignflow", "tasks"):  # Prefect adds its handlers to them, not a level
         logging.getLogger(name).setLevel(logging.INFO)
     # Prefect's client prints a telemetry notice on a terminal's first run and then reports usage:
@@ -507,9 +513,44 @@ def label(
 
 
 @app.command("show-config")
-def show_config(config: Path, set_: SetOption = None) -> None:
+def show_config(
+    config: Path,
+    set_: SetOption = None,
+    doc: Annotated[
+        bool, typer.Option("--doc", help="Each key's description as a comment above it.")
+    ] = False,
+) -> None:
     """Print the resolved config (defaults + file + overrides) as YAML."""
-    typer.echo(dump_config(_load(config, set_)), nl=False)
+    cfg = _load(config, set_)
+    if doc:
+        from alignflow.config_doc import commented_yaml
+
+        typer.echo(commented_yaml(cfg), nl=False)
+    else:
+        typer.echo(dump_config(cfg), nl=False)
+
+
+@app.command()
+def keys(
+    prefix: Annotated[
+        str, typer.Argument(help="Only the keys starting with it, e.g. policy.ppo.")
+    ] = "",
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="The reference as docs/config.md holds it.")
+    ] = False,
+) -> None:
+    """Every config key: its type, default and what it does (the text the Prefect form shows)."""
+    from alignflow.config_doc import keys as all_keys
+    from alignflow.config_doc import markdown as reference
+    from alignflow.config_doc import table
+
+    if markdown:
+        typer.echo(reference(), nl=False)
+        return
+    if not any(key.key.startswith(prefix) for key in all_keys()):
+        sections = sorted({key.key.split(".")[0].split("[")[0] for key in all_keys()})
+        _fail(f"no config key starts with {prefix!r}; the sections: {', '.join(sections)}", 2)
+    typer.echo(table(prefix))
 
 
 @app.command()

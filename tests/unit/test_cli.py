@@ -39,7 +39,10 @@ def test_run_with_unknown_key_exits_2_with_one_error_line_naming_it(runner, tmp_
     assert result.exit_code == 2
     # click >= 8.2 keeps stderr apart; `output` is what a terminal shows (both streams).
     assert result.stdout == ""
-    assert _error_lines(result.stderr) == [f"error: {config}: policy.ppo.learnig_rate: unknown key"]
+    assert _error_lines(result.stderr) == [
+        f"error: {config}: policy.ppo.learnig_rate: unknown key; did you mean learning_rate or "
+        "value_learning_rate?"
+    ]
 
 
 def test_run_with_wrong_type_exits_2_naming_key_and_value(runner):
@@ -96,7 +99,10 @@ def test_show_config_prints_resolved_yaml_with_override(runner):
 def test_show_config_with_unknown_key_exits_2(runner):
     result = runner.invoke(app, ["show-config", TINY, "--set", "policy.ppo.learnig_rate=1"])
     assert result.exit_code == 2
-    assert _error_lines(result.stderr) == [f"error: {TINY}: policy.ppo.learnig_rate: unknown key"]
+    assert _error_lines(result.stderr) == [
+        f"error: {TINY}: policy.ppo.learnig_rate: unknown key; did you mean learning_rate or "
+        "value_learning_rate?"
+    ]
 
 
 def test_help_lists_the_run_command(runner):

@@ -141,16 +141,21 @@ def test_override_into_a_scalar_is_rejected():
 
 def test_unknown_top_level_key_is_one_line_naming_file_and_key(tmp_path):
     path = _write(tmp_path, "run:\n  seed: 1\nbogus: 3\n")
-    assert _error(path) == f"{path}: bogus: unknown key"
+    assert _error(path) == f"{path}: bogus: unknown key; `alignflow keys` lists them"
 
 
 def test_unknown_nested_key_is_one_line_naming_file_and_dotted_key(tmp_path):
     path = _write(tmp_path, "policy:\n  ppo:\n    learnig_rate: 1.0e-5\n")
-    assert _error(path) == f"{path}: policy.ppo.learnig_rate: unknown key"
+    assert _error(path) == (
+        f"{path}: policy.ppo.learnig_rate: unknown key; did you mean learning_rate or "
+        "value_learning_rate?"
+    )
 
 
 def test_unknown_key_from_an_override_names_the_config_file():
-    assert _error(TINY, ["policy.ppo.kl.coeff=0.1"]) == f"{TINY}: policy.ppo.kl.coeff: unknown key"
+    assert _error(TINY, ["policy.ppo.kl.coeff=0.1"]) == (
+        f"{TINY}: policy.ppo.kl.coeff: unknown key; did you mean coef?"
+    )
 
 
 def test_each_problem_gets_its_own_line(tmp_path):
