@@ -1,6 +1,7 @@
-"""Held-out evaluation of policies: sampled with the PPO sampling settings and a fixed seed, scored
-by the judge (`evaluate.judge`: a rule reward, the demo oracle on the demo's data, or the reward model) and
-the reward model, with KL to the SFT reference and the judge's win-rate."""
+"""Held-out evaluation of policies: sampled with the evaluation's own settings (`evaluate.sampling`)
+and a fixed seed, scored by the judge (`evaluate.judge`: a rule reward, the demo oracle on the
+demo's data, or the reward model) and the reward model, with KL to the SFT reference, fluency under
+the base model, the judge's win-rate and, on the demo's prompts, its refusal rates."""
 
 from __future__ import annotations
 
