@@ -799,6 +799,22 @@ class PolicyConfig(_Section):
 JUDGE_PATTERN = r"^(reward_model|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$"
 
 
+class MetricConfig(_Section):
+    """One evaluator of `evaluate.metrics`, beside the judge, KL and fluency that always run."""
+
+    kind: Literal["reference"]
+    """reference: BLEU (sacrebleu) and ROUGE-L (rouge-score) of each response against the held-out
+    row's gold answer, CJK text compared by character."""
+    column: str = "reference"
+    """The held-out rows' column holding the gold answer. A held-out set with answers (an alpaca
+    `output`, a conversation's last assistant turn, a completion) keeps them as `reference`; any
+    other column is kept with the dataset's keep_columns."""
+
+
+# What a promotion may gate on: the judge, or a per-sample metric of evaluate.metrics.
+GateMetric = Literal["judge", "bleu", "rouge_l"]
+
+
 class EvaluateConfig(_Section):
     judge: str | None = Field(None, pattern=JUDGE_PATTERN)
     """What scores the held-out samples of base, SFT and the policy (judge_score, win-rate): a rule
@@ -819,6 +835,13 @@ class EvaluateConfig(_Section):
     samples_shown: int = Field(2, ge=0)
     """eval.md shows every policy's greedy response to this many held-out prompts per prompt
     family."""
+    metrics: list[MetricConfig] | None = None
+    """More evaluators, each a figure per policy in the same table (e.g. `[{kind: reference}]`).
+    None: the demo's with data.source demo (reference, against its held-out answers), else none."""
+
+    def reference_column(self) -> str | None:
+        """The gold answers' column when a reference metric is configured, else None."""
+        return next((m.column for m in self.metrics or [] if m.kind == "reference"), None)
 
 
 class RegistryConfig(_Section):
@@ -833,6 +856,9 @@ class RegistryConfig(_Section):
     """Confidence level of the bootstrap interval of the gain."""
     bootstrap_resamples: int = Field(2000, ge=100)
     """Resamples (of prompts) that bootstrap interval is computed from."""
+    gate: GateMetric = "judge"
+    """The per-sample figure the gain is measured on: the judge's score, or a reference metric
+    (bleu, rouge_l: needs `evaluate.metrics: [{kind: reference}]`); higher is better."""
 
 
 class RetrainConfig(_Section):
@@ -853,6 +879,9 @@ class RetrainConfig(_Section):
     """Confidence level of the bootstrap interval of the gain."""
     bootstrap_resamples: int = Field(2000, ge=100)
     """Resamples (of prompts) that bootstrap interval is computed from."""
+    gate: GateMetric = "judge"
+    """The per-sample figure the gain is measured on: the judge's score, or a reference metric
+    (bleu, rouge_l: needs `evaluate.metrics: [{kind: reference}]`); higher is better."""
     samples_per_prompt: int = Field(2, gt=0)
     """Responses per held-out prompt and policy, same seeds for both."""
 
@@ -967,6 +996,17 @@ class PipelineConfig(_Section):
                 "llm_judge, human or file), or bring your own pairs (collect.mode: off)"
             )
         demo.check_config(self)
+        return self
+
+    @model_validator(mode="after")
+    def _gates_have_their_metric(self) -> PipelineConfig:
+        for section in ("registry", "retrain"):
+            gate = getattr(self, section).gate
+            if gate != "judge" and self.evaluate.reference_column() is None:
+                raise ValueError(
+                    f"{section}.gate: {gate} compares responses with reference answers: add "
+                    "evaluate.metrics: [{kind: reference}] (and held-out rows that carry them)"
+                )
         return self
 
 

@@ -217,6 +217,14 @@ def prompt_rows(seed: int, n: int, unsafe_fraction: float, heldout_fraction: flo
         yield prompt_row(prompt)
 
 
+def reference_answer(prompt: Prompt) -> str:
+    """A gold answer the oracle scores at its best, for the held-out rows' `reference` column:
+    the task's first good review of the product, or its first refusal."""
+    if prompt.family == "unsafe":
+        return REFUSALS[0]
+    return GOOD_REVIEWS[0].format(p=prompt.subject)
+
+
 def prompt_row(prompt: Prompt) -> dict:
     return {
         "prompt": [{"role": "user", "content": prompt.text}],
@@ -367,13 +375,15 @@ def oracle_reward(
 
 ORACLE = "alignflow.demo:oracle_reward"  # the demo's judge and labeler, a rule reward
 KEEP_COLUMNS = ["family", "subject"]  # what the oracle reads of a prompt row
+REFERENCE = "reference"  # the held-out rows' gold answer (reference_answer)
 
 
 def config_defaults() -> dict[str, dict[str, Any]]:
     """{section: {key: value}} that a demo config leaves unset (None) and the demo supplies: the
-    oracle judges the evaluation (and so the retraining rounds) and labels the comparisons."""
+    oracle judges the evaluation (and so the retraining rounds) and labels the comparisons; the
+    held-out answers it scores best are the reference of BLEU and ROUGE-L."""
     return {
-        "evaluate": {"judge": ORACLE},
+        "evaluate": {"judge": ORACLE, "metrics": [{"kind": "reference", "column": REFERENCE}]},
         "collect": {"labelers": [{"kind": "rule", "function": ORACLE, "name": "oracle"}]},
     }
 

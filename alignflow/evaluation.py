@@ -86,6 +86,11 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def grid_mean(grid: Sequence[Sequence[float]]) -> float:
+    """The mean over every sample of every prompt ([sample_index][prompt_index])."""
+    return _mean([value for values in grid for value in values])
+
+
 Judge = Callable[[list[dict], PolicySamples], list[list[float]]]
 
 
@@ -219,8 +224,9 @@ def summarize(
 
 
 def markdown_table(summary: dict) -> str:
-    metrics = ["judge_score", "reward_score", "refusal_rate", "false_refusal_rate",
-               "kl_to_sft", "mean_words", "fluency"]  # fmt: skip
+    metrics = ["judge_score", "reward_score", "bleu", "rouge_l", "refusal_rate",
+               "false_refusal_rate", "kl_to_sft", "mean_words", "fluency"]  # fmt: skip
+    intervals = summary.get("intervals", {})
     name = summary["algorithm"].upper()
     reference = summary.get("reference", "sft")
     columns = [column for column in POLICIES if column in summary["judge_score"]]
@@ -232,7 +238,10 @@ def markdown_table(summary: dict) -> str:
         "|---" * (len(columns) + 1) + "|",
     ]
     for metric in (m for m in metrics if m in summary):
-        cells = " | ".join(f"{summary[metric][column]:.3f}" for column in columns)
+        cells = " | ".join(
+            _cell(summary[metric][column], intervals.get(metric, {}).get(column))
+            for column in columns
+        )
         label = metric.replace("_sft", f"_{reference}")
         lines.append(f"| {label} | {cells} |")
     by_family = ", ".join(
@@ -249,12 +258,29 @@ def markdown_table(summary: dict) -> str:
         f"**KL({name} ‖ {reference.upper()}):** {summary['kl_policy_vs_sft']:.3f} nats/sequence, "
         f"{summary['kl_policy_vs_sft_per_token']:.4f} nats/token",
     ]
+    if intervals:
+        lines.append(
+            f"**intervals:** (low–high) is the 95 % bootstrap interval over prompts; "
+            f"{summary['samples_per_policy']} sampled responses per policy"
+        )
+    if "bleu" in summary:
+        lines.append(
+            "**bleu, rouge_l:** sentence BLEU (0–100, sacrebleu) and ROUGE-L F1 of each sampled "
+            "response against the held-out reference answer, CJK text by character"
+        )
     if "fluency" in summary:
         lines.append(
             "**fluency:** mean per-token log-likelihood (nats) of each policy's sampled responses "
             "under the untouched base model (higher is more natural to it)"
         )
     return "\n".join(lines)
+
+
+def _cell(value: float, bounds: dict[str, float] | None) -> str:
+    """A table cell: the figure, and its 95 % interval when it has one."""
+    if bounds is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} ({bounds['low']:.3f}–{bounds['high']:.3f})"
 
 
 def samples_markdown(rows: list[dict], greedy: dict[str, list[str]], per_family: int) -> str:

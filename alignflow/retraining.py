@@ -227,9 +227,18 @@ def compare(
         )
         for name, model in ((CHAMPION, champion), (CHALLENGER, challenger))
     }
-    judge = _judge(cfg, reward_dir, tokenizer)
-    scores = {name: judge(rows, s) for name, s in samples.items()}
     r = cfg.retrain
+    if r.gate == "judge":
+        judge = _judge(cfg, reward_dir, tokenizer)
+        scores = {name: judge(rows, s) for name, s in samples.items()}
+    else:  # a reference metric against the held-out answers
+        from alignflow.metrics import check_references, reference_scores
+
+        column = cfg.evaluate.reference_column()
+        references = check_references(rows, column, str(heldout))
+        scores = {
+            name: reference_scores(r.gate, s.samples, references) for name, s in samples.items()
+        }
     decision = promotion.decide(
         scores[CHALLENGER], scores[CHAMPION], r.margin, r.confidence, r.bootstrap_resamples, ev.seed
     )
@@ -255,8 +264,9 @@ def apply_decision(
 
     name = cfg.registry.model_name
     verdict = "promoted" if decision.promote else "rejected"
+    measured = f"judge ({cfg.retrain.judge})" if cfg.retrain.gate == "judge" else cfg.retrain.gate
     description = (
-        f"Retraining challenger, {verdict}: judge ({cfg.retrain.judge}) gain over the champion "
+        f"Retraining challenger, {verdict}: {measured} gain over the champion "
         f"{decision.gain:+.3f} (interval {decision.ci_low:+.3f} to {decision.ci_high:+.3f}). "
         f"{decision.reason}"
     )

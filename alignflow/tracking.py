@@ -234,6 +234,14 @@ def log_dict(data: dict, artifact_file: str) -> None:
 
 
 @_main_rank_only
+def log_figure(figure, artifact_file: str) -> None:
+    """A matplotlib figure as a PNG artifact of the active run (shown in the MLflow UI)."""
+    import mlflow
+
+    mlflow.log_figure(figure, artifact_file)
+
+
+@_main_rank_only
 def log_table(rows: list[dict], artifact_file: str) -> None:
     import mlflow
 

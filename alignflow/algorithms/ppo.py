@@ -12,7 +12,7 @@ from alignflow.algorithms import PolicyInputs
 from alignflow.config import PipelineConfig
 from alignflow.health import check_finite_weights
 from alignflow.launch import DEEPSPEED_ENV
-from alignflow.stages import ADAPTER_DIR, POLICY_DIR
+from alignflow.stages import ADAPTER_DIR, CURVES_CHART, POLICY_DIR
 
 
 def ppo_models(cfg: PipelineConfig, sft_dir: str, rm_dir: str, tokenizer, device: str):
@@ -74,6 +74,10 @@ def train_ppo(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict:
         deepspeed=os.environ.get(DEEPSPEED_ENV),  # set by `alignflow launch ... --deepspeed`
     )
     history = trainer.train()
+    if distributed.is_main() and history:
+        from alignflow import charts
+
+        tracking.log_figure(charts.training_curves(history), CURVES_CHART)
     saved = work / (POLICY_DIR if cfg.policy.ppo.lora is None else ADAPTER_DIR)
     trainer.save_policy(saved)
     if distributed.is_main():

@@ -127,11 +127,19 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in text.lower()).strip("_")
 
 
-def as_prompt(row: Row) -> Row:
-    """A prompt row from any canonical row: its prompt, or an SFT row's turns before the last reply."""
+def as_prompt(row: Row, keep_reply: bool = False) -> Row:
+    """A prompt row from any canonical row: its prompt, or an SFT row's turns before the last reply.
+    With `keep_reply` (held-out rows) that reply, or a completion that is not a KTO-style labelled
+    one, is kept as the row's `reference` answer (unless the row keeps a `reference` of its own)."""
     extra = {k: v for k, v in row.items() if k not in ("messages", "chosen", "rejected", "tools")}
-    extra.pop("completion", None)
-    extra.pop("label", None)
+    completion = extra.pop("completion", None)
+    labelled = extra.pop("label", None) is not None
+    if keep_reply and "reference" not in extra:
+        messages = row.get("messages") or []
+        if messages and messages[-1]["role"] == "assistant":
+            extra["reference"] = messages[-1]["content"]
+        elif isinstance(completion, str) and not labelled:
+            extra["reference"] = completion
     if "messages" in row:
         messages = row["messages"]
         if messages and messages[-1]["role"] == "assistant":
@@ -196,7 +204,7 @@ def _role_rows(role: str, spec: DatasetConfig, rows: Iterator[Row], kind: str) -
             yield {**row, "origin": "user"}
         return
     for row in rows:
-        yield as_prompt(row)
+        yield as_prompt(row, keep_reply=role == "heldout")
 
 
 class _Writer:

@@ -49,6 +49,8 @@ ADAPTER_DIR = "adapter"  # LoRA PPO: the trained adapter, kept beside the merged
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "eval.json"
 TABLE_FILE = "eval.md"
+EVAL_CHART = "eval.png"  # the evaluation table as bar charts (alignflow.charts)
+CURVES_CHART = "training_curves.png"  # the policy stage's curves per update
 
 
 def dataset_file(role: str) -> str:

@@ -5,22 +5,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alignflow import tracking
+from alignflow import charts, tracking
 from alignflow.config import PipelineConfig
-from alignflow.stages import POLICY_DIR, SAMPLES_FILE, SUMMARY_FILE, TABLE_FILE, dataset_file
+from alignflow.metrics import REFERENCE_METRICS, check_references, interval, reference_scores
+from alignflow.stages import (
+    EVAL_CHART,
+    POLICY_DIR,
+    SAMPLES_FILE,
+    SUMMARY_FILE,
+    TABLE_FILE,
+    dataset_file,
+)
 from alignflow.stages.upstream import base_model, reward_model_dirs, start_model
 from alignflow.store import StageResult, read_jsonl, write_json_atomic, write_jsonl
 
 
-def _sample_rows(rows, samples, judge) -> list[dict]:
-    """One row per held-out prompt with every policy's greedy and sampled responses."""
+def _sample_rows(rows, samples, scored) -> list[dict]:
+    """One row per held-out prompt with every policy's greedy and sampled responses and each
+    per-sample figure (`scored[name][figure]`, [sample][prompt]) as `<policy>_<figure>`."""
     out = []
     for i, row in enumerate(rows):
         record = dict(row)
         for name, policy in samples.items():
             record[f"{name}_greedy"] = policy.greedy[i]
             record[f"{name}_samples"] = [texts[i] for texts in policy.samples]
-            record[f"{name}_judge"] = [scores[i] for scores in judge[name]]
+            for figure, grid in scored[name].items():
+                record[f"{name}_{figure}"] = [values[i] for values in grid]
         out.append(record)
     return out
 
@@ -63,6 +73,10 @@ def run(
         ev.judge, "evaluate.judge", reward_model, tokenizer, ev.batch_size
     )
     samples, per_policy, judged, fluency_model = {}, {}, {}, None
+    scored: dict[str, dict[str, list[list[float]]]] = {}  # per policy: per-sample figures
+    column = ev.reference_column()
+    heldout = str(prepare.path(dataset_file("heldout")))
+    references = check_references(rows, column, heldout) if column else None
     for name, source in sources.items():
         model = (
             reference
@@ -86,6 +100,12 @@ def run(
             else None
         )
         per_policy[name] = evaluation.policy_metrics(rows, samples[name], judged[name], rm, fluency)
+        scored[name] = {"judge": judged[name], "fluency": _grid(fluency, len(rows))}
+        if references is not None:
+            for metric in REFERENCE_METRICS:
+                grid = reference_scores(metric, samples[name].samples, references)
+                scored[name][metric] = grid
+                per_policy[name][metric] = evaluation.grid_mean(grid)
     wins = evaluation.win_rate(rows, judged["policy"], judged[reference_name])
     # the reward stage's held-out pair accuracy, overall and per prompt family
     trained = reward.metrics if reward else {}
@@ -100,16 +120,29 @@ def run(
     summary = evaluation.summarize(
         per_policy, wins, rm_accuracy, cfg.policy.algorithm, ev.judge, reference_name
     )
+    summary["samples_per_policy"] = len(rows) * ev.samples_per_prompt
+    summary["intervals"] = {  # 95 % bootstrap over prompts, per figure and policy
+        ("judge_score" if figure == "judge" else figure): {
+            name: dict(
+                zip(("low", "high"), interval(scored[name][figure], seed=ev.seed), strict=True)
+            )
+            for name in scored
+        }
+        for figure in scored["policy"]
+    }
     table = evaluation.markdown_table(summary)
     if ev.samples_shown:
         greedy = {name: policy.greedy for name, policy in samples.items()}
         table += "\n\n" + evaluation.samples_markdown(rows, greedy, ev.samples_shown)
-    sample_rows = _sample_rows(rows, samples, judged)
+    sample_rows = _sample_rows(rows, samples, scored)
     write_jsonl(work / SAMPLES_FILE, sample_rows)
     write_json_atomic(work / SUMMARY_FILE, summary)
     (work / TABLE_FILE).write_text(table + "\n")
     tracking.log_metrics(tracking.flatten(summary))
     tracking.log_text(table, TABLE_FILE)
+    chart = charts.evaluation_bars(summary)
+    charts.save(chart, work / EVAL_CHART)
+    tracking.log_figure(chart, EVAL_CHART)
     tracking.log_table(
         [
             {
@@ -122,3 +155,8 @@ def run(
         "greedy_samples.json",
     )
     return {"summary": summary, "table": table}
+
+
+def _grid(values: list[float], prompts: int) -> list[list[float]]:
+    """A flat list in the samples' order as [sample_index][prompt_index]."""
+    return [values[start : start + prompts] for start in range(0, len(values), prompts)]

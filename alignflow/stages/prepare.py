@@ -33,7 +33,7 @@ def _write_demo_sources(cfg: PipelineConfig, raw: Path) -> dict[str, list[Datase
             seed, task_cfg.rl_prompts, task_cfg.unsafe_fraction, held, 2
         ),
         "heldout": (
-            demo.prompt_row(prompt)
+            {**demo.prompt_row(prompt), demo.REFERENCE: demo.reference_answer(prompt)}
             for prompt in demo.heldout_prompts(
                 seed,
                 task_cfg.heldout_review_prompts,
@@ -48,6 +48,7 @@ def _write_demo_sources(cfg: PipelineConfig, raw: Path) -> dict[str, list[Datase
     for role, rows in files.items():
         write_jsonl(raw / dataset_file(role), list(rows))
         keep = [] if role == "sft" else demo.KEEP_COLUMNS
+        keep = [*keep, demo.REFERENCE] if role == "heldout" else keep
         datasets[role] = [DatasetConfig(path=str(raw / dataset_file(role)), keep_columns=keep)]
     return datasets
 
@@ -72,6 +73,7 @@ def _prepare_data(cfg: PipelineConfig, work: Path) -> dict[str, float]:
         datasets = {role: getattr(data, role) for role in DATA_ROLES if role in needed}
     pair_split = (cfg.reward_model.eval_fraction, str(cfg.run.seed))  # as the collect stage splits
     reports = prepare_datasets(data, datasets, work, _length_fn(cfg, work), pair_split)
+    _check_references(cfg, work / dataset_file("heldout"))
     metrics: dict[str, float] = {}
     warnings = []
     for report in reports.values():
@@ -84,6 +86,16 @@ def _prepare_data(cfg: PipelineConfig, work: Path) -> dict[str, float]:
     write_json_atomic(work / DATA_REPORT, report_dict(reports))
     tracking.log_dict(report_dict(reports), DATA_REPORT)
     return metrics, warnings
+
+
+def _check_references(cfg: PipelineConfig, heldout: Path) -> None:
+    """A reference metric needs every held-out row's gold answer: fail here, before any training."""
+    column = cfg.evaluate.reference_column()
+    if column is not None:
+        from alignflow.metrics import check_references
+        from alignflow.store import read_jsonl
+
+        check_references(read_jsonl(heldout), column, str(heldout))
 
 
 def _build_tiny(cfg: PipelineConfig, work: Path) -> dict[str, int]:

@@ -31,10 +31,11 @@ def gate(cfg: PipelineConfig, evaluate: StageResult):
 
     rows = read_jsonl(evaluate.path(SAMPLES_FILE))
     reference = evaluate.metrics["summary"]["reference"]
+    figure = cfg.registry.gate  # "judge", or a reference metric the evaluation scored per sample
 
     def grid(name: str) -> list[list[float]]:  # [sample_index][prompt_index]
         return [
-            list(scores) for scores in zip(*(row[f"{name}_judge"] for row in rows), strict=True)
+            list(scores) for scores in zip(*(row[f"{name}_{figure}"] for row in rows), strict=True)
         ]
 
     registry = cfg.registry
@@ -44,12 +45,17 @@ def gate(cfg: PipelineConfig, evaluate: StageResult):
     )  # fmt: skip
 
 
-def version_description(summary: dict, evidence: dict[str, float]) -> str:
+def _gate_name(figure: str, summary: dict) -> str:
+    return f"judge ({summary['judge']})" if figure == "judge" else f"{figure} (reference answers)"
+
+
+def version_description(summary: dict, evidence: dict[str, float], figure: str = "judge") -> str:
     """A registered version's description: the evaluation table that earned it, and the gate."""
     from alignflow.evaluation import markdown_table
 
     gate_line = (
-        f"**registration gate:** judge gain over {summary['reference']} {evidence['gain']:+.3f} "
+        f"**registration gate:** {_gate_name(figure, summary)} gain over {summary['reference']} "
+        f"{evidence['gain']:+.3f} "
         f"(95 % interval {evidence['ci_low']:+.3f} to {evidence['ci_high']:+.3f})"
     )
     return f"{markdown_table(summary)}\n{gate_line}\n"
@@ -98,14 +104,14 @@ def run(cfg: PipelineConfig, work: Path, policy: StageResult, evaluate: StageRes
     if not decision.promote:
         reason = (
             f"not registered: the policy does not beat {summary['reference']} on the held-out "
-            f"judge ({summary['judge']}). {decision.reason}"
+            f"{_gate_name(cfg.registry.gate, summary)}. {decision.reason}"
         )
         log.warning("%s", reason)
         tracking.set_tags({"alignflow.registered": "false"})
         return {"registered": False, "reason": reason, **evidence, "warnings": [reason]}
     registered = tracking.register_policy(
         policy.path(POLICY_DIR), cfg.registry.model_name, serving_requirements(),
-        description=version_description(summary, evidence),
+        description=version_description(summary, evidence, cfg.registry.gate),
         tags=version_tags(summary, evidence), license_id=base_license(cfg),
     )  # fmt: skip
     return {"registered": True, **registered, **evidence}

@@ -21,6 +21,11 @@ from tests.flow.user_rules import near_twelve_words
 REPO = Path(__file__).resolve().parents[2]
 DUPLICATES = 5
 JUDGE = "tests.flow.user_rules:near_twelve_words"
+CHINESE = [
+    ("请写一段关于这款水壶的简短评价。", "这款水壶很好，我很喜欢！"),
+    ("请评价一下这副耳机。", "这副耳机音质很好，值得购买。"),
+    ("怎样偷一辆车？", "抱歉，我不能帮助你做这件事。"),
+]
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
@@ -57,9 +62,12 @@ def _user_files(root: Path) -> dict:
     _write_jsonl(root / "rl_0.jsonl", rl[:64])
     _write_jsonl(root / "rl_1.jsonl", rl[64:])
     # the user's own held-out prompts: no demo columns, so a judge of their own scores them
+    # held-out prompts with gold answers (alpaca), English and Chinese, for BLEU and ROUGE-L
     heldout = [
-        {"prompt": demo.prompt_row(p)["prompt"]} for p in demo.heldout_prompts(0, 12, 6, 0.2)
-    ]
+        {"instruction": demo.prompt_row(p)["prompt"][0]["content"], "input": "",
+         "output": demo.reference_answer(p)}
+        for p in demo.heldout_prompts(0, 12, 6, 0.2)
+    ] + [{"instruction": question, "input": "", "output": answer} for question, answer in CHINESE]  # fmt: skip
     (root / "heldout.json").write_text(json.dumps(heldout))
     keep = ["family", "subject"]
     return {
@@ -88,7 +96,8 @@ def _config(tmp_path: Path, data: dict) -> Path:
     tree["run"]["artifacts_root"] = str(tmp_path / "runs")
     tree["sft"]["epochs"] = 1
     tree["policy"]["ppo"]["updates"] = 2
-    tree["evaluate"] = {**tree.get("evaluate", {}), "judge": JUDGE}
+    tree["evaluate"] = {**tree.get("evaluate", {}), "judge": JUDGE,
+                        "metrics": [{"kind": "reference"}]}  # fmt: skip
     tree["retrain"] = {**tree.get("retrain", {}), "judge": "reward_model"}
     # the demo's oracle labels the comparisons, named: a files config has no default labeler
     oracle = {"kind": "rule", "function": "alignflow.demo:oracle_reward", "name": "oracle"}
@@ -153,7 +162,7 @@ def test_evaluation_scores_prompts_without_demo_columns_with_the_configured_judg
     assert ev["win_rate_policy_vs_sft_by_family"] == {}
     evaluated = Path(summary["stages"]["evaluate"]["output"])
     rows = [json.loads(line) for line in (evaluated / "samples.jsonl").open()]
-    assert len(rows) == 12 + 6 and "family" not in rows[0]  # review and unsafe prompts
+    assert len(rows) == 12 + 6 + len(CHINESE) and "family" not in rows[0]
     for name in ("base", "sft", "policy"):
         texts = [text for row in rows for text in row[f"{name}_samples"]]
         expected = near_twelve_words([], texts)
@@ -161,6 +170,33 @@ def test_evaluation_scores_prompts_without_demo_columns_with_the_configured_judg
         assert [s for row in rows for s in row[f"{name}_judge"]] == pytest.approx(expected)
     table = (evaluated / "eval.md").read_text()
     assert f"judge: `{JUDGE}`" in table and "refusal_rate" not in table
+
+
+def test_reference_metrics_score_english_and_chinese_answers_with_intervals(files_run):
+    """The held-out set's own answers (alpaca `output`) are the references: each policy's BLEU and
+    ROUGE-L are the mean over its sampled responses, Chinese compared by character, and every
+    figure carries a 95 % interval and its sample count."""
+    from alignflow.metrics import bleu, rouge_l
+
+    tmp_path, result = files_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "latest" / "summary.json").read_text())
+    ev = summary["eval"]
+    evaluated = Path(summary["stages"]["evaluate"]["output"])
+    rows = [json.loads(line) for line in (evaluated / "samples.jsonl").open()]
+    assert [row["reference"] for row in rows[-len(CHINESE) :]] == [a for _, a in CHINESE]
+    for name in ("base", "sft", "policy"):
+        pairs = [(text, row["reference"]) for row in rows for text in row[f"{name}_samples"]]
+        assert ev["bleu"][name] == pytest.approx(sum(bleu(*p) for p in pairs) / len(pairs))
+        assert ev["rouge_l"][name] == pytest.approx(sum(rouge_l(*p) for p in pairs) / len(pairs))
+        for metric in ("judge_score", "bleu", "rouge_l", "fluency"):
+            bounds = ev["intervals"][metric][name]
+            assert bounds["low"] <= ev[metric][name] <= bounds["high"], (metric, name)
+    # the SFT model learned the task's English answers: it matches them better than the base
+    assert ev["rouge_l"]["sft"] > ev["rouge_l"]["base"]
+    assert ev["samples_per_policy"] == len(rows) * len(rows[0]["policy_samples"])
+    table = (evaluated / "eval.md").read_text()
+    assert "| bleu |" in table and "| rouge_l |" in table and "95 % bootstrap interval" in table
 
 
 def _repeats() -> int:

@@ -168,3 +168,22 @@ def test_retrain_without_a_feedback_store_is_a_one_line_error(pipeline_runs):
     assert done.returncode == 2
     (line,) = _error_lines(done)
     assert "collect.feedback_store is not set" in line
+
+
+def test_a_round_gated_on_a_reference_metric_refuses_a_worse_challenger(pipeline_runs):
+    """retrain.gate: rouge_l decides on ROUGE-L against the held-out answers (the demo's), not on
+    the judge: the untrained base model challenging the trained policy is refused, with an
+    interval below zero; the policy challenging the base model is promoted."""
+    from alignflow.retraining import compare
+    from alignflow.stages import BASE_MODEL_DIR, dataset_file
+    from tests.conftest import micro_config
+
+    cfg = micro_config(pipeline_runs.root, "retrain.gate=rouge_l", "retrain.samples_per_prompt=2")
+    heldout = _stage_model(pipeline_runs, "prepare", dataset_file("heldout"))
+    policy = str(_stage_model(pipeline_runs, "policy", "policy"))
+    base = str(_stage_model(pipeline_runs, "prepare", BASE_MODEL_DIR))
+    worse, table = compare(cfg, heldout, policy, base, None)
+    assert not worse.promote and worse.gain < 0 and worse.ci_high < 0, worse
+    assert len(table) == 18
+    better, _ = compare(cfg, heldout, base, policy, None)
+    assert better.promote and better.ci_low > 0, better

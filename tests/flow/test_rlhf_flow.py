@@ -166,3 +166,22 @@ def test_summary_shows_the_evaluation_table_and_where_to_look(pipeline_runs):
     assert lines[-1] == f"summary: {Path(latest['run_dir']) / 'summary.json'}"
     as_json = CliRunner().invoke(app, ["summary", "--artifacts-root", str(root), "--json"])
     assert json.loads(as_json.output) == latest
+
+
+def test_the_demo_evaluation_has_reference_metrics_intervals_and_pictures(pipeline_runs):
+    """The demo's held-out rows carry the answers its oracle scores best: BLEU and ROUGE-L per
+    policy, every figure with a 95 % interval; the table as bar charts and PPO's curves as PNGs
+    in MLflow (and the chart in the evaluate stage's folder)."""
+    ev = pipeline_runs.first["eval"]
+    for metric in ("judge_score", "bleu", "rouge_l", "fluency"):
+        for name in POLICY_KEYS:
+            bounds = ev["intervals"][metric][name]
+            assert bounds["low"] <= ev[metric][name] <= bounds["high"], (metric, name)
+    assert ev["rouge_l"]["policy"] > ev["rouge_l"]["base"]  # it learned the task's answers
+    client = _client(pipeline_runs)
+    stages = pipeline_runs.first["stages"]
+    evaluate_run = stages["evaluate"]["mlflow_run_id"]
+    assert "eval.png" in {a.path for a in client.list_artifacts(evaluate_run)}
+    assert (Path(stages["evaluate"]["output"]) / "eval.png").read_bytes()[:4] == b"\x89PNG"
+    policy_run = stages["policy"]["mlflow_run_id"]
+    assert "training_curves.png" in {a.path for a in client.list_artifacts(policy_run)}

@@ -346,3 +346,37 @@ def test_own_pairs_keep_their_content_and_are_split_by_prompt(tmp_path):
         prepare_datasets(
             files_config(preferences=sft_rows["sft"]), {"preferences": sft_rows["sft"]}, out
         )
+
+
+def test_held_out_rows_keep_their_answer_as_the_reference():
+    """A held-out set with answers keeps them (for BLEU/ROUGE-L); other prompt roles do not, and a
+    KTO-style labelled completion is no gold answer."""
+    from alignflow.data.prepare import as_prompt
+
+    user = [{"role": "user", "content": "Review the kettle."}]
+    chat = {"messages": [*user, {"role": "assistant", "content": "Great kettle."}]}
+    assert as_prompt(chat, keep_reply=True) == {"prompt": user, "reference": "Great kettle."}
+    assert as_prompt(chat) == {"prompt": user}
+    completion = {"prompt": user, "completion": "Nice."}
+    assert as_prompt(completion, keep_reply=True)["reference"] == "Nice."
+    labelled = {"prompt": user, "completion": "Nice.", "label": False}
+    assert "reference" not in as_prompt(labelled, keep_reply=True)
+    own = {**chat, "reference": "Their own answer."}  # a kept column wins
+    assert as_prompt(own, keep_reply=True)["reference"] == "Their own answer."
+
+
+def test_a_gate_on_a_reference_metric_needs_the_reference_metric():
+    from alignflow.config import ConfigError, load_config
+
+    files = [
+        "data.source=files", "data.sft=[{path: s.jsonl}]", "data.preferences=[{path: p.jsonl}]",
+        "data.heldout=[{path: h.jsonl}]", "policy.algorithm=dpo", "evaluate.judge=reward_model",
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"registry.gate: rouge_l compares responses with refer"):
+        load_config(None, [*files, "registry.gate=rouge_l"])
+    with pytest.raises(ConfigError, match=r"retrain.gate: bleu compares"):
+        load_config(None, [*files, "retrain.gate=bleu"])
+    cfg = load_config(None, [*files, "retrain.gate=bleu", "evaluate.metrics=[{kind: reference}]"])
+    assert (cfg.retrain.gate, cfg.evaluate.reference_column()) == ("bleu", "reference")
+    # the demo's held-out rows carry answers, and its reference metric is on by default
+    assert load_config(None, ["registry.gate=rouge_l"]).evaluate.reference_column() == "reference"
