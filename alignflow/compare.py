@@ -23,8 +23,9 @@ METRICS = (
 def top_level_runs(
     tracking_uri: str, experiment: str, limit: int, flow: str | None = None
 ) -> list[Any]:
-    """The experiment's newest runs that are not a stage of another run, newest first.
-    Raises ValueError when the experiment does not exist."""
+    """The experiment's newest pipeline and retraining runs, newest first: not a stage of another
+    run, nor a stage run alone (`alignflow launch`, `python -m tasks.<stage>`: no evaluation to
+    compare). Raises ValueError when the experiment does not exist."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -37,7 +38,11 @@ def top_level_runs(
         [found.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"],
         max_results=max(limit * 20, 200),
     )  # fmt: skip
-    return [run for run in runs if "mlflow.parentRunId" not in run.data.tags][:limit]
+    return [
+        run
+        for run in runs
+        if "mlflow.parentRunId" not in run.data.tags and "stage" not in run.data.tags
+    ][:limit]
 
 
 def differing_params(runs: Sequence[Any], shown: Sequence[str], most: int = 8) -> list[str]:

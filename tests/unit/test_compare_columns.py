@@ -32,3 +32,19 @@ def test_the_params_that_differ_between_runs_are_the_extra_columns(tmp_path):
     ]
     assert differing_params(runs, shown=["policy.ppo.learning_rate"]) == ["policy.ppo.lora.r"]
     assert differing_params(runs[:1], shown=[]) == []  # one run: nothing differs
+
+
+def test_only_pipeline_and_retraining_runs_are_compared_not_a_stage_run_alone(tmp_path):
+    """A stage run of `alignflow launch` (no parent, tagged with its stage) has no evaluation: it
+    is not a row of its own, nor is any pipeline's child stage run."""
+    from alignflow.compare import top_level_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("cmp", artifact_location=str(tmp_path / "art"))
+    pipeline = client.create_run(experiment, tags={"alignflow.flow": "rlhf"}).info.run_id
+    client.create_run(experiment, tags={"stage": "sft", "mlflow.parentRunId": pipeline})
+    client.create_run(experiment, tags={"stage": "sft"})  # alignflow launch sft …
+    retrain = client.create_run(experiment, tags={"alignflow.flow": "retrain"}).info.run_id
+    runs = top_level_runs(uri, "cmp", limit=10)
+    assert sorted(run.info.run_id for run in runs) == sorted([pipeline, retrain])
