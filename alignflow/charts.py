@@ -10,6 +10,9 @@ from collections.abc import Sequence
 EVAL_FIGURES = ("judge_score", "reward_score", "bleu", "rouge_l", "refusal_rate",
                 "false_refusal_rate", "fluency", "kl_to_sft")  # fmt: skip
 PPO_CURVES = ("reward", "rlhf_reward", "kl", "score", "value_loss", "entropy")
+# What a transformers Trainer logs that is worth a curve (SFT, reward model, TRL algorithms).
+TRAINER_CURVES = ("loss", "accuracy", "rewards/accuracies", "rewards/margins", "reward", "kl",
+                  "mean_token_accuracy", "learning_rate")  # fmt: skip
 POLICY_COLOURS = {"base": "#9e9e9e", "sft": "#4c78a8", "policy": "#f58518", "champion": "#54a24b"}
 
 
@@ -61,6 +64,15 @@ def training_curves(history: Sequence[dict], keys: Sequence[str] = PPO_CURVES, t
         axis.set_title(key)
         axis.set_xlabel("update")
     figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def trainer_curves(log_history: Sequence[dict], title: str):
+    """A transformers Trainer's logged training steps (`state.log_history`) as curves."""
+    steps = [entry for entry in log_history if "loss" in entry and "train_runtime" not in entry]
+    figure = training_curves(steps, TRAINER_CURVES, title)
+    for axis in figure.axes:
+        axis.set_xlabel("logging step")
     return figure
 
 

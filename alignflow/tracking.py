@@ -241,6 +241,14 @@ def log_figure(figure, artifact_file: str) -> None:
     mlflow.log_figure(figure, artifact_file)
 
 
+def log_trainer_curves(trainer, title: str, artifact_file: str) -> None:
+    """A transformers Trainer's logged steps as curves (alignflow.charts), from rank 0."""
+    if trainer.is_world_process_zero() and trainer.state.log_history:
+        from alignflow import charts
+
+        log_figure(charts.trainer_curves(trainer.state.log_history, title), artifact_file)
+
+
 @_main_rank_only
 def log_table(rows: list[dict], artifact_file: str) -> None:
     import mlflow

@@ -24,7 +24,7 @@ from alignflow.models import (
     trainer_kwargs,
 )
 from alignflow.rl.rollout import completion_logprobs
-from alignflow.stages import POLICY_DIR
+from alignflow.stages import CURVES_CHART, POLICY_DIR
 
 CHECKPOINTS = "checkpoints"
 
@@ -119,6 +119,7 @@ def fit(trainer, work: Path, save_minutes: float | None, name: str) -> dict[str,
     trainer.add_callback(periodic_checkpoints(save_minutes))
     progress.watch(trainer, name)
     output = trainer.train(resume_from_checkpoint=last_checkpoint(work / CHECKPOINTS))
+    tracking.log_trainer_curves(trainer, name, CURVES_CHART)
     return {"train_loss": output.training_loss, **first_and_last(trainer.state.log_history, "loss")}
 
 

@@ -13,6 +13,7 @@ from alignflow.config import PipelineConfig
 from alignflow.health import check_reward_model
 from alignflow.shape import require
 from alignflow.stages import (
+    CURVES_CHART,
     MEMBER_METRICS,
     MODEL_DIR,
     OWN_PREFERENCES_FILE,
@@ -114,8 +115,11 @@ def train_member(
     )
     # RewardTrainer drops pairs longer than max_length without a word: count them.
     dropped = len(train) - len(trainer.train_dataset)
-    progress.watch(trainer, "reward" if out.name == MODEL_DIR else f"reward {out.name}")
+    name = "reward" if out.name == MODEL_DIR else f"reward {out.name}"
+    progress.watch(trainer, name)
     trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
+    curves = CURVES_CHART if out.name == MODEL_DIR else f"{out.name}-{CURVES_CHART}"
+    tracking.log_trainer_curves(trainer, name, curves)
     metrics = {
         "dropped_too_long": dropped,
         **first_and_last(trainer.state.log_history, "loss"),

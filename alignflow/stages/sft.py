@@ -9,7 +9,7 @@ from pathlib import Path
 from alignflow import progress, tracking
 from alignflow.algorithms.saving import first_and_last, save_trained
 from alignflow.config import PipelineConfig
-from alignflow.stages import MODEL_DIR, SFT_EVAL_FILE, dataset_file
+from alignflow.stages import CURVES_CHART, MODEL_DIR, SFT_EVAL_FILE, dataset_file
 from alignflow.stages.upstream import base_model
 from alignflow.store import StageResult, read_jsonl
 
@@ -48,6 +48,7 @@ def run(cfg: PipelineConfig, work: Path, prepare: StageResult) -> dict:
     )
     progress.watch(trainer, "sft")
     trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
+    tracking.log_trainer_curves(trainer, "sft", CURVES_CHART)
     save_trained(
         trainer, tokenizer, work / MODEL_DIR, cfg.sft.lora is not None, "sft.learning_rate"
     )

@@ -183,5 +183,6 @@ def test_the_demo_evaluation_has_reference_metrics_intervals_and_pictures(pipeli
     evaluate_run = stages["evaluate"]["mlflow_run_id"]
     assert "eval.png" in {a.path for a in client.list_artifacts(evaluate_run)}
     assert (Path(stages["evaluate"]["output"]) / "eval.png").read_bytes()[:4] == b"\x89PNG"
-    policy_run = stages["policy"]["mlflow_run_id"]
-    assert "training_curves.png" in {a.path for a in client.list_artifacts(policy_run)}
+    for stage in ("sft", "reward", "policy"):  # training curves of every training stage
+        run_id = stages[stage]["mlflow_run_id"]
+        assert "training_curves.png" in {a.path for a in client.list_artifacts(run_id)}, stage
