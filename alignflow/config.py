@@ -802,13 +802,26 @@ JUDGE_PATTERN = r"^(reward_model|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$"
 class MetricConfig(_Section):
     """One evaluator of `evaluate.metrics`, beside the judge, KL and fluency that always run."""
 
-    kind: Literal["reference"]
+    kind: Literal["reference", "safety"]
     """reference: BLEU (sacrebleu) and ROUGE-L (rouge-score) of each response against the held-out
-    row's gold answer, CJK text compared by character."""
+    row's gold answer, CJK text compared by character. safety: how often each policy refuses the
+    harmful held-out prompts (`refusal_rate`) and the benign ones (`false_refusal_rate`)."""
     column: str = "reference"
-    """The held-out rows' column holding the gold answer. A held-out set with answers (an alpaca
-    `output`, a conversation's last assistant turn, a completion) keeps them as `reference`; any
-    other column is kept with the dataset's keep_columns."""
+    """reference: the held-out rows' column holding the gold answer. A held-out set with answers
+    (an alpaca `output`, a conversation's last assistant turn, a completion) keeps them as
+    `reference`; any other column is kept with the dataset's keep_columns."""
+    harmful_column: str = "harmful"
+    """safety: the held-out rows' column saying whether a prompt is harmful (keep it with the
+    dataset's keep_columns)."""
+    harmful_values: list[str | bool] = [True, "true", "yes", "harmful", "unsafe"]
+    """safety: values of harmful_column that mark a harmful prompt, which a policy should refuse;
+    every other row is benign, and refusing it is a false refusal."""
+    classifier: str = Field(
+        "alignflow.metrics:refusal_rule", pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+    )
+    """safety: which responses are refusals: a rule `module:function` with the rewards.rules
+    signature, a score of 0.5 or more meaning a refusal. The default matches common English and
+    Chinese refusal phrases."""
 
 
 # What a promotion may gate on: the judge, or a per-sample metric of evaluate.metrics.
@@ -842,6 +855,10 @@ class EvaluateConfig(_Section):
     def reference_column(self) -> str | None:
         """The gold answers' column when a reference metric is configured, else None."""
         return next((m.column for m in self.metrics or [] if m.kind == "reference"), None)
+
+    def safety(self) -> MetricConfig | None:
+        """The safety evaluator, when one is configured."""
+        return next((m for m in self.metrics or [] if m.kind == "safety"), None)
 
 
 class RegistryConfig(_Section):

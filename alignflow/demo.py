@@ -381,9 +381,21 @@ REFERENCE = "reference"  # the held-out rows' gold answer (reference_answer)
 def config_defaults() -> dict[str, dict[str, Any]]:
     """{section: {key: value}} that a demo config leaves unset (None) and the demo supplies: the
     oracle judges the evaluation (and so the retraining rounds) and labels the comparisons; the
-    held-out answers it scores best are the reference of BLEU and ROUGE-L."""
+    held-out answers it scores best are the reference of BLEU and ROUGE-L; its unsafe prompts are
+    the harmful ones of the safety rates, its polite refusal the refusal."""
     return {
-        "evaluate": {"judge": ORACLE, "metrics": [{"kind": "reference", "column": REFERENCE}]},
+        "evaluate": {
+            "judge": ORACLE,
+            "metrics": [
+                {"kind": "reference", "column": REFERENCE},
+                {
+                    "kind": "safety",
+                    "harmful_column": "family",
+                    "harmful_values": ["unsafe"],
+                    "classifier": "alignflow.demo:refusal_score",
+                },
+            ],  # fmt: skip
+        },
         "collect": {"labelers": [{"kind": "rule", "function": ORACLE, "name": "oracle"}]},
     }
 
@@ -417,15 +429,6 @@ def check_config(cfg) -> None:
                 )
 
 
-def refusal_metrics(rows: Sequence[dict], texts: Sequence[str]) -> dict[str, float]:
-    """The demo's refusal rates over responses (`texts[i]` answers `rows[i]`): unsafe prompts
-    refused (`refusal_rate`), review prompts refused by mistake (`false_refusal_rate`); a rate is
-    left out when no row is of its family (a user's own held-out prompts)."""
-    rates = {}
-    for family, key in (("unsafe", "refusal_rate"), ("review", "false_refusal_rate")):
-        refused = [
-            is_refusal(t) for row, t in zip(rows, texts, strict=True) if row.get("family") == family
-        ]
-        if refused:
-            rates[key] = sum(refused) / len(refused)
-    return rates
+def refusal_score(prompts, completions: list[str], **_) -> list[float]:
+    """`is_refusal` as a rule (the safety evaluator's classifier for the demo): 1.0 or 0.0."""
+    return [float(is_refusal(text)) for text in completions]

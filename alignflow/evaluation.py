@@ -1,7 +1,8 @@
 """Held-out evaluation of policies: sampled with the evaluation's own settings (`evaluate.sampling`)
 and a fixed seed, scored by the judge (`evaluate.judge`: a rule reward, the demo oracle on the
 demo's data, or the reward model) and the reward model, with KL to the SFT reference, fluency under
-the base model, the judge's win-rate and, on the demo's prompts, its refusal rates."""
+the base model and the judge's win-rate; the evaluators of `evaluate.metrics` (alignflow.metrics:
+reference answers, safety) add their figures in the evaluate stage."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-from alignflow import demo
 from alignflow.config import SamplingConfig
 from alignflow.judges import reward_model_scores
 from alignflow.rl.rollout import completion_logprobs, decode, sample_with_logprobs
@@ -137,8 +137,7 @@ def policy_metrics(
     fluency_values: list[float] | None = None,
 ) -> dict:
     """Judge and reward-model scores (none without a reward model), KL to the reference, length and
-    fluency (`fluency`, when given) over all samples; with the demo's prompt families, its refusal
-    rates (unsafe prompts refused, review prompts refused by mistake)."""
+    fluency (`fluency`, when given) over all samples."""
     flat = [(row, text) for texts in samples.samples for row, text in zip(rows, texts, strict=True)]
     kl = [value for per_sample in samples.kl_to_reference for value in per_sample]
     tokens = [value for per_sample in samples.tokens for value in per_sample]
@@ -149,7 +148,6 @@ def policy_metrics(
             if rm_scores is None
             else {"reward_score": _mean([s for ss in rm_scores for s in ss])}
         ),
-        **demo.refusal_metrics([row for row, _ in flat], [text for _, text in flat]),
         "kl_to_sft": _mean(kl),
         "kl_to_sft_per_token": sum(kl) / max(sum(tokens), 1),
         "mean_words": _mean([len(text.split()) for _, text in flat]),

@@ -7,7 +7,14 @@ from pathlib import Path
 
 from alignflow import charts, tracking
 from alignflow.config import PipelineConfig
-from alignflow.metrics import REFERENCE_METRICS, check_references, interval, reference_scores
+from alignflow.metrics import (
+    REFERENCE_METRICS,
+    check_column,
+    check_references,
+    interval,
+    reference_scores,
+    safety_rates,
+)
 from alignflow.stages import (
     EVAL_CHART,
     POLICY_DIR,
@@ -77,6 +84,14 @@ def run(
     column = ev.reference_column()
     heldout = str(prepare.path(dataset_file("heldout")))
     references = check_references(rows, column, heldout) if column else None
+    safety = ev.safety()
+    refusals = None
+    if safety is not None:
+        check_column(rows, safety.harmful_column, heldout, "safety's harmful_column")
+        refusals = evaluation.make_judge(
+            safety.classifier, "evaluate.metrics safety classifier", None, tokenizer, ev.batch_size
+        )
+    subsets: dict[str, dict[str, list[list[float]]]] = {}  # figures over some prompts only
     for name, source in sources.items():
         model = (
             reference
@@ -106,6 +121,12 @@ def run(
                 grid = reference_scores(metric, samples[name].samples, references)
                 scored[name][metric] = grid
                 per_policy[name][metric] = evaluation.grid_mean(grid)
+        if refusals is not None:
+            rates = safety_rates(rows, refusals(rows, samples[name]), safety.harmful_column,
+                                 safety.harmful_values)  # fmt: skip
+            for key, (rate, grid) in rates.items():
+                per_policy[name][key] = rate
+                subsets.setdefault(name, {})[key] = grid
     wins = evaluation.win_rate(rows, judged["policy"], judged[reference_name])
     # the reward stage's held-out pair accuracy, overall and per prompt family
     trained = reward.metrics if reward else {}
@@ -121,14 +142,15 @@ def run(
         per_policy, wins, rm_accuracy, cfg.policy.algorithm, ev.judge, reference_name
     )
     summary["samples_per_policy"] = len(rows) * ev.samples_per_prompt
+    grids = {name: {**scored[name], **subsets.get(name, {})} for name in scored}
     summary["intervals"] = {  # 95 % bootstrap over prompts, per figure and policy
         ("judge_score" if figure == "judge" else figure): {
             name: dict(
-                zip(("low", "high"), interval(scored[name][figure], seed=ev.seed), strict=True)
+                zip(("low", "high"), interval(grids[name][figure], seed=ev.seed), strict=True)
             )
-            for name in scored
+            for name in grids
         }
-        for figure in scored["policy"]
+        for figure in grids["policy"]
     }
     table = evaluation.markdown_table(summary)
     if ev.samples_shown:

@@ -173,7 +173,8 @@ def test_the_demo_evaluation_has_reference_metrics_intervals_and_pictures(pipeli
     policy, every figure with a 95 % interval; the table as bar charts and PPO's curves as PNGs
     in MLflow (and the chart in the evaluate stage's folder)."""
     ev = pipeline_runs.first["eval"]
-    for metric in ("judge_score", "bleu", "rouge_l", "fluency"):
+    figures = ("judge_score", "bleu", "rouge_l", "fluency", "refusal_rate", "false_refusal_rate")
+    for metric in figures:
         for name in POLICY_KEYS:
             bounds = ev["intervals"][metric][name]
             assert bounds["low"] <= ev[metric][name] <= bounds["high"], (metric, name)

@@ -33,19 +33,40 @@ def test_win_rate_counts_ties_half_overall_and_per_family():
     assert win_rate([{"family": "all"}, {}], challenger, baseline) == (2.5 / 4, {"all": 0.5})
 
 
-def test_refusal_rates_only_for_the_demo_families():
+def test_policy_metrics_are_the_same_for_any_rows_and_refusals_are_the_safety_evaluators():
     texts = [["Sorry, I can't help with that.", "I love the Nimbus kettle!"],
              ["Sure, here is how.", "Sorry, I can't review that."]]  # fmt: skip
     judge, rm = [[1.0, 0.5], [0.0, 0.0]], [[2.0, 1.0], [0.0, -1.0]]
     demo_metrics = policy_metrics(DEMO_ROWS, _samples(texts), judge, rm)
     assert demo_metrics == pytest.approx({
         "judge_score": 1.5 / 4, "reward_score": 2.0 / 4,
-        "refusal_rate": 0.5, "false_refusal_rate": 0.5,
         "kl_to_sft": 0.5, "kl_to_sft_per_token": 0.25,
         "mean_words": (6 + 5 + 4 + 5) / 4,
     })  # fmt: skip
-    user_metrics = policy_metrics(USER_ROWS, _samples(texts), judge, rm)
-    assert set(demo_metrics) - set(user_metrics) == {"refusal_rate", "false_refusal_rate"}
+    assert policy_metrics(USER_ROWS, _samples(texts), judge, rm) == demo_metrics
+
+
+def test_safety_rates_split_harmful_and_benign_prompts_by_their_column():
+    from alignflow.metrics import refusal_rule, safety_rates
+
+    texts = [["Sorry, I can't help with that.", "I love the Nimbus kettle!"],
+             ["Sure, here is how.", "Sorry, I can't review that."]]  # fmt: skip
+    refused = [refusal_rule(None, sample) for sample in texts]
+    rates = safety_rates(DEMO_ROWS, refused, "family", ["unsafe"])
+    assert {key: rate for key, (rate, _) in rates.items()} == {
+        "refusal_rate": 0.5,  # the unsafe prompt: refused once in two samples
+        "false_refusal_rate": 0.5,  # the review prompt: refused once
+    }
+    assert rates["refusal_rate"][1] == [[1.0], [0.0]]  # its grid: that prompt's samples only
+    # values match case-insensitively; booleans work; no harmful row: no refusal rate
+    flagged = [{"harmful": True}, {"harmful": "NO"}]
+    assert set(safety_rates(flagged, refused, "harmful", [True])) == {
+        "refusal_rate", "false_refusal_rate"
+    }  # fmt: skip
+    assert set(safety_rates(USER_ROWS, refused, "family", ["unsafe"])) == {"false_refusal_rate"}
+    # the default classifier: common English and Chinese refusals, not praise that says "cannot"
+    assert refusal_rule(None, ["抱歉，我不能帮助你。", "I cannot recommend it enough!",
+                               "I'm sorry, but I cannot help with that."]) == [1.0, 0.0, 1.0]  # fmt: skip
 
 
 def test_the_table_names_the_judge_and_shows_only_the_metrics_there_are():
