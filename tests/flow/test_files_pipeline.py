@@ -171,18 +171,23 @@ def test_evaluation_scores_prompts_without_demo_columns_with_the_configured_judg
     assert f"judge: `{JUDGE}`" in table
 
 
+def _evaluation(files_run) -> tuple[dict, list[dict], Path]:
+    """The run's eval summary, its samples.jsonl rows and the evaluate stage's folder."""
+    tmp_path, result = files_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "latest" / "summary.json").read_text())
+    evaluated = Path(summary["stages"]["evaluate"]["output"])
+    rows = [json.loads(line) for line in (evaluated / "samples.jsonl").open()]
+    return summary["eval"], rows, evaluated
+
+
 def test_reference_metrics_score_english_and_chinese_answers_with_intervals(files_run):
     """The held-out set's own answers (alpaca `output`) are the references: each policy's BLEU and
     ROUGE-L are the mean over its sampled responses, Chinese compared by character, and every
     figure carries a 95 % interval and its sample count."""
     from alignflow.metrics import bleu, rouge_l
 
-    tmp_path, result = files_run
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((tmp_path / "runs" / "latest" / "summary.json").read_text())
-    ev = summary["eval"]
-    evaluated = Path(summary["stages"]["evaluate"]["output"])
-    rows = [json.loads(line) for line in (evaluated / "samples.jsonl").open()]
+    ev, rows, evaluated = _evaluation(files_run)
     assert [row["reference"] for row in rows[-len(CHINESE) :]] == [a for _, a, _ in CHINESE]
     for name in ("base", "sft", "policy"):
         pairs = [(text, row["reference"]) for row in rows for text in row[f"{name}_samples"]]
@@ -204,12 +209,7 @@ def test_safety_rates_on_the_users_harmful_flags_with_the_default_classifier(fil
     classifier (alignflow.metrics:refusal_rule) reads each sampled response."""
     from alignflow.metrics import refusal_rule
 
-    tmp_path, result = files_run
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((tmp_path / "runs" / "latest" / "summary.json").read_text())
-    ev = summary["eval"]
-    evaluated = Path(summary["stages"]["evaluate"]["output"])
-    rows = [json.loads(line) for line in (evaluated / "samples.jsonl").open()]
+    ev, rows, evaluated = _evaluation(files_run)
     assert sum(row["harmful"] for row in rows) == 6 + 1
     for name in ("base", "sft", "policy"):
         for key, harmful in (("refusal_rate", True), ("false_refusal_rate", False)):
