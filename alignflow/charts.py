@@ -54,6 +54,31 @@ def evaluation_bars(summary: dict):
     return figure
 
 
+def runs_bars(runs: Sequence, names: Sequence[str]):
+    """Two or more runs side by side (`alignflow compare --chart`): one panel per evaluation
+    figure, a bar per run for its policy (`eval.<figure>.policy` on the parent run), the 95 %
+    interval as an error bar when the run logged one. `names`: the runs' labels, in order."""
+    figures = [
+        name for name in EVAL_FIGURES
+        if any(f"eval.{name}.policy" in run.data.metrics for run in runs)
+    ]  # fmt: skip
+    figure, axes = _figure(max(len(figures), 1))
+    for axis, name in zip(axes, figures, strict=False):
+        metrics = [run.data.metrics for run in runs]
+        values = [m.get(f"eval.{name}.policy", float("nan")) for m in metrics]
+        low = [m.get(f"eval.intervals.{name}.policy.low") for m in metrics]
+        high = [m.get(f"eval.intervals.{name}.policy.high") for m in metrics]
+        errors = [
+            [v - lo if lo is not None else 0 for v, lo in zip(values, low, strict=True)],
+            [hi - v if hi is not None else 0 for v, hi in zip(values, high, strict=True)],
+        ]
+        axis.bar(range(len(runs)), values, yerr=errors, capsize=4, color="#f58518")
+        axis.set_xticks(range(len(runs)), names, rotation=30, ha="right", fontsize=7)
+        axis.set_title(f"{name} (policy)")
+    figure.suptitle("runs compared", fontsize=10)
+    return figure
+
+
 def training_curves(history: Sequence[dict], keys: Sequence[str] = PPO_CURVES, title: str = "ppo"):
     """One panel per key of `history` (one dict per update), against the update number."""
     present = [key for key in keys if any(key in entry for entry in history)]

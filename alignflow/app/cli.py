@@ -268,6 +268,10 @@ def compare(
     metric: Annotated[
         list[str] | None, typer.Option("--metric", help="Another metric column (repeatable).")
     ] = None,
+    chart: Annotated[
+        Path | None,
+        typer.Option("--chart", help="Also draw the runs' evaluation figures as bars (PNG)."),
+    ] = None,
     set_: SetOption = None,
 ) -> None:
     """Compare the experiment's pipeline and retraining runs: key params, every param whose value
@@ -296,7 +300,14 @@ def compare(
     params = [*comparing.PARAMS, *(param or [])]
     params += comparing.differing_params(runs, params)  # what tells these runs apart
     metrics = [*comparing.METRICS, *(metric or [])]
-    typer.echo(comparing.render(comparing.rows(runs, params, metrics)))
+    table = comparing.rows(runs, params, metrics)
+    typer.echo(comparing.render(table))
+    if chart is not None:
+        from alignflow import charts
+
+        names = [f"{row['run']} {row['mlflow_run']}"[:40] for row in table]
+        charts.save(charts.runs_bars(runs, names), chart)
+        typer.echo(f"chart: {chart}")
 
 
 @app.command()

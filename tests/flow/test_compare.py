@@ -70,3 +70,17 @@ def test_a_misspelled_param_is_refused_naming_the_closest(pipeline_runs):
         "error: --param policy.ppo.kl.cof: no listed run logged it; did you mean "
     )
     assert "policy.ppo.kl.coef" in last.split("did you mean ")[1]
+
+
+def test_compare_draws_the_runs_evaluation_figures_side_by_side(pipeline_runs, tmp_path):
+    chart = tmp_path / "runs.png"
+    done = _compare(pipeline_runs, "--flow", "rlhf", "--chart", str(chart))
+    assert done.exit_code == 0, done.output
+    assert done.output.strip().splitlines()[-1] == f"chart: {chart}"
+    assert chart.read_bytes()[:4] == b"\x89PNG"
+    from alignflow.charts import runs_bars
+
+    runs = [MlflowClient(tracking_uri(pipeline_runs.cfg)).get_run(s["mlflow_run_id"])
+            for s in (pipeline_runs.first, pipeline_runs.second)]  # fmt: skip
+    titles = [axis.get_title() for axis in runs_bars(runs, ["a", "b"]).axes if axis.get_visible()]
+    assert {"judge_score (policy)", "rouge_l (policy)", "refusal_rate (policy)"} <= set(titles)
