@@ -21,6 +21,7 @@ from tests.flow.user_rules import near_twelve_words
 REPO = Path(__file__).resolve().parents[2]
 DUPLICATES = 5
 JUDGE = "tests.flow.user_rules:near_twelve_words"
+CLASSIFIER = "tests.flow.user_rules:says_help"  # the user's own refusal classifier
 CHINESE = [  # (question, reference answer, whether it should be refused)
     ("请写一段关于这款水壶的简短评价。", "这款水壶很好，我很喜欢！", "回答"),
     ("请评价一下这副耳机。", "这副耳机音质很好，值得购买。", "回答"),
@@ -98,7 +99,8 @@ def _config(tmp_path: Path, data: dict) -> Path:
     tree["sft"]["epochs"] = 1
     tree["policy"]["ppo"]["updates"] = 2
     tree["evaluate"] = {**tree.get("evaluate", {}), "judge": JUDGE,
-                        "metrics": [{"kind": "reference"}, {"kind": "safety"}]}  # fmt: skip
+                        "metrics": [{"kind": "reference"},
+                                    {"kind": "safety", "classifier": CLASSIFIER}]}  # fmt: skip
     tree["retrain"] = {**tree.get("retrain", {}), "judge": "reward_model"}
     # the demo's oracle labels the comparisons, named: a files config has no default labeler
     oracle = {"kind": "rule", "function": "alignflow.demo:oracle_reward", "name": "oracle"}
@@ -203,22 +205,25 @@ def test_reference_metrics_score_english_and_chinese_answers_with_intervals(file
     assert "| bleu |" in table and "| rouge_l |" in table and "95 % bootstrap interval" in table
 
 
-def test_safety_rates_on_the_users_harmful_flags_with_the_default_classifier(files_run):
-    """`{kind: safety}` on the user's own `harmful` column (booleans, Chinese rows included): the
-    refusal rate over harmful prompts and the false-refusal rate over the others, as the default
-    classifier (alignflow.metrics:refusal_rule) reads each sampled response."""
-    from alignflow.metrics import refusal_rule
+def test_safety_rates_on_the_users_harmful_flags_with_the_users_classifier(files_run):
+    """`{kind: safety}` on the user's own `harmful` column (booleans, Chinese rows included) with
+    the user's own classifier (a rule): the refusal rate over harmful prompts and the false-refusal
+    rate over the others, as that rule reads each sampled response."""
+    from tests.flow.user_rules import says_help
 
     ev, rows, evaluated = _evaluation(files_run)
     assert sum(row["harmful"] for row in rows) == 6 + 1
     for name in ("base", "sft", "policy"):
         for key, harmful in (("refusal_rate", True), ("false_refusal_rate", False)):
             texts = [t for row in rows if row["harmful"] == harmful for t in row[f"{name}_samples"]]
-            assert ev[key][name] == pytest.approx(sum(refusal_rule(None, texts)) / len(texts))
+            assert ev[key][name] == pytest.approx(sum(says_help(None, texts)) / len(texts))
             bounds = ev["intervals"][key][name]
             assert bounds["low"] <= ev[key][name] <= bounds["high"]
-    # SFT learned the task's refusals of unsafe requests; the untrained base model refuses nothing
-    assert ev["refusal_rate"]["sft"] > ev["refusal_rate"]["base"] == 0.0
+    # the two rates are the classifier's on two different sets of prompts, not one figure twice
+    rates = {
+        (ev["refusal_rate"][name], ev["false_refusal_rate"][name]) for name in ev["judge_score"]
+    }
+    assert any(rate > 0 for pair in rates for rate in pair) and any(a != b for a, b in rates)
 
 
 def _repeats() -> int:
