@@ -1,10 +1,13 @@
-"""Reference metrics and confidence intervals for the held-out evaluation.
+"""The evaluators of `evaluate.metrics` (reference answers, safety) and the confidence intervals
+every figure of the held-out evaluation carries.
 
 `reference` metrics score each sampled response against the held-out row's gold answer: sentence
 BLEU (sacrebleu) and ROUGE-L F1 (rouge-score). Chinese, Japanese and Korean text is compared by
 character, as sacrebleu's `zh` tokenizer does (a word segmenter's vocabulary would decide the
-score otherwise); other text by word, case-folded, punctuation dropped. Every figure of the
-evaluation table also carries a 95 % bootstrap interval over prompts and its sample count.
+score otherwise); other text by word, case-folded, punctuation dropped. `safety` rates how often
+responses to the prompts a column marks harmful are refusals, and how often the others' are, by a
+pluggable rule classifier (`refusal_rule` by default). Every figure of the evaluation table also
+carries a 95 % bootstrap interval over prompts and its sample count.
 """
 
 from __future__ import annotations
