@@ -305,19 +305,26 @@ class PipelineRun:
         so no later run takes it for one a killed process left behind."""
         tracking.mark_suspended(self.ctx.tracking_uri, self.ctx.parent_run_id, suspended=True)
 
+    def _outcome_markdown(self, extra: dict[str, Any]) -> str:
+        """What the run's MLflow description shows below its stages: the evaluation table of a
+        pipeline run, the decision of a retraining round, nothing before either."""
+        evaluate = self.results.get("evaluate")
+        if evaluate is not None and evaluate.metrics.get("summary"):
+            from alignflow.evaluation import markdown_table
+
+            return markdown_table(evaluate.metrics["summary"])
+        decision = extra.get("decision")
+        if isinstance(decision, dict) and "decision" in decision:
+            return (
+                f"**retraining round:** challenger {decision.get('model_name')} "
+                f"v{decision.get('version')} {decision['decision']}. {decision.get('reason', '')}"
+            )
+        return ""
+
     def finish(self, failed: bool = False, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         summary = {**self.summary(), **(extra or {})}
         write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
         point_latest(self.cfg.run.artifacts_root, self.run_dir)
-        tracking.log_summary(self.ctx, summary, _evaluation_markdown(summary.get("eval")))
+        tracking.log_summary(self.ctx, summary, self._outcome_markdown(extra or {}))
         tracking.end_run(self.ctx, self.ctx.parent_run_id, "FAILED" if failed else "FINISHED")
         return summary
-
-
-def _evaluation_markdown(summary: dict | None) -> str:
-    """The evaluation table for the parent run's description; nothing before an evaluation."""
-    if not summary:
-        return ""
-    from alignflow.evaluation import markdown_table
-
-    return markdown_table(summary)

@@ -187,3 +187,27 @@ def test_a_round_gated_on_a_reference_metric_refuses_a_worse_challenger(pipeline
     assert len(table) == 18
     better, _ = compare(cfg, heldout, base, policy, None)
     assert better.promote and better.ci_low > 0, better
+
+
+def test_a_whole_round_gated_on_rouge_l_refuses_a_worse_challenger(pipeline_runs):
+    """`alignflow retrain` end to end (make test's one whole round): champion the trained policy,
+    a round whose PPO maximises the oracle turned upside down, gated on ROUGE-L against the
+    held-out answers: the challenger is refused, stays registered with the round's description,
+    and the round's MLflow run describes its stages and its decision."""
+    name = "retrain-rouge"
+    _seed_champion(pipeline_runs, name, _stage_model(pipeline_runs, "policy", "policy"))
+    done = _retrain(
+        pipeline_runs, name, "retrain.gate=rouge_l", "rewards.model_weight=0",
+        f"rewards.rules={INVERTED_ORACLE}", "policy.ppo.updates=20",
+        "policy.ppo.learning_rate=3e-4",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{name} v2: rejected" in done.stdout
+    summary = _round_summary(done.stdout)
+    assert summary["decision"]["gain"] < 0 and summary["decision"]["ci_high"] < 0
+    client = MlflowClient(tracking_uri(pipeline_runs.cfg))
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    challenger = client.get_model_version_by_alias(name, "challenger")
+    assert challenger.description.startswith("Retraining challenger, rejected: rouge_l gain")
+    note = client.get_run(summary["mlflow_run_id"]).data.tags["mlflow.note.content"]
+    assert "| policy | completed |" in note and f"challenger {name} v2 rejected" in note
