@@ -585,8 +585,15 @@ def summary(
         typer.echo()
         return
     typer.echo(f"run {data['run_id']}")
-    if data.get("eval"):
+    decision = data.get("decision")
+    if "judge_score" in (data.get("eval") or {}):  # a pipeline run's evaluation
         typer.echo(markdown_table(data["eval"]))
+    elif isinstance(decision, dict) and "decision" in decision:  # a retraining round's
+        typer.echo(
+            f"retraining round: challenger {decision['model_name']} v{decision['version']} "
+            f"{decision['decision']}: gain {decision['gain']:+.4f} (interval "
+            f"{decision['ci_low']:+.4f} to {decision['ci_high']:+.4f}). {decision['reason']}"
+        )
     local_store = (artifacts_root / "mlflow.db").is_file()
     _print_outcome(data, default_tracking_uri(artifacts_root) if local_store else None)
 

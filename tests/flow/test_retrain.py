@@ -211,3 +211,12 @@ def test_a_whole_round_gated_on_rouge_l_refuses_a_worse_challenger(pipeline_runs
     assert challenger.description.startswith("Retraining challenger, rejected: rouge_l gain")
     note = client.get_run(summary["mlflow_run_id"]).data.tags["mlflow.note.content"]
     assert "| policy | completed |" in note and f"challenger {name} v2 rejected" in note
+    # `alignflow summary` on the round's root shows the round's decision
+    line = next(line for line in done.stdout.splitlines() if line.startswith("summary: "))
+    root = Path(line.removeprefix("summary: ")).parent.parent
+    shown = subprocess.run(
+        [sys.executable, "-m", "alignflow.app.cli", "summary", "--artifacts-root", str(root)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert f"retraining round: challenger {name} v2 rejected: gain -" in shown.stdout
