@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import reprlib
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -1068,21 +1070,35 @@ def _format_errors(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def section_of(annotation: Any) -> tuple[type[BaseModel], str] | None:
+    """The section model an annotation holds, and how its keys continue: '.' (the section
+    itself), '[].' (a list of them), '.<name>.' (a mapping of names to them)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, "."
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            found = section_of(arg)
+            if found:
+                return found
+    if origin is list and args and section_of(args[0]):
+        return section_of(args[0])[0], "[]."
+    if origin is dict and len(args) == 2 and section_of(args[1]):
+        return section_of(args[1])[0], ".<name>."
+    return None
+
+
 def _hint(loc: tuple) -> str:
     """For an unknown key at `loc`: the section's keys closest to it, or how to list them."""
     import difflib
-    import typing
 
     model: Any = PipelineConfig
     for part in loc[:-1]:
         field = model.model_fields.get(part) if isinstance(part, str) else None
         if field is None:  # a list index or a mapping key: the model stays that of the items
             continue
-        annotation = field.annotation
-        candidates = [annotation, *typing.get_args(annotation)]
-        candidates += [inner for c in candidates for inner in typing.get_args(c)]
-        found = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-        if not found:
+        found = section_of(field.annotation)
+        if found is None:
             return ""
         model = found[0]
     section = ".".join(str(part) for part in loc[:-1] if isinstance(part, str))

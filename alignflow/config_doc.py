@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from alignflow.config import PipelineConfig
+from alignflow.config import PipelineConfig, section_of
 
 
 @dataclass(frozen=True)
@@ -29,24 +29,6 @@ class Key:
     type: str
     default: str
     description: str
-
-
-def _section_of(annotation: Any) -> tuple[type[BaseModel], str] | None:
-    """The section model an annotation holds, and how its keys continue: '.' (the section
-    itself), '[].' (a list of them), '.<name>.' (a mapping of names to them)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation, "."
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        for arg in args:
-            found = _section_of(arg)
-            if found:
-                return found
-    if origin is list and args and _section_of(args[0]):
-        return _section_of(args[0])[0], "[]."
-    if origin is dict and len(args) == 2 and _section_of(args[1]):
-        return _section_of(args[1])[0], ".<name>."
-    return None
 
 
 def type_name(annotation: Any) -> str:
@@ -75,8 +57,7 @@ def _default(field) -> str:
     value = field.get_default(call_default_factory=True)
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
-    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 16).strip()
-    return text.removesuffix("\n...").removesuffix(" ...")
+    return _scalar(value)
 
 
 def keys(model: type[BaseModel] = PipelineConfig, prefix: str = "") -> Iterator[Key]:
@@ -84,7 +65,7 @@ def keys(model: type[BaseModel] = PipelineConfig, prefix: str = "") -> Iterator[
     section's own key is listed before its keys."""
     for name, field in model.model_fields.items():
         key = prefix + name
-        section = _section_of(field.annotation)
+        section = section_of(field.annotation)
         description = " ".join((field.description or "").split())
         if section is None:
             yield Key(key, type_name(field.annotation), _default(field), description)
