@@ -315,10 +315,9 @@ class PipelineRun:
             return markdown_table(evaluate.metrics["summary"])
         decision = extra.get("decision")
         if isinstance(decision, dict) and "decision" in decision:
-            return (
-                f"**retraining round:** challenger {decision.get('model_name')} "
-                f"v{decision.get('version')} {decision['decision']}. {decision.get('reason', '')}"
-            )
+            from alignflow.promotion import round_line
+
+            return round_line(decision)
         return ""
 
     def finish(self, failed: bool = False, extra: dict[str, Any] | None = None) -> dict[str, Any]:

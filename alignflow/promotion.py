@@ -107,3 +107,14 @@ def decide(
         champion_score=float(theirs.mean()),
         win_rate=wins,
     )
+
+
+def round_line(decision: dict) -> str:
+    """One line for a retraining round's decision (apply_decision's result: the challenger
+    version, the verdict, the gain and its interval, the reason): what `alignflow summary` prints
+    and the round's MLflow description shows."""
+    return (
+        f"retraining round: challenger {decision['model_name']} v{decision['version']} "
+        f"{decision['decision']}: gain {decision['gain']:+.4f} (interval "
+        f"{decision['ci_low']:+.4f} to {decision['ci_high']:+.4f}). {decision['reason']}"
+    )

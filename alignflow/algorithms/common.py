@@ -110,16 +110,25 @@ def lora(section, model) -> object | None:
     return peft_lora_config(section.lora, "CAUSAL_LM", model)
 
 
-def fit(trainer, work: Path, save_minutes: float | None, name: str) -> dict[str, float]:
-    """Train (resuming from the last checkpoint in `work`, if a crash left one; one is saved at
-    least every `save_minutes`), logging every logged step to the active MLflow run and showing
-    progress as `name` (alignflow.progress). Returns the
-    mean training loss, and the first and last logged ones."""
+def train_tracked(
+    trainer, checkpoints: Path, save_minutes: float | None, name: str, curves: str = CURVES_CHART
+):
+    """Run a transformers Trainer as every training stage does: resuming from the last
+    checkpoint in `checkpoints` (a crash left it; one is saved at least every `save_minutes`),
+    logging every logged step to the active MLflow run, showing progress as `name`
+    (alignflow.progress), then its curves as the `curves` PNG. Returns the Trainer's output."""
     trainer.add_callback(tracking.trainer_callback())
     trainer.add_callback(periodic_checkpoints(save_minutes))
     progress.watch(trainer, name)
-    output = trainer.train(resume_from_checkpoint=last_checkpoint(work / CHECKPOINTS))
-    tracking.log_trainer_curves(trainer, name, CURVES_CHART)
+    output = trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
+    tracking.log_trainer_curves(trainer, name, curves)
+    return output
+
+
+def fit(trainer, work: Path, save_minutes: float | None, name: str) -> dict[str, float]:
+    """`train_tracked` with checkpoints in `work`; returns the mean training loss, and the first
+    and last logged ones."""
+    output = train_tracked(trainer, work / CHECKPOINTS, save_minutes, name)
     return {"train_loss": output.training_loss, **first_and_last(trainer.state.log_history, "loss")}
 
 

@@ -589,11 +589,9 @@ def summary(
     if "judge_score" in (data.get("eval") or {}):  # a pipeline run's evaluation
         typer.echo(markdown_table(data["eval"]))
     elif isinstance(decision, dict) and "decision" in decision:  # a retraining round's
-        typer.echo(
-            f"retraining round: challenger {decision['model_name']} v{decision['version']} "
-            f"{decision['decision']}: gain {decision['gain']:+.4f} (interval "
-            f"{decision['ci_low']:+.4f} to {decision['ci_high']:+.4f}). {decision['reason']}"
-        )
+        from alignflow.promotion import round_line
+
+        typer.echo(round_line(decision))
     local_store = (artifacts_root / "mlflow.db").is_file()
     _print_outcome(data, default_tracking_uri(artifacts_root) if local_store else None)
 

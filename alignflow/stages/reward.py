@@ -7,7 +7,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-from alignflow import distributed, progress, tracking
+from alignflow import distributed, tracking
 from alignflow.algorithms.saving import first_and_last, save_trained
 from alignflow.config import PipelineConfig
 from alignflow.health import check_reward_model
@@ -82,13 +82,12 @@ def train_member(
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
+    from alignflow.algorithms.common import train_tracked
     from alignflow.models import (
         check_padding,
-        last_checkpoint,
         load_scalar_head_model,
         load_tokenizer,
         peft_lora_config,
-        periodic_checkpoints,
         trainer_kwargs,
     )
 
@@ -108,18 +107,15 @@ def train_member(
         processing_class=tokenizer,
         # peft's SEQ_CLS task trains the score head beside the adapter
         peft_config=peft_lora_config(cfg.reward_model.lora, "SEQ_CLS", model),
-        callbacks=[
-            tracking.trainer_callback(),
-            periodic_checkpoints(cfg.reward_model.save_minutes),
-        ],
     )
     # RewardTrainer drops pairs longer than max_length without a word: count them.
     dropped = len(train) - len(trainer.train_dataset)
-    name = "reward" if out.name == MODEL_DIR else f"reward {out.name}"
-    progress.watch(trainer, name)
-    trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
-    curves = CURVES_CHART if out.name == MODEL_DIR else f"{out.name}-{CURVES_CHART}"
-    tracking.log_trainer_curves(trainer, name, curves)
+    first = out.name == MODEL_DIR
+    train_tracked(
+        trainer, checkpoints, cfg.reward_model.save_minutes,
+        "reward" if first else f"reward {out.name}",
+        CURVES_CHART if first else f"{out.name}-{CURVES_CHART}",
+    )  # fmt: skip
     metrics = {
         "dropped_too_long": dropped,
         **first_and_last(trainer.state.log_history, "loss"),

@@ -6,10 +6,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from alignflow import progress, tracking
 from alignflow.algorithms.saving import first_and_last, save_trained
 from alignflow.config import PipelineConfig
-from alignflow.stages import CURVES_CHART, MODEL_DIR, SFT_EVAL_FILE, dataset_file
+from alignflow.stages import MODEL_DIR, SFT_EVAL_FILE, dataset_file
 from alignflow.stages.upstream import base_model
 from alignflow.store import StageResult, read_jsonl
 
@@ -18,12 +17,11 @@ def run(cfg: PipelineConfig, work: Path, prepare: StageResult) -> dict:
     """Fine-tune the base model on prepare's SFT rows into `work / MODEL_DIR`; returns metrics."""
     from trl import SFTConfig, SFTTrainer
 
+    from alignflow.algorithms.common import train_tracked
     from alignflow.models import (
-        last_checkpoint,
         load_causal_lm,
         load_tokenizer,
         peft_lora_config,
-        periodic_checkpoints,
         tokenize_conversations,
         trainer_kwargs,
     )
@@ -44,11 +42,8 @@ def run(cfg: PipelineConfig, work: Path, prepare: StageResult) -> dict:
         eval_dataset=held_out if len(held_out) else None,
         processing_class=tokenizer,
         peft_config=peft_lora_config(cfg.sft.lora, "CAUSAL_LM", model),
-        callbacks=[tracking.trainer_callback(), periodic_checkpoints(cfg.sft.save_minutes)],
     )
-    progress.watch(trainer, "sft")
-    trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
-    tracking.log_trainer_curves(trainer, "sft", CURVES_CHART)
+    train_tracked(trainer, checkpoints, cfg.sft.save_minutes, "sft")
     save_trained(
         trainer, tokenizer, work / MODEL_DIR, cfg.sft.lora is not None, "sft.learning_rate"
     )
