@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 # Evaluation figures drawn, in this order, when the summary has them.
-EVAL_FIGURES = ("judge_score", "reward_score", "bleu", "rouge_l", "refusal_rate",
+EVAL_FIGURES = ("judge_score", "reward_score", "llm_grade", "llm_win_rate_vs_sft",
+                "llm_win_rate_vs_champion", "bleu", "rouge_l", "refusal_rate",
                 "false_refusal_rate", "fluency", "kl_to_sft")  # fmt: skip
 PPO_CURVES = ("reward", "rlhf_reward", "kl", "score", "value_loss", "entropy")
 # What a transformers Trainer logs that is worth a curve (SFT, reward model, TRL algorithms).
@@ -34,13 +35,16 @@ def _figure(panels: int, width: float = 3.2, height: float = 2.8):
 def evaluation_bars(summary: dict):
     """The evaluation table of `summary` (evaluation.summarize, with its intervals) as bars."""
     figures = [name for name in EVAL_FIGURES if isinstance(summary.get(name), dict)]
+    figures += [name for name in summary if name.startswith("bench_")]
     intervals = summary.get("intervals", {})
     algorithm = summary.get("algorithm", "policy")
     figure, axes = _figure(len(figures))
     for axis, name in zip(axes, figures, strict=False):
         policies = list(summary[name])
         values = [summary[name][policy] for policy in policies]
-        bounds = intervals.get(name, {})
+        bounds = {  # a NaN interval (nothing judged) draws no error bar
+            p: b for p, b in intervals.get(name, {}).items() if b["low"] == b["low"]
+        }
         errors = [
             [value - bounds[p]["low"] if p in bounds else 0 for p, value in zip(policies, values, strict=True)],
             [bounds[p]["high"] - value if p in bounds else 0 for p, value in zip(policies, values, strict=True)],

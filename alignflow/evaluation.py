@@ -15,7 +15,19 @@ from alignflow.config import SamplingConfig
 from alignflow.judges import reward_model_scores
 from alignflow.rl.rollout import completion_logprobs, decode, sample_with_logprobs
 
-POLICIES = ("base", "sft", "policy")  # "policy": the aligned one, by policy.algorithm
+# "policy": the aligned one, by policy.algorithm; "champion": the registered one, when evaluated
+POLICIES = ("base", "sft", "policy", "champion")
+# The evaluation table's rows, in this order, when the summary has them (then each benchmark task's
+# `bench_<task>`).
+TABLE_FIGURES = ("judge_score", "reward_score", "llm_grade", "llm_win_rate_vs_sft",
+                 "llm_win_rate_vs_champion", "bleu", "rouge_l", "refusal_rate",
+                 "false_refusal_rate", "kl_to_sft", "mean_words", "fluency")  # fmt: skip
+
+
+def table_figures(summary: dict) -> list[str]:
+    """The per-policy figures of `summary` in table order, benchmark tasks last."""
+    benchmarks = [key for key in summary if key.startswith("bench_")]
+    return [key for key in TABLE_FIGURES if key in summary] + benchmarks
 
 
 @dataclass
@@ -222,22 +234,27 @@ def summarize(
 
 
 def markdown_table(summary: dict) -> str:
-    metrics = ["judge_score", "reward_score", "bleu", "rouge_l", "refusal_rate",
-               "false_refusal_rate", "kl_to_sft", "mean_words", "fluency"]  # fmt: skip
     intervals = summary.get("intervals", {})
     name = summary["algorithm"].upper()
     reference = summary.get("reference", "sft")
     columns = [column for column in POLICIES if column in summary["judge_score"]]
-    headers = " | ".join(name.lower() if column == "policy" else column for column in columns)
+    headers = " | ".join(
+        name.lower()
+        if column == "policy"
+        else f"champion v{summary['champion_version']}"
+        if column == "champion"
+        else column
+        for column in columns
+    )
     lines = [
         f"judge: `{summary['judge']}`",
         "",
         f"| metric | {headers} |",
         "|---" * (len(columns) + 1) + "|",
     ]
-    for metric in (m for m in metrics if m in summary):
+    for metric in table_figures(summary):
         cells = " | ".join(
-            _cell(summary[metric][column], intervals.get(metric, {}).get(column))
+            _cell(summary[metric].get(column), intervals.get(metric, {}).get(column))
             for column in columns
         )
         label = metric.replace("_sft", f"_{reference}")
@@ -261,6 +278,26 @@ def markdown_table(summary: dict) -> str:
             f"**intervals:** (low–high) is the 95 % bootstrap interval over prompts; "
             f"{summary['samples_per_policy']} sampled responses per policy"
         )
+    if "win_rate_policy_vs_champion" in summary:
+        lines.append(
+            f"**win-rate {name} vs champion v{summary['champion_version']} (judge):** "
+            f"{summary['win_rate_policy_vs_champion']:.3f}"
+        )
+    if "llm_judge" in summary:
+        j = summary["llm_judge"]
+        lines.append(
+            f"**llm judge** `{j['model']}`: llm_win_rate_* pairwise against the "
+            f"{reference.upper()} (or champion) response, both orders asked, ties 0.5; "
+            f"llm_grade 1–10 on its rubric. {j['pairs_judged']}/{j['pairs']} pairs judged, "
+            f"position bias: first-shown picked in {_rate(j['first_position_rate'])} of decisive "
+            f"answers (0.5 is none), orders disagreed in {_rate(j['inconsistent_rate'])} of pairs; "
+            f"{j['failures']} failed calls, {j['unparsable'] + j['ungraded']} unusable answers"
+        )
+    if any(key.startswith("bench_") for key in summary):
+        lines.append(
+            "**bench_*:** lm-evaluation-harness tasks, the task's main metric (acc_norm, acc or "
+            "exact_match) per policy; the interval resamples the task's documents"
+        )
     if "bleu" in summary:
         lines.append(
             "**bleu, rouge_l:** sentence BLEU (0–100, sacrebleu) and ROUGE-L F1 of each sampled "
@@ -274,9 +311,18 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _cell(value: float, bounds: dict[str, float] | None) -> str:
-    """A table cell: the figure, and its 95 % interval when it has one."""
-    if bounds is None:
+def _rate(value: float) -> str:
+    return "n/a" if value != value else f"{value:.2f}"  # NaN: nothing decisive to count
+
+
+def _cell(value: float | None, bounds: dict[str, float] | None) -> str:
+    """A table cell: the figure, and its 95 % interval when it has one; — when the policy has no
+    such figure (a win-rate against itself)."""
+    if value is None:
+        return "—"
+    if value != value:  # NaN: an LLM judge gave no usable answer
+        return "n/a"
+    if bounds is None or bounds["low"] != bounds["low"]:
         return f"{value:.3f}"
     return f"{value:.3f} ({bounds['low']:.3f}–{bounds['high']:.3f})"
 

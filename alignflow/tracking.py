@@ -241,12 +241,18 @@ def log_figure(figure, artifact_file: str) -> None:
     mlflow.log_figure(figure, artifact_file)
 
 
-def log_trainer_curves(trainer, title: str, artifact_file: str) -> None:
-    """A transformers Trainer's logged steps as curves (alignflow.charts), from rank 0."""
+def log_trainer_curves(
+    trainer, title: str, artifact_file: str, save_to: Path | None = None
+) -> None:
+    """A transformers Trainer's logged steps as curves (alignflow.charts), from rank 0; also saved
+    as the PNG `save_to` when given."""
     if trainer.is_world_process_zero() and trainer.state.log_history:
         from alignflow import charts
 
-        log_figure(charts.trainer_curves(trainer.state.log_history, title), artifact_file)
+        figure = charts.trainer_curves(trainer.state.log_history, title)
+        log_figure(figure, artifact_file)
+        if save_to is not None:
+            charts.save(figure, save_to)
 
 
 @_main_rank_only

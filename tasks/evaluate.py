@@ -1,5 +1,5 @@
 """The evaluation stage as a Prefect task (alignflow.stages.evaluate does the work); its table
-becomes a Prefect artifact."""
+and its bar charts become Prefect artifacts."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from prefect.cache_policies import NO_CACHE
 
 from alignflow import pipeline
 from alignflow.config import PipelineConfig
-from alignflow.stages import evaluate
+from alignflow.stages import EVAL_CHART, evaluate
 from alignflow.store import StageResult
 from alignflow.tracking import TrackingContext
+from tasks._charts import chart_artifact
 from tasks._compute import gpu_slots
 
 
@@ -42,6 +43,7 @@ def evaluate_task(
     create_markdown_artifact(
         key="alignflow-eval", markdown=result.metrics["table"], description="held-out evaluation"
     )
+    chart_artifact(result.path(EVAL_CHART), "alignflow-eval-chart", "held-out evaluation (bars)")
     return result
 
 

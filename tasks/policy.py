@@ -1,4 +1,5 @@
-"""The policy stage as a Prefect task (alignflow.stages.policy does the work)."""
+"""The policy stage as a Prefect task (alignflow.stages.policy does the work); its training curves
+become a Prefect artifact."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from prefect.cache_policies import NO_CACHE
 
 from alignflow import pipeline
 from alignflow.config import PipelineConfig
-from alignflow.stages import policy
+from alignflow.stages import CURVES_CHART, policy
 from alignflow.store import StageResult
 from alignflow.tracking import TrackingContext
+from tasks._charts import chart_artifact
 from tasks._compute import run_stage_where_configured
 
 
@@ -35,9 +37,11 @@ def policy_task(
     collect: StageResult | None,
     reward: StageResult | None,
 ) -> StageResult:
-    return run_stage_where_configured(
+    result = run_stage_where_configured(
         cfg, ctx, "policy", run_policy, prepare=prepare, sft=sft, collect=collect, reward=reward
     )
+    chart_artifact(result.path(CURVES_CHART), "alignflow-policy-curves", "policy training curves")
+    return result
 
 
 if __name__ == "__main__":

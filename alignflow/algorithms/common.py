@@ -116,12 +116,13 @@ def train_tracked(
     """Run a transformers Trainer as every training stage does: resuming from the last
     checkpoint in `checkpoints` (a crash left it; one is saved at least every `save_minutes`),
     logging every logged step to the active MLflow run, showing progress as `name`
-    (alignflow.progress), then its curves as the `curves` PNG. Returns the Trainer's output."""
+    (alignflow.progress), then its curves as the `curves` PNG, in MLflow and beside `checkpoints`
+    (the stage's folder). Returns the Trainer's output."""
     trainer.add_callback(tracking.trainer_callback())
     trainer.add_callback(periodic_checkpoints(save_minutes))
     progress.watch(trainer, name)
     output = trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
-    tracking.log_trainer_curves(trainer, name, curves)
+    tracking.log_trainer_curves(trainer, name, curves, save_to=checkpoints.parent / curves)
     return output
 
 

@@ -77,7 +77,9 @@ def train_ppo(cfg: PipelineConfig, inputs: PolicyInputs, work: Path) -> dict:
     if distributed.is_main() and history:
         from alignflow import charts
 
-        tracking.log_figure(charts.training_curves(history), CURVES_CHART)
+        figure = charts.training_curves(history)
+        tracking.log_figure(figure, CURVES_CHART)
+        charts.save(figure, work / CURVES_CHART)
     saved = work / (POLICY_DIR if cfg.policy.ppo.lora is None else ADAPTER_DIR)
     trainer.save_policy(saved)
     if distributed.is_main():

@@ -238,18 +238,19 @@ class LLMJudge:
         self.limiter = MinIntervalLimiter(cfg.requests_per_minute)
 
     def ask(self, prompt: str, response_a: str, response_b: str) -> str:
-        """One judge call; the answer's text. Raises openai.OpenAIError after the retries."""
+        """One pairwise judge call; the answer's text. Raises openai.OpenAIError after the
+        retries."""
+        return self.complete(
+            render_prompt(self.cfg.prompt_template, prompt, response_a, response_b)
+        )
+
+    def complete(self, content: str) -> str:
+        """One call with `content` as the user message (rate-limited, retried); the answer's
+        text. Raises openai.OpenAIError after the retries."""
         self.limiter.wait()
         completion = self.client.chat.completions.create(
             model=self.cfg.model,
-            messages=[
-                {
-                    "role": "user",
-                    "content": render_prompt(
-                        self.cfg.prompt_template, prompt, response_a, response_b
-                    ),
-                }
-            ],
+            messages=[{"role": "user", "content": content}],
             max_tokens=self.cfg.max_tokens,
             temperature=self.cfg.temperature,
         )

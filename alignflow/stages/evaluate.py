@@ -3,6 +3,8 @@ reward model, refusals (demo prompts), KL, win-rate."""
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 
 from alignflow import charts, tracking
@@ -26,6 +28,13 @@ from alignflow.stages import (
 from alignflow.stages.upstream import base_model, reward_model_dirs, start_model
 from alignflow.store import StageResult, read_jsonl, write_json_atomic, write_jsonl
 
+log = logging.getLogger(__name__)
+CHAMPIONS_DIR = ".champions"  # under the artifacts root: registered champions, one per version
+# Figures scored per response (a [sample][prompt] grid), kept beside each response in SAMPLES_FILE;
+# the LLM judge's cover its first samples and prompts only.
+PER_RESPONSE = ("judge", "reward_score", "fluency", "kl_to_sft", "bleu", "rouge_l",
+                "llm_win_rate_vs_sft", "llm_win_rate_vs_champion", "llm_grade")  # fmt: skip
+
 
 def _sample_rows(rows, samples, scored) -> list[dict]:
     """One row per held-out prompt with every policy's greedy and sampled responses and each
@@ -36,8 +45,10 @@ def _sample_rows(rows, samples, scored) -> list[dict]:
         for name, policy in samples.items():
             record[f"{name}_greedy"] = policy.greedy[i]
             record[f"{name}_samples"] = [texts[i] for texts in policy.samples]
-            for figure, grid in scored[name].items():
-                record[f"{name}_{figure}"] = [values[i] for values in grid]
+            for figure in PER_RESPONSE:
+                values = [row[i] for row in scored[name].get(figure, []) if i < len(row)]
+                if values:
+                    record[f"{name}_{figure}"] = values
         out.append(record)
     return out
 
@@ -75,23 +86,21 @@ def run(
     prompts = [row["prompt"] for row in rows]
     sources = {"base": base_model(cfg, prepare), "sft": start} if sft else {"base": start}
     sources["policy"] = str(policy.path(POLICY_DIR))
+    champion = _champion(cfg, policy.path(POLICY_DIR), tokenizer)
+    if champion is not None:
+        sources["champion"] = champion[1]
     ev = cfg.evaluate
     judge = evaluation.make_judge(
         ev.judge, "evaluate.judge", reward_model, tokenizer, ev.batch_size
     )
     samples, per_policy, judged, fluency_model = {}, {}, {}, None
-    scored: dict[str, dict[str, list[list[float]]]] = {}  # per policy: per-sample figures
-    column = ev.reference_column()
+    grids: dict[str, dict[str, list[list[float]]]] = {}  # per policy: per-sample figures
     heldout = str(prepare.path(dataset_file("heldout")))
+    column = ev.reference_column()
     references = check_references(rows, column, heldout) if column else None
     safety = ev.safety()
-    refusals = None
-    if safety is not None:
-        check_column(rows, safety.harmful_column, heldout, "safety's harmful_column")
-        refusals = evaluation.make_judge(
-            safety.classifier, "evaluate.metrics safety classifier", None, tokenizer, ev.batch_size
-        )
-    subsets: dict[str, dict[str, list[list[float]]]] = {}  # figures over some prompts only
+    refusals = _refusal_classifier(cfg, safety, rows, heldout, tokenizer) if safety else None
+    bench, benchmarks = ev.metric("benchmark"), {}
     for name, source in sources.items():
         model = (
             reference
@@ -115,18 +124,35 @@ def run(
             else None
         )
         per_policy[name] = evaluation.policy_metrics(rows, samples[name], judged[name], rm, fluency)
-        scored[name] = {"judge": judged[name], "fluency": _grid(fluency, len(rows))}
+        grids[name] = {
+            "judge": judged[name],
+            "fluency": _grid(fluency, len(rows)),
+            "kl_to_sft": samples[name].kl_to_reference,
+        }
+        if rm is not None:
+            grids[name]["reward_score"] = rm
         if references is not None:
             for metric in REFERENCE_METRICS:
-                grid = reference_scores(metric, samples[name].samples, references)
-                scored[name][metric] = grid
-                per_policy[name][metric] = evaluation.grid_mean(grid)
+                grids[name][metric] = reference_scores(metric, samples[name].samples, references)
+                per_policy[name][metric] = evaluation.grid_mean(grids[name][metric])
         if refusals is not None:
             rates = safety_rates(rows, refusals(rows, samples[name]), safety.harmful_column,
                                  safety.harmful_values)  # fmt: skip
             for key, (rate, grid) in rates.items():
                 per_policy[name][key] = rate
-                subsets.setdefault(name, {})[key] = grid
+                grids[name][key] = grid
+        if bench is not None:
+            from alignflow.benchmark import run_benchmark
+
+            for task, result in run_benchmark(
+                model, tokenizer, bench.tasks, bench.include_path, bench.limit,
+                ev.batch_size, bench.num_fewshot, ev.seed,
+            ).items():  # fmt: skip
+                per_policy[name][f"bench_{task}"] = result.value
+                grids[name][f"bench_{task}"] = [result.per_sample]
+                benchmarks[task] = {"metric": result.metric, "documents": result.n}
+        if model is not reference:
+            del model
     wins = evaluation.win_rate(rows, judged["policy"], judged[reference_name])
     # the reward stage's held-out pair accuracy, overall and per prompt family
     trained = reward.metrics if reward else {}
@@ -142,21 +168,29 @@ def run(
         per_policy, wins, rm_accuracy, cfg.policy.algorithm, ev.judge, reference_name
     )
     summary["samples_per_policy"] = len(rows) * ev.samples_per_prompt
-    grids = {name: {**scored[name], **subsets.get(name, {})} for name in scored}
+    if champion is not None:
+        summary["champion_version"] = champion[0]
+        summary["win_rate_policy_vs_champion"] = evaluation.win_rate(
+            rows, judged["policy"], judged["champion"]
+        )[0]
+    if benchmarks:
+        summary["benchmarks"] = benchmarks
+    llm = ev.metric("llm_judge")
+    if llm is not None:
+        summary.update(_llm_judged(llm, rows, samples, reference_name, grids))
     summary["intervals"] = {  # 95 % bootstrap over prompts, per figure and policy
         ("judge_score" if figure == "judge" else figure): {
-            name: dict(
-                zip(("low", "high"), interval(grids[name][figure], seed=ev.seed), strict=True)
-            )
-            for name in grids
+            name: dict(zip(("low", "high"), interval(figures[figure], seed=ev.seed), strict=True))
+            for name, figures in grids.items()
+            if figure in figures
         }
-        for figure in grids["policy"]
+        for figure in dict.fromkeys(f for figures in grids.values() for f in figures)
     }
     table = evaluation.markdown_table(summary)
     if ev.samples_shown:
         greedy = {name: policy.greedy for name, policy in samples.items()}
         table += "\n\n" + evaluation.samples_markdown(rows, greedy, ev.samples_shown)
-    sample_rows = _sample_rows(rows, samples, scored)
+    sample_rows = _sample_rows(rows, samples, grids)
     write_jsonl(work / SAMPLES_FILE, sample_rows)
     write_json_atomic(work / SUMMARY_FILE, summary)
     (work / TABLE_FILE).write_text(table + "\n")
@@ -177,6 +211,99 @@ def run(
         "greedy_samples.json",
     )
     return {"summary": summary, "table": table}
+
+
+def _champion(cfg: PipelineConfig, policy_dir: Path, tokenizer) -> tuple[str, str] | None:
+    """(version, local folder) of the registered champion to evaluate beside the run's policies;
+    None when evaluate.champion is off, the registry has none, it is this run's own policy, or it
+    speaks another tokenizer (a different base model: no shared KL reference)."""
+    if not cfg.evaluate.champion:
+        return None
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from alignflow.models import load_tokenizer
+
+    name = cfg.registry.model_name
+    try:
+        version = MlflowClient().get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None
+    if version.tags.get(tracking.WEIGHTS_TAG) == tracking.content_digest(policy_dir):
+        return None
+    folder = Path(cfg.run.artifacts_root) / CHAMPIONS_DIR / f"{name}-v{version.version}"
+    if not (folder / "config.json").is_file():  # downloaded once per version, renamed whole
+        partial = folder.with_name(f".{folder.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        local = Path(tracking.download_model(f"models:/{name}/{version.version}", str(partial)))
+        shutil.rmtree(folder, ignore_errors=True)
+        local.rename(folder)
+        shutil.rmtree(partial, ignore_errors=True)
+    if (
+        load_tokenizer(str(folder), cfg.model.trust_remote_code).get_vocab()
+        != tokenizer.get_vocab()
+    ):
+        log.warning("evaluate: champion %s v%s has another tokenizer: not evaluated beside this "
+                    "run's policies", name, version.version)  # fmt: skip
+        return None
+    log.info("evaluate: the registered champion %s v%s is evaluated too", name, version.version)
+    return str(version.version), str(folder)
+
+
+def _refusal_classifier(cfg: PipelineConfig, safety, rows, heldout: str, tokenizer):
+    """The safety evaluator's classifier as a (rows, samples) -> [sample][prompt] scorer."""
+    from alignflow import evaluation
+
+    check_column(rows, safety.harmful_column, heldout, "safety's harmful_column")
+    spec, batch = safety.classifier, cfg.evaluate.batch_size
+    if spec.startswith("reward_model:"):
+        import torch
+
+        from alignflow.models import default_device, load_scalar_head_model
+
+        model = load_scalar_head_model(
+            spec.removeprefix("reward_model:"), cfg.model.trust_remote_code,
+            tokenizer.pad_token_id, default_device(),
+        ).eval()  # fmt: skip
+        score = evaluation.make_judge("reward_model", "safety classifier", model, tokenizer, batch)
+        return lambda rows, samples: torch.sigmoid(torch.tensor(score(rows, samples))).tolist()
+    if spec == "llm_judge":
+        from alignflow.llm_evaluation import refusal_classifier
+
+        classify = refusal_classifier(safety.llm_judge, safety.refusal_template)
+        return lambda rows, samples: [
+            classify([row["prompt"] for row in rows], texts) for texts in samples.samples
+        ]
+    return evaluation.make_judge(spec, "evaluate.metrics safety classifier", None, tokenizer, batch)
+
+
+def _llm_judged(metric, rows, samples, reference_name: str, grids) -> dict:
+    """The llm_judge evaluator's figures (into `grids` too) and its report: every other policy's
+    pairwise win-rate against the reference, the policy's against the champion, and every policy's
+    rubric grade."""
+    from alignflow.llm_evaluation import LLMEvaluator, nan_mean
+
+    evaluator = LLMEvaluator.of(metric)
+    out: dict[str, dict] = {"llm_win_rate_vs_sft": {}}
+    against = samples[reference_name].samples
+    for name in samples:
+        if name != reference_name:
+            grid = evaluator.pairwise(rows, samples[name].samples, against)
+            grids[name]["llm_win_rate_vs_sft"] = grid
+            out["llm_win_rate_vs_sft"][name] = nan_mean(grid)
+    if "champion" in samples:
+        grid = evaluator.pairwise(rows, samples["policy"].samples, samples["champion"].samples)
+        grids["policy"]["llm_win_rate_vs_champion"] = grid
+        out["llm_win_rate_vs_champion"] = {"policy": nan_mean(grid)}
+    if metric.rubric:
+        out["llm_grade"] = {}
+        for name in samples:
+            grid = evaluator.grades(rows, samples[name].samples)
+            grids[name]["llm_grade"] = grid
+            out["llm_grade"][name] = nan_mean(grid)
+    out["llm_judge"] = evaluator.report()
+    log.info("evaluate: llm_judge %s", out["llm_judge"])
+    return out
 
 
 def _grid(values: list[float], prompts: int) -> list[list[float]]:

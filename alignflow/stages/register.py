@@ -27,26 +27,40 @@ def gate(cfg: PipelineConfig, evaluate: StageResult):
     held-out evaluation: the paired judge scores of the evaluate stage's samples, a mean gain above
     `registry.min_gain` and a bootstrap interval over prompts above zero (alignflow.promotion). An
     unchanged policy (gain 0) or a worse one is never registered, the first one included."""
+    import numpy as np
+
     from alignflow.promotion import decide
 
     rows = read_jsonl(evaluate.path(SAMPLES_FILE))
     reference = evaluate.metrics["summary"]["reference"]
-    figure = cfg.registry.gate  # "judge", or a reference metric the evaluation scored per sample
-
-    def grid(name: str) -> list[list[float]]:  # [sample_index][prompt_index]
-        return [
-            list(scores) for scores in zip(*(row[f"{name}_{figure}"] for row in rows), strict=True)
-        ]
-
+    figure = cfg.registry.gate  # a figure the evaluation scored per response (config.RegistryGate)
+    ours, theirs = f"policy_{figure}", f"{reference}_{figure}"
+    rows = [row for row in rows if ours in row and theirs in row]  # an LLM judge's first prompts
+    if not rows:
+        raise ValueError(
+            f"registry.gate: the evaluation scored no response by {figure} (no reward model "
+            "for reward_score?)"
+        )
+    policy, anchor = (np.asarray([row[key] for row in rows], float).T for key in (ours, theirs))
+    if np.isnan(policy).any() or np.isnan(anchor).any():
+        # responses an LLM judge could not grade: compare each prompt's graded means, and only
+        # prompts graded on both sides
+        policy, anchor = np.nanmean(policy, axis=0), np.nanmean(anchor, axis=0)
+        both = ~(np.isnan(policy) | np.isnan(anchor))
+        if both.sum() < 2:
+            raise ValueError(f"registry.gate: fewer than 2 prompts have a usable {figure}")
+        policy, anchor = policy[None, both], anchor[None, both]
     registry = cfg.registry
     return decide(
-        grid("policy"), grid(reference), registry.min_gain, registry.confidence,
+        policy, anchor, registry.min_gain, registry.confidence,
         registry.bootstrap_resamples, cfg.evaluate.seed,
     )  # fmt: skip
 
 
 def _gate_name(figure: str, summary: dict) -> str:
-    return f"judge ({summary['judge']})" if figure == "judge" else f"{figure} (reference answers)"
+    if figure == "judge":
+        return f"judge ({summary['judge']})"
+    return f"{figure} (reference answers)" if figure in ("bleu", "rouge_l") else figure
 
 
 def version_description(summary: dict, evidence: dict[str, float], figure: str = "judge") -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -121,3 +122,30 @@ def run_config(config: str, root, timeout: float) -> dict:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((root / "latest" / "summary.json").read_text())
+
+
+@contextlib.contextmanager
+def alignflow_serve(ref: str, work, *options: str):
+    """`alignflow serve REF OPTIONS` on a free 127.0.0.1 port, logging to `work`/serve.log;
+    yields (base URL, process) once /health answers, and stops it on the way out."""
+    port = free_port()
+    command = [sys.executable, "-m", "alignflow.app.cli", "serve", ref, "--port", str(port),
+               "--engine", "transformers", *options]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(work / "hf_cache"))
+    log = (work / "serve.log").open("w")
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            assert process.poll() is None, (work / "serve.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()

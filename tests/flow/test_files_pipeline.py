@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,9 +17,14 @@ import pytest
 import yaml
 
 from alignflow import demo
+from tests.flow.conftest import alignflow_serve
 from tests.flow.user_rules import near_twelve_words
 
 REPO = Path(__file__).resolve().parents[2]
+JUDGE_MODEL = "judge"  # the served judge's model name
+JUDGED_PROMPTS = 4  # the LLM judge sees the first held-out prompts only (llm_judge max_prompts)
+BENCH_TASKS = REPO / "tests" / "data" / "benchmark"  # a user's own lm-eval task, read offline
+BENCH_TASK = "alignflow_mc_demo"
 DUPLICATES = 5
 JUDGE = "tests.flow.user_rules:near_twelve_words"
 CLASSIFIER = "tests.flow.user_rules:says_help"  # the user's own refusal classifier
@@ -92,7 +98,7 @@ def _user_files(root: Path) -> dict:
     }
 
 
-def _config(tmp_path: Path, data: dict) -> Path:
+def _config(tmp_path: Path, data: dict, more_metrics: list[dict] | None = None) -> Path:
     tree = yaml.safe_load((REPO / "configs" / "micro.yaml").read_text())
     tree["data"] = data
     tree["run"]["artifacts_root"] = str(tmp_path / "runs")
@@ -100,7 +106,8 @@ def _config(tmp_path: Path, data: dict) -> Path:
     tree["policy"]["ppo"]["updates"] = 2
     tree["evaluate"] = {**tree.get("evaluate", {}), "judge": JUDGE,
                         "metrics": [{"kind": "reference"},
-                                    {"kind": "safety", "classifier": CLASSIFIER}]}  # fmt: skip
+                                    {"kind": "safety", "classifier": CLASSIFIER},
+                                    *(more_metrics or [])]}  # fmt: skip
     tree["retrain"] = {**tree.get("retrain", {}), "judge": "reward_model"}
     # the demo's oracle labels the comparisons, named: a files config has no default labeler
     oracle = {"kind": "rule", "function": "alignflow.demo:oracle_reward", "name": "oracle"}
@@ -119,9 +126,27 @@ def _run(config: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def files_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def judge_server(tmp_path_factory):
+    """`alignflow serve` of a real chat model (SmolLM2-135M-Instruct, from the registries) on
+    127.0.0.1 as the evaluation's LLM judge, logging every exchange it answers."""
+    from alignflow import real
+
+    work = tmp_path_factory.mktemp("judge")
+    options = ["--model-name", JUDGE_MODEL, "--feedback-store", str(work / "feedback")]
+    with alignflow_serve(str(real.fetch_smollm2()), work, *options) as (url, _):
+        yield f"{url}/v1", work / "feedback"
+
+
+@pytest.fixture(scope="module")
+def files_run(tmp_path_factory, judge_server) -> tuple[Path, subprocess.CompletedProcess]:
     tmp_path = tmp_path_factory.mktemp("files")
-    return tmp_path, _run(_config(tmp_path, _user_files(tmp_path / "data")))
+    url, _ = judge_server
+    more = [
+        {"kind": "llm_judge", "max_prompts": JUDGED_PROMPTS,
+         "llm_judge": {"base_url": url, "model": JUDGE_MODEL, "api_key_env": None}},
+        {"kind": "benchmark", "tasks": [BENCH_TASK], "include_path": str(BENCH_TASKS)},
+    ]  # fmt: skip
+    return tmp_path, _run(_config(tmp_path, _user_files(tmp_path / "data"), more))
 
 
 def test_pipeline_runs_on_user_files_and_counts_what_it_removed(files_run):
@@ -246,3 +271,115 @@ def test_bad_record_stops_the_run_in_one_line_with_nothing_written(tmp_path):
     assert errors[0].startswith(f"error: {root}/sft_alpaca.jsonl:11: json: invalid JSON:")
     assert errors[0].endswith("expected one JSON object per line")
     assert not list((tmp_path / "runs" / "stages").glob("*/*"))  # no stage output, not even partial
+
+
+def _served(feedback: Path) -> list[dict]:
+    """Every exchange the judge server answered, in order."""
+    lines = [json.loads(line) for path in sorted((feedback / "served").glob("*.jsonl"))
+             for line in path.open()]  # fmt: skip
+    return [line for line in lines if "response" in line]
+
+
+def test_llm_judge_win_rates_and_grades_are_the_served_judges_answers_both_orders(
+    files_run, judge_server
+):
+    """`{kind: llm_judge}` against a real served chat model: each policy is compared with the SFT
+    response to the same prompt in both orders (A/B swapped), and the figures are exactly what
+    the judge answered, combined as the preference judge does; its position bias is reported."""
+    from alignflow.feedback.llm_judge import combine_orders, parse_verdict
+    from alignflow.llm_evaluation import parse_grade
+
+    ev, rows, evaluated = _evaluation(files_run)
+    _, feedback = judge_server
+    served = _served(feedback)
+    asked = [(line["messages"][-1]["content"], line["response"]) for line in served]
+    pairwise = [(q, a) for q, a in asked if "Response A:" in q]
+    graded = [(q, a) for q, a in asked if "[[n]]" in q]
+    report = ev["llm_judge"]
+    # base and policy vs SFT, each on the first JUDGED_PROMPTS prompts, one sample, two orders
+    assert len(pairwise) == report["pairwise_calls"] == 2 * JUDGED_PROMPTS * 2
+    assert len(graded) == report["grading_calls"] == 3 * JUDGED_PROMPTS
+
+    def verdicts(row: dict, first: str, second: str) -> list[str | None]:
+        shown = f"Response A:\n{first}\n\nResponse B:\n{second}\n"
+        asked = f"User: {row['prompt'][-1]['content']}\n"
+        return [parse_verdict(a) for q, a in pairwise if shown in q and asked in q]
+
+    for name in ("base", "policy"):
+        outcomes = []
+        for row in rows[:JUDGED_PROMPTS]:
+            ours, theirs = row[f"{name}_samples"][0], row["sft_samples"][0]
+            forward, backward = verdicts(row, ours, theirs)[0], verdicts(row, theirs, ours)[-1]
+            outcome, _ = combine_orders(forward, backward, 0, 1)
+            outcomes.append(None if outcome is None else 0.5 if outcome == "tie" else outcome == 0)
+        judged = [float(o) for o in outcomes if o is not None]
+        expected = sum(judged) / len(judged) if judged else float("nan")
+        assert ev["llm_win_rate_vs_sft"][name] == pytest.approx(expected, nan_ok=True), name
+        assert row[f"{name}_llm_win_rate_vs_sft"] is not None
+    assert "sft" not in ev["llm_win_rate_vs_sft"]  # no win-rate of SFT against itself
+    for name in ("base", "sft", "policy"):
+        grades = [parse_grade(a) for q, a in graded
+                  for row in rows[:JUDGED_PROMPTS] if f"Response:\n{row[f'{name}_samples'][0]}\n" in q]  # fmt: skip
+        usable = [g for g in grades if g is not None]
+        if usable:
+            assert min(usable) >= 1 and max(usable) <= 10
+    decisive = [v for v in (parse_verdict(a) for _, a in pairwise) if v in ("A", "B")]
+    assert report["first_position_rate"] == pytest.approx(
+        decisive.count("A") / len(decisive) if decisive else float("nan"), nan_ok=True
+    )
+    assert report["pairs"] == 2 * JUDGED_PROMPTS and report["failures"] == 0
+    table = (evaluated / "eval.md").read_text()
+    assert "| llm_win_rate_vs_sft |" in table and "| llm_grade |" in table
+    assert "position bias" in table
+
+
+def test_one_table_holds_every_evaluator_and_the_pictures_are_in_mlflow(files_run):
+    """References, LLM judge, safety, fluency and a local lm-eval task: one figure per policy in
+    one table, each with its interval; the bar chart and the training curves are MLflow figures."""
+    import mlflow
+
+    ev, rows, evaluated = _evaluation(files_run)
+    documents = len((BENCH_TASKS / f"{BENCH_TASK}.jsonl").read_text().splitlines())
+    assert ev["benchmarks"][BENCH_TASK]["documents"] == documents
+    for name in ("base", "sft", "policy"):
+        for figure in ("bleu", "rouge_l", "llm_grade", "refusal_rate", "fluency",
+                       f"bench_{BENCH_TASK}", "judge_score", "kl_to_sft"):  # fmt: skip
+            assert figure in ev and name in ev[figure], (figure, name)
+        accuracy = ev[f"bench_{BENCH_TASK}"][name]
+        assert 0 <= accuracy <= 1 and (accuracy * documents) == pytest.approx(
+            round(accuracy * documents)
+        )  # a share of the task's documents
+        bounds = ev["intervals"][f"bench_{BENCH_TASK}"][name]
+        assert bounds["low"] <= accuracy <= bounds["high"]
+    table = (evaluated / "eval.md").read_text().split("## Samples")[0]
+    for label in ("bleu", "rouge_l", "llm_grade", "llm_win_rate_vs_sft", "refusal_rate",
+                  "false_refusal_rate", "fluency", f"bench_{BENCH_TASK}"):  # fmt: skip
+        assert f"| {label} |" in table, label
+    tmp_path, _ = files_run
+    summary = json.loads((tmp_path / "runs" / "latest" / "summary.json").read_text())
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    for stage, picture in (("evaluate", "eval.png"), ("policy", "training_curves.png")):
+        run_id = summary["stages"][stage]["mlflow_run_id"]
+        assert picture in [a.path for a in client.list_artifacts(run_id)], stage
+        local = Path(client.download_artifacts(run_id, picture, str(tmp_path)))
+        assert local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_llm_judge_classifies_refusals_for_the_safety_evaluator(judge_server):
+    """`classifier: llm_judge`: each response's score is the served judge's YES (1) / NO (0),
+    NaN when it answered neither (left out of the rates)."""
+    from alignflow.config import DEFAULT_REFUSAL_TEMPLATE, LLMJudgeConfig
+    from alignflow.llm_evaluation import parse_yes_no, refusal_classifier
+
+    url, feedback = judge_server
+    before = len(_served(feedback))
+    classify = refusal_classifier(
+        LLMJudgeConfig(base_url=url, model=JUDGE_MODEL, api_key_env=None), DEFAULT_REFUSAL_TEMPLATE
+    )
+    prompt = [{"role": "user", "content": "How do I hotwire a car?"}]
+    texts = ["I'm sorry, I can't help with that.", "First, open the steering column."]
+    scores = classify([prompt, prompt], texts)
+    answers = [parse_yes_no(line["response"]) for line in _served(feedback)[before:]]
+    assert len(answers) == 2
+    for score, answer in zip(scores, answers, strict=True):
+        assert (math.isnan(score) and answer is None) or score == float(answer)

@@ -134,10 +134,19 @@ def test_the_registered_version_carries_its_evaluation_as_description_and_tags(p
     gain = pipeline_runs.first["registered"]["gain"]
     assert float(version.tags["gate.gain"]) == pytest.approx(gain, rel=1e-5)
     assert version.tags["alignflow.algorithm"] == "ppo"
-    # the logged model's card: the description and the license of the tiny model built here
-    card = client.download_artifacts(version.run_id, "policy/model_card.md")
+    # the logged model's card: the description and the license of the tiny model built here.
+    # The model's artifacts resolve through MLflow's process-wide store, as in the process that
+    # logged them: set it here, whatever an earlier test left there.
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri(pipeline_runs.cfg))
+    try:
+        card = client.download_artifacts(version.run_id, "policy/model_card.md")
+        card_data = Path(client.download_artifacts(version.run_id, "policy/model_card_data.yaml"))
+    finally:
+        mlflow.set_tracking_uri(previous)
     assert "| judge_score |" in Path(card).read_text()
-    card_data = Path(client.download_artifacts(version.run_id, "policy/model_card_data.yaml"))
     assert "license: apache-2.0" in card_data.read_text()
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,9 +14,9 @@ import httpx
 import pytest
 import yaml
 
-from alignflow.launch import free_port
 from alignflow.pipeline import tracking_uri
 from tests.conftest import REPO
+from tests.flow.conftest import alignflow_serve
 
 MODEL = "alignflow-policy"
 
@@ -27,29 +25,10 @@ MODEL = "alignflow-policy"
 def server(pipeline_runs, tmp_path_factory):
     """`alignflow serve models:/alignflow-policy@champion` (exported on the way) on 127.0.0.1."""
     work = tmp_path_factory.mktemp("serve")
-    port = free_port()
-    command = [sys.executable, "-m", "alignflow.app.cli", "serve", f"models:/{MODEL}@champion",
-               "--port", str(port), "--engine", "transformers",
-               "--tracking-uri", tracking_uri(pipeline_runs.cfg),
+    options = ["--tracking-uri", tracking_uri(pipeline_runs.cfg),
                "--feedback-store", str(work / "feedback")]  # fmt: skip
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(work / "hf_cache"))
-    log = (work / "serve.log").open("w")
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (work / "serve.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(1)
+    with alignflow_serve(f"models:/{MODEL}@champion", work, *options) as (url, process):
         yield url, work, process
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-        log.close()
     # SIGTERM stopped the whole engine process group: nothing outlives `alignflow serve`
     deadline = time.monotonic() + 30
     while _engines() and time.monotonic() < deadline:
