@@ -298,6 +298,9 @@ def markdown_table(summary: dict) -> str:
             "**bench_*:** lm-evaluation-harness tasks, the task's main metric (acc_norm, acc or "
             "exact_match) per policy; the interval resamples the task's documents"
         )
+    if summary.get("seconds"):
+        spent = ", ".join(f"{key} {value:.1f}" for key, value in summary["seconds"].items())
+        lines.append(f"**seconds per evaluator** (all policies): {spent}")
     if "bleu" in summary:
         lines.append(
             "**bleu, rouge_l:** sentence BLEU (0–100, sacrebleu) and ROUGE-L F1 of each sampled "

@@ -31,6 +31,7 @@ class PipelineRuns:
     second: dict  # summary of the same command run again (every stage cached)
     flow_run_states: list[str]
     artifact_keys: list[str]
+    artifact_types: dict[str, str]  # key -> the Prefect artifact's type and how its data opens
 
 
 def micro_config(root: Path, *overrides: str):
@@ -53,8 +54,10 @@ def pipeline_runs(tmp_path_factory) -> PipelineRuns:
         second = rlhf(config=cfg)
         with get_client(sync_client=True) as client:
             states = [run.state.type.value for run in client.read_flow_runs()]
-            keys = [artifact.key for artifact in client.read_artifacts()]
-    return PipelineRuns(cfg, root, first, second, states, keys)
+            artifacts = client.read_artifacts()
+            keys = [artifact.key for artifact in artifacts]
+            types = {a.key: f"{a.type} {str(a.data)[:22]}" for a in artifacts if a.key}
+    return PipelineRuns(cfg, root, first, second, states, keys, types)
 
 
 # What a test session may start and must not leave behind: served models, our CLI, Prefect and

@@ -3,8 +3,10 @@ reward model, refusals (demo prompts), KL, win-rate."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import time
 from pathlib import Path
 
 from alignflow import charts, tracking
@@ -101,6 +103,14 @@ def run(
     safety = ev.safety()
     refusals = _refusal_classifier(cfg, safety, rows, heldout, tokenizer) if safety else None
     bench, benchmarks = ev.metric("benchmark"), {}
+    costs: dict[str, float] = {}  # seconds per evaluator, over every policy
+
+    @contextlib.contextmanager
+    def cost(key: str):
+        started = time.perf_counter()
+        yield
+        costs[key] = costs.get(key, 0.0) + time.perf_counter() - started
+
     for name, source in sources.items():
         model = (
             reference
@@ -108,21 +118,27 @@ def run(
             else load_causal_lm(source, trust, device, tokenizer=tokenizer)
         )
         fluency_model = model if name == "base" else fluency_model  # "base" comes first
-        samples[name] = evaluation.sample_policy(
-            model, reference, tokenizer, prompts, ev.sampling,
-            ev.samples_per_prompt, ev.seed, ev.batch_size, exact_kl=True,
-        )  # fmt: skip
-        fluency = evaluation.fluency(fluency_model, tokenizer, rows, samples[name], ev.batch_size)
-        judged[name] = judge(rows, samples[name])
-        rm = (  # the reward model judging: its scores are the judge's
-            judged[name]
-            if ev.judge == "reward_model"
-            else evaluation.score_with_reward_model(
-                reward_model, tokenizer, rows, samples[name], ev.batch_size
+        with cost("sampling"):  # with the exact KL to the reference
+            samples[name] = evaluation.sample_policy(
+                model, reference, tokenizer, prompts, ev.sampling,
+                ev.samples_per_prompt, ev.seed, ev.batch_size, exact_kl=True,
+            )  # fmt: skip
+        with cost("fluency"):
+            fluency = evaluation.fluency(
+                fluency_model, tokenizer, rows, samples[name], ev.batch_size
             )
-            if reward_model is not None
-            else None
-        )
+        with cost("judge"):
+            judged[name] = judge(rows, samples[name])
+        with cost("reward_model"):
+            rm = (  # the reward model judging: its scores are the judge's
+                judged[name]
+                if ev.judge == "reward_model"
+                else evaluation.score_with_reward_model(
+                    reward_model, tokenizer, rows, samples[name], ev.batch_size
+                )
+                if reward_model is not None
+                else None
+            )
         per_policy[name] = evaluation.policy_metrics(rows, samples[name], judged[name], rm, fluency)
         grids[name] = {
             "judge": judged[name],
@@ -132,22 +148,28 @@ def run(
         if rm is not None:
             grids[name]["reward_score"] = rm
         if references is not None:
+            with cost("reference"):
+                scored = {m: reference_scores(m, samples[name].samples, references)
+                          for m in REFERENCE_METRICS}  # fmt: skip
             for metric in REFERENCE_METRICS:
-                grids[name][metric] = reference_scores(metric, samples[name].samples, references)
+                grids[name][metric] = scored[metric]
                 per_policy[name][metric] = evaluation.grid_mean(grids[name][metric])
         if refusals is not None:
-            rates = safety_rates(rows, refusals(rows, samples[name]), safety.harmful_column,
-                                 safety.harmful_values)  # fmt: skip
+            with cost("safety"):
+                refused = refusals(rows, samples[name])
+            rates = safety_rates(rows, refused, safety.harmful_column, safety.harmful_values)
             for key, (rate, grid) in rates.items():
                 per_policy[name][key] = rate
                 grids[name][key] = grid
         if bench is not None:
             from alignflow.benchmark import run_benchmark
 
-            for task, result in run_benchmark(
-                model, tokenizer, bench.tasks, bench.include_path, bench.limit,
-                ev.batch_size, bench.num_fewshot, ev.seed,
-            ).items():  # fmt: skip
+            with cost("benchmark"):
+                results = run_benchmark(
+                    model, tokenizer, bench.tasks, bench.include_path, bench.limit,
+                    ev.batch_size, bench.num_fewshot, ev.seed,
+                )  # fmt: skip
+            for task, result in results.items():
                 per_policy[name][f"bench_{task}"] = result.value
                 grids[name][f"bench_{task}"] = [result.per_sample]
                 benchmarks[task] = {"metric": result.metric, "documents": result.n}
@@ -177,7 +199,9 @@ def run(
         summary["benchmarks"] = benchmarks
     llm = ev.metric("llm_judge")
     if llm is not None:
-        summary.update(_llm_judged(llm, rows, samples, reference_name, grids))
+        with cost("llm_judge"):
+            summary.update(_llm_judged(llm, rows, samples, reference_name, grids))
+    summary["seconds"] = {key: round(value, 2) for key, value in costs.items()}
     summary["intervals"] = {  # 95 % bootstrap over prompts, per figure and policy
         ("judge_score" if figure == "judge" else figure): {
             name: dict(zip(("low", "high"), interval(figures[figure], seed=ev.seed), strict=True))

@@ -27,6 +27,8 @@ def gate(cfg: PipelineConfig, evaluate: StageResult):
     held-out evaluation: the paired judge scores of the evaluate stage's samples, a mean gain above
     `registry.min_gain` and a bootstrap interval over prompts above zero (alignflow.promotion). An
     unchanged policy (gain 0) or a worse one is never registered, the first one included."""
+    import warnings
+
     import numpy as np
 
     from alignflow.promotion import decide
@@ -45,7 +47,9 @@ def gate(cfg: PipelineConfig, evaluate: StageResult):
     if np.isnan(policy).any() or np.isnan(anchor).any():
         # responses an LLM judge could not grade: compare each prompt's graded means, and only
         # prompts graded on both sides
-        policy, anchor = np.nanmean(policy, axis=0), np.nanmean(anchor, axis=0)
+        with warnings.catch_warnings():  # a prompt with no grade is NaN, and dropped below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            policy, anchor = np.nanmean(policy, axis=0), np.nanmean(anchor, axis=0)
         both = ~(np.isnan(policy) | np.isnan(anchor))
         if both.sum() < 2:
             raise ValueError(f"registry.gate: fewer than 2 prompts have a usable {figure}")

@@ -55,6 +55,9 @@ def test_summary_json_has_the_documented_shape_and_latest_points_at_newest(pipel
 def test_prefect_flow_runs_completed_and_published_the_eval_table(pipeline_runs):
     assert pipeline_runs.flow_run_states == ["COMPLETED", "COMPLETED"]
     assert {"alignflow-eval", "alignflow-run"} <= set(pipeline_runs.artifact_keys)
+    # the pictures: the evaluation's bars and the policy's curves, PNGs inside the artifact
+    for key in ("alignflow-eval-chart", "alignflow-policy-curves"):
+        assert pipeline_runs.artifact_types[key] == "image data:image/png;base64,", key
 
 
 def _client(pipeline_runs) -> MlflowClient:

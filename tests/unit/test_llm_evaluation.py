@@ -120,3 +120,33 @@ def test_the_table_has_a_champion_column_and_dashes_where_a_policy_has_no_figure
     assert "| llm_win_rate_vs_sft | 0.200 | — | 0.700 | n/a |" in table
     assert "| bench_mc | 0.250 | 0.500 | 0.500 | 0.750 |" in table
     assert "win-rate DPO vs champion v3 (judge):** 0.550" in table
+
+
+def test_the_registry_gates_on_llm_grades_over_the_prompts_graded_on_both_sides(tmp_path):
+    """registry.gate: llm_grade — responses the judge could not grade are left out, prompts past
+    max_prompts carry no grade, and a policy graded higher on every graded prompt passes while
+    one graded lower is refused."""
+    from alignflow.stages import SAMPLES_FILE
+    from alignflow.stages.register import gate
+    from alignflow.store import StageResult, write_jsonl
+
+    judge = '{"model": "m", "api_key_env": null}'
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [
+        f"evaluate.metrics=[{{kind: llm_judge, llm_judge: {judge}}}]", "registry.gate=llm_grade",
+    ])  # fmt: skip
+    evaluate = StageResult(stage="evaluate", cache_key="k", output=str(tmp_path),
+                           metrics={"summary": {"reference": "sft"}})  # fmt: skip
+
+    def decide(policy_grades: list[float]):
+        rows = [
+            {"policy_llm_grade": [p, NAN], "sft_llm_grade": [s, s]}
+            for p, s in zip(policy_grades, [4.0, 5.0, NAN, 6.0, 5.0, 4.0], strict=True)
+        ]
+        rows.append({"prompt": "past max_prompts: no grade"})
+        write_jsonl(tmp_path / SAMPLES_FILE, rows)
+        return gate(cfg, evaluate)
+
+    better = decide([7.0, 8.0, 9.0, 8.0, 7.0, 7.0])
+    assert better.promote and better.prompts == 5  # the prompt SFT got no grade on is left out
+    assert better.gain == pytest.approx((3 + 3 + 2 + 2 + 3) / 5)
+    assert not decide([3.0, 4.0, 9.0, 5.0, 4.0, 3.0]).promote
