@@ -900,8 +900,8 @@ class MetricConfig(_Section):
         return self
 
 
-# What a retraining round may gate on: the judge, or a reference metric of evaluate.metrics.
-GateMetric = Literal["judge", "bleu", "rouge_l"]
+# What a retraining round may gate on: the judge, a reference metric or the LLM judge's grade.
+GateMetric = Literal["judge", "bleu", "rouge_l", "llm_grade"]
 # What registration may gate on: any figure the evaluation scores per response, higher being better
 # for each (the judge, the reference metrics, fluency, the reward model's score, the LLM judge's
 # grade).
@@ -986,8 +986,10 @@ class RetrainConfig(_Section):
     bootstrap_resamples: int = Field(2000, ge=100)
     """Resamples (of prompts) that bootstrap interval is computed from."""
     gate: GateMetric = "judge"
-    """The per-sample figure the gain is measured on: the judge's score, or a reference metric
-    (bleu, rouge_l: needs `evaluate.metrics: [{kind: reference}]`); higher is better."""
+    """The per-sample figure the gain is measured on, higher being better: the judge's score, a
+    reference metric (bleu, rouge_l: needs `evaluate.metrics: [{kind: reference}]`), or the LLM
+    judge's 1-10 grade (llm_grade: needs `{kind: llm_judge}`; its samples and max_prompts bound
+    what is graded, ungraded responses are left out)."""
     samples_per_prompt: int = Field(2, gt=0)
     """Responses per held-out prompt and policy, same seeds for both."""
 
@@ -1113,12 +1115,12 @@ class PipelineConfig(_Section):
                     f"{section}.gate: {gate} compares responses with reference answers: add "
                     "evaluate.metrics: [{kind: reference}] (and held-out rows that carry them)"
                 )
-        llm = self.evaluate.metric("llm_judge")
-        if self.registry.gate == "llm_grade" and (llm is None or not llm.rubric):
-            raise ValueError(
-                "registry.gate: llm_grade is the LLM judge's grade: add evaluate.metrics: "
-                "[{kind: llm_judge, llm_judge: {...}}] (with rubric: true)"
-            )
+            llm = self.evaluate.metric("llm_judge")
+            if gate == "llm_grade" and (llm is None or not llm.rubric):
+                raise ValueError(
+                    f"{section}.gate: llm_grade is the LLM judge's grade: add evaluate.metrics: "
+                    "[{kind: llm_judge, llm_judge: {...}}] (with rubric: true)"
+                )
         return self
 
 

@@ -262,7 +262,11 @@ def markdown_table(summary: dict) -> str:
     by_family = ", ".join(
         f"{k} {v:.3f}" for k, v in summary["win_rate_policy_vs_sft_by_family"].items()
     )
-    wins = f"{summary['win_rate_policy_vs_sft']:.3f}" + (f" ({by_family})" if by_family else "")
+    wins = f"{summary['win_rate_policy_vs_sft']:.3f}"
+    if "win_rate_policy_vs_sft_interval" in summary:
+        bounds = summary["win_rate_policy_vs_sft_interval"]
+        wins += f" (95 % interval {bounds['low']:.3f}–{bounds['high']:.3f})"
+    wins += f" ({by_family})" if by_family else ""
     rm_by_family = ", ".join(f"{k} {v:.3f}" for k, v in summary["rm_accuracy_by_family"].items())
     rm = "n/a" if summary["rm_accuracy"] is None else f"{summary['rm_accuracy']:.3f}"
     rm += f" ({rm_by_family})" if rm_by_family else ""

@@ -56,6 +56,23 @@ def paired_gains(
     return (ours - theirs).mean(axis=0)
 
 
+def judged_means(ours: np.ndarray, theirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two [samples][prompts] grids with NaN (unjudged) values as [1][prompts] grids of each
+    prompt's mean judged score, keeping the prompts judged on both sides; a ValueError when fewer
+    than two are."""
+    import warnings
+
+    if ours.shape != theirs.shape:
+        raise ValueError(f"scores must be two equal grids, got {ours.shape} and {theirs.shape}")
+    with warnings.catch_warnings():  # a prompt with nothing judged is NaN, and dropped below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ours, theirs = np.nanmean(ours, axis=0), np.nanmean(theirs, axis=0)
+    both = ~(np.isnan(ours) | np.isnan(theirs))
+    if both.sum() < 2:
+        raise ValueError("fewer than 2 held-out prompts have a usable score on both sides")
+    return ours[None, both], theirs[None, both]
+
+
 def bootstrap_interval(
     gains: np.ndarray, confidence: float, resamples: int, seed: int
 ) -> tuple[float, float]:
@@ -79,8 +96,11 @@ def decide(
     resamples: int,
     seed: int,
 ) -> Decision:
-    """Promote when the mean gain exceeds `margin` and its bootstrap interval excludes zero."""
+    """Promote when the mean gain exceeds `margin` and its bootstrap interval excludes zero.
+    NaN scores (responses an LLM judge could not grade) are left out: see `judged_means`."""
     ours, theirs = np.asarray(challenger, dtype=float), np.asarray(champion, dtype=float)
+    if np.isnan(ours).any() or np.isnan(theirs).any():
+        ours, theirs = judged_means(ours, theirs)
     gains = paired_gains(ours, theirs)  # checks the shapes; asarray of an array is no copy
     low, high = bootstrap_interval(gains, confidence, resamples, seed)
     gain = float(gains.mean())

@@ -231,6 +231,11 @@ def compare(
     if r.gate == "judge":
         judge = _judge(cfg, reward_dir, tokenizer)
         scores = {name: judge(rows, s) for name, s in samples.items()}
+    elif r.gate == "llm_grade":  # the LLM judge's grade of each response (NaN: ungraded)
+        from alignflow.llm_evaluation import LLMEvaluator
+
+        evaluator = LLMEvaluator.of(cfg.evaluate.metric("llm_judge"))
+        scores = {name: evaluator.grades(rows, s.samples) for name, s in samples.items()}
     else:  # a reference metric against the held-out answers
         from alignflow.metrics import check_references, reference_scores
 
@@ -247,12 +252,19 @@ def compare(
             "prompt": row["prompt"][-1]["content"],
             CHAMPION: samples[CHAMPION].samples[0][i],
             CHALLENGER: samples[CHALLENGER].samples[0][i],
-            f"{CHAMPION}_score": sum(s[i] for s in scores[CHAMPION]) / n,
-            f"{CHALLENGER}_score": sum(s[i] for s in scores[CHALLENGER]) / n,
+            f"{CHAMPION}_score": _prompt_mean(scores[CHAMPION], i),
+            f"{CHALLENGER}_score": _prompt_mean(scores[CHALLENGER], i),
         }
         for i, row in enumerate(rows)
     ]
     return decision, table
+
+
+def _prompt_mean(grid: list[list[float]], prompt: int) -> float | None:
+    """Prompt `prompt`'s mean scored value over the samples; None when it has none (an LLM
+    judge's grades cover its first prompts, and may be NaN)."""
+    values = [row[prompt] for row in grid if prompt < len(row) and row[prompt] == row[prompt]]
+    return sum(values) / len(values) if values else None
 
 
 def apply_decision(

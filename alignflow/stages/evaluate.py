@@ -144,6 +144,9 @@ def run(
             "judge": judged[name],
             "fluency": _grid(fluency, len(rows)),
             "kl_to_sft": samples[name].kl_to_reference,
+            "mean_words": [
+                [len(text.split()) for text in texts] for texts in samples[name].samples
+            ],
         }
         if rm is not None:
             grids[name]["reward_score"] = rm
@@ -190,6 +193,13 @@ def run(
         per_policy, wins, rm_accuracy, cfg.policy.algorithm, ev.judge, reference_name
     )
     summary["samples_per_policy"] = len(rows) * ev.samples_per_prompt
+    outcomes = [  # the judge's win-rate, per sample and prompt, for its interval
+        [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(ours, theirs, strict=True)]
+        for ours, theirs in zip(judged["policy"], judged[reference_name], strict=True)
+    ]
+    summary["win_rate_policy_vs_sft_interval"] = dict(
+        zip(("low", "high"), interval(outcomes, seed=ev.seed), strict=True)
+    )
     if champion is not None:
         summary["champion_version"] = champion[0]
         summary["win_rate_policy_vs_champion"] = evaluation.win_rate(

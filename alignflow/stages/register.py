@@ -27,8 +27,6 @@ def gate(cfg: PipelineConfig, evaluate: StageResult):
     held-out evaluation: the paired judge scores of the evaluate stage's samples, a mean gain above
     `registry.min_gain` and a bootstrap interval over prompts above zero (alignflow.promotion). An
     unchanged policy (gain 0) or a worse one is never registered, the first one included."""
-    import warnings
-
     import numpy as np
 
     from alignflow.promotion import decide
@@ -43,20 +41,10 @@ def gate(cfg: PipelineConfig, evaluate: StageResult):
             f"registry.gate: the evaluation scored no response by {figure} (no reward model "
             "for reward_score?)"
         )
-    policy, anchor = (np.asarray([row[key] for row in rows], float).T for key in (ours, theirs))
-    if np.isnan(policy).any() or np.isnan(anchor).any():
-        # responses an LLM judge could not grade: compare each prompt's graded means, and only
-        # prompts graded on both sides
-        with warnings.catch_warnings():  # a prompt with no grade is NaN, and dropped below
-            warnings.simplefilter("ignore", RuntimeWarning)
-            policy, anchor = np.nanmean(policy, axis=0), np.nanmean(anchor, axis=0)
-        both = ~(np.isnan(policy) | np.isnan(anchor))
-        if both.sum() < 2:
-            raise ValueError(f"registry.gate: fewer than 2 prompts have a usable {figure}")
-        policy, anchor = policy[None, both], anchor[None, both]
+    policy, anchor = ([row[key] for row in rows] for key in (ours, theirs))
     registry = cfg.registry
-    return decide(
-        policy, anchor, registry.min_gain, registry.confidence,
+    return decide(  # [prompt][sample] -> [sample][prompt]
+        np.transpose(policy), np.transpose(anchor), registry.min_gain, registry.confidence,
         registry.bootstrap_resamples, cfg.evaluate.seed,
     )  # fmt: skip
 

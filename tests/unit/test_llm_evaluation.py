@@ -150,3 +150,17 @@ def test_the_registry_gates_on_llm_grades_over_the_prompts_graded_on_both_sides(
     assert better.promote and better.prompts == 5  # the prompt SFT got no grade on is left out
     assert better.gain == pytest.approx((3 + 3 + 2 + 2 + 3) / 5)
     assert not decide([3.0, 4.0, 9.0, 5.0, 4.0, 3.0]).promote
+
+
+def test_a_decision_over_grades_leaves_ungraded_responses_and_prompts_out():
+    from alignflow.promotion import decide
+
+    challenger = [[8.0, NAN, 7.0, 9.0], [NAN, NAN, 9.0, 7.0]]
+    champion = [[5.0, 6.0, NAN, 4.0], [7.0, NAN, NAN, 6.0]]
+    decision = decide(challenger, champion, 0.0, 0.95, 200, 0)
+    # prompt 0: 8 vs 6; prompt 1 graded on no side, prompt 2 on one side: left out; prompt 3: 8 vs 5
+    assert decision.prompts == 2 and decision.gain == pytest.approx((2 + 3) / 2)
+    with pytest.raises(ValueError, match="fewer than 2 held-out prompts"):
+        decide([[NAN, 1.0]], [[1.0, 1.0]], 0.0, 0.95, 200, 0)
+    with pytest.raises(ValueError, match="retrain.gate: llm_grade"):
+        load_config(REPO / "configs" / "tiny.yaml", ["retrain.gate=llm_grade"])
