@@ -56,7 +56,7 @@ def run_benchmark(
     from lm_eval.evaluator import evaluate
     from lm_eval.models.huggingface import HFLM
 
-    folder = _include_folder(include_path)
+    folder = include_folder(include_path)
     with _quiet_lm_eval():
         manager = _task_manager(tasks, folder)
         if folder is not None:
@@ -86,7 +86,9 @@ def _set_fewshot(tasks, num_fewshot: int | None, seed: int) -> None:
         task.set_fewshot_seed(seed=seed)
 
 
-def _include_folder(include_path: str | None) -> Path | None:
+def include_folder(include_path: str | None) -> Path | None:
+    """`include_path` as an absolute folder (None stays None); a ValueError naming the key when
+    it is not a folder."""
     if include_path is None:
         return None
     folder = Path(include_path).expanduser().resolve()

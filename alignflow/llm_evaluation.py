@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from alignflow.config import LLMJudgeConfig, MetricConfig
 from alignflow.feedback.llm_judge import JudgeCounters, LLMJudge, render_conversation
 from alignflow.feedback.records import Comparison
+from alignflow.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,26 @@ class LLMEvaluator:
     counters: JudgeCounters = field(default_factory=JudgeCounters)
     grading_calls: int = 0
     ungraded: int = 0
+    progress: Progress | None = None  # calls made, out of those planned (`plan`)
 
     @classmethod
     def of(cls, metric: MetricConfig) -> LLMEvaluator:
         assert metric.llm_judge is not None  # the config requires it
         return cls(metric, LLMJudge(metric.llm_judge))
+
+    def plan(self, policies: int, pairings: int, prompts: int, samples: int) -> None:
+        """Show live progress over the calls `pairings` pairwise comparisons and the grading of
+        `policies` policies will make on `prompts` prompts x `samples` samples."""
+        judged = min(prompts, self.metric.max_prompts or prompts) * min(
+            samples, self.metric.samples
+        )
+        calls = judged * (2 * pairings + (policies if self.metric.rubric else 0))
+        self.progress = Progress("llm_judge", calls)
+
+    def _tick(self, calls: int) -> None:
+        if self.progress is not None:
+            unusable = self.counters.unparsable + self.counters.failures + self.ungraded
+            self.progress.update(self.progress.step + calls, unusable=unusable)
 
     def _shape(self, samples: Sequence[Sequence[str]]) -> tuple[int, int]:
         """(samples, prompts) judged: the first `samples` of each policy, the first `max_prompts`."""
@@ -93,6 +109,7 @@ class LLMEvaluator:
             for row, a, b in zip(rows[:n_prompts], ours[index], theirs[index], strict=False):
                 comparison = Comparison.of(row["prompt"], [a, b])
                 outcome, _ = self.judge.judge_pair(comparison, 0, 1, self.counters)
+                self._tick(2)
                 outcomes.append(
                     NAN if outcome is None else 0.5 if outcome == "tie" else float(outcome == 0)
                 )
@@ -119,6 +136,7 @@ class LLMEvaluator:
         except OpenAIError as error:
             log.warning("llm_judge: a grading call failed: %s", type(error).__name__)
             value = None
+        self._tick(1)
         if value is None:
             self.ungraded += 1
             return NAN
@@ -126,6 +144,8 @@ class LLMEvaluator:
 
     def report(self) -> dict:
         """What the judge did: calls, failures, its position bias and consistency."""
+        if self.progress is not None:
+            self.progress.close()
         c = self.counters
         decisive = c.first_position_wins + c.second_position_wins
         return {

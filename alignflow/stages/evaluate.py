@@ -103,6 +103,15 @@ def run(
     safety = ev.safety()
     refusals = _refusal_classifier(cfg, safety, rows, heldout, tokenizer) if safety else None
     bench, benchmarks = ev.metric("benchmark"), {}
+    if bench is not None and bench.include_path is not None:  # a wrong folder fails before sampling
+        from alignflow.benchmark import include_folder
+
+        include_folder(bench.include_path)
+    llm = ev.metric("llm_judge")
+    if llm is not None:  # a missing API key fails before sampling
+        from alignflow.llm_evaluation import LLMEvaluator
+
+        llm_evaluator = LLMEvaluator.of(llm)
     costs: dict[str, float] = {}  # seconds per evaluator, over every policy
 
     @contextlib.contextmanager
@@ -207,10 +216,9 @@ def run(
         )[0]
     if benchmarks:
         summary["benchmarks"] = benchmarks
-    llm = ev.metric("llm_judge")
     if llm is not None:
         with cost("llm_judge"):
-            summary.update(_llm_judged(llm, rows, samples, reference_name, grids))
+            summary.update(_llm_judged(llm_evaluator, rows, samples, reference_name, grids))
     summary["seconds"] = {key: round(value, 2) for key, value in costs.items()}
     summary["intervals"] = {  # 95 % bootstrap over prompts, per figure and policy
         ("judge_score" if figure == "judge" else figure): {
@@ -311,13 +319,15 @@ def _refusal_classifier(cfg: PipelineConfig, safety, rows, heldout: str, tokeniz
     return evaluation.make_judge(spec, "evaluate.metrics safety classifier", None, tokenizer, batch)
 
 
-def _llm_judged(metric, rows, samples, reference_name: str, grids) -> dict:
+def _llm_judged(evaluator, rows, samples, reference_name: str, grids) -> dict:
     """The llm_judge evaluator's figures (into `grids` too) and its report: every other policy's
     pairwise win-rate against the reference, the policy's against the champion, and every policy's
     rubric grade."""
-    from alignflow.llm_evaluation import LLMEvaluator, nan_mean
+    from alignflow.llm_evaluation import nan_mean
 
-    evaluator = LLMEvaluator.of(metric)
+    metric = evaluator.metric
+    pairings = len(samples) - 1 + ("champion" in samples)
+    evaluator.plan(len(samples), pairings, len(rows), len(samples[reference_name].samples))
     out: dict[str, dict] = {"llm_win_rate_vs_sft": {}}
     against = samples[reference_name].samples
     for name in samples:

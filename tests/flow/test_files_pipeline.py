@@ -22,7 +22,7 @@ from tests.flow.user_rules import near_twelve_words
 
 REPO = Path(__file__).resolve().parents[2]
 JUDGE_MODEL = "judge"  # the served judge's model name
-JUDGED_PROMPTS = 4  # the LLM judge sees the first held-out prompts only (llm_judge max_prompts)
+JUDGED_PROMPTS = 3  # the LLM judge sees the first held-out prompts only (llm_judge max_prompts)
 BENCH_TASKS = REPO / "tests" / "data" / "benchmark"  # a user's own lm-eval task, read offline
 BENCH_TASK = "alignflow_mc_demo"
 DUPLICATES = 5

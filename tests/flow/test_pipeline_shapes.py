@@ -121,9 +121,12 @@ def test_an_instruct_model_as_it_ships_is_the_start_and_reference_without_sft(sh
     )
     assert list(_statuses(summary)) == ["prepare", "policy", "evaluate", "register"]
     ev = summary["eval"]
-    assert ev["reference"] == "base" and set(ev["judge_score"]) == {"base", "policy"}
+    # the first run's policy, registered in the same MLflow store, is the champion evaluated beside
+    assert ev["reference"] == "base" and set(ev["judge_score"]) == {"base", "policy", "champion"}
+    assert ev["champion_version"] == trained["registered"]["version"]
     table = (Path(summary["stages"]["evaluate"]["output"]) / "eval.md").read_text()
-    assert "| metric | base | dpo |" in table and "kl_to_base" in table
+    version = ev["champion_version"]
+    assert f"| metric | base | dpo | champion v{version} |" in table and "kl_to_base" in table
     policy = _metrics(summary, "policy")
     assert policy["eval_margin_policy"] > policy["eval_margin_sft"] + 1.0
 

@@ -15,6 +15,7 @@ from alignflow.stages.register import serving_requirements
 from alignflow.store import StageResult
 from tasks.evaluate import run_evaluate
 from tests.conftest import micro_config
+from tests.flow.conftest import alignflow_serve
 
 STAGES = ("prepare", "sft", "reward", "policy")
 
@@ -45,10 +46,21 @@ def _evaluate_with_champion(cfg, stages: dict[str, StageResult], champion: Path)
 
 def test_a_registered_champion_is_a_fourth_column_sampled_like_the_others(pipeline_runs, tmp_path):
     """The SFT model registered as champion: its column is the SFT column (same weights, same
-    seeds), and the policy's win-rate against it is the win-rate against SFT."""
+    seeds), and the policy's win-rates against it, the judge's and a served LLM judge's (the same
+    responses, a deterministic judge), are those against SFT."""
     stages = _stage_results(pipeline_runs)
-    cfg = micro_config(tmp_path)
-    summary = _evaluate_with_champion(cfg, stages, stages["sft"].path(MODEL_DIR))
+    sft = str(stages["sft"].path(MODEL_DIR))
+    with alignflow_serve(sft, tmp_path, "--model-name", "j") as (url, _):
+        judge = f"{{base_url: '{url}/v1', model: j, api_key_env: null, temperature: 0}}"
+        metric = f"[{{kind: reference}}, {{kind: llm_judge, max_prompts: 3, llm_judge: {judge}}}]"
+        cfg = micro_config(tmp_path / "runs", f"evaluate.metrics={metric}")
+        summary = _evaluate_with_champion(cfg, stages, stages["sft"].path(MODEL_DIR))
+    assert summary["llm_win_rate_vs_champion"]["policy"] == pytest.approx(
+        summary["llm_win_rate_vs_sft"]["policy"], nan_ok=True
+    )
+    # 3 prompts: base, policy and champion against SFT, the policy against the champion
+    assert summary["llm_judge"]["pairs"] == 3 * 4
+    assert set(summary["llm_grade"]) == {"base", "sft", "policy", "champion"}
     assert summary["champion_version"] == "1"
     for figure in ("judge_score", "reward_score", "kl_to_sft", "fluency", "mean_words"):
         assert summary[figure]["champion"] == pytest.approx(summary[figure]["sft"]), figure

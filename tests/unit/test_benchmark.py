@@ -66,6 +66,8 @@ def test_limit_scores_the_first_documents_only(tiny, scored):
     assert result["alignflow_mc_demo"].per_sample == scored["alignflow_mc_demo"].per_sample[:5]
 
 
+# slow (10 s: a group makes lm-eval index its own ~15k task YAMLs); runs under make test-all
+@pytest.mark.slow
 def test_a_group_pools_its_tasks_documents(tiny, scored, tmp_path):
     """A group of the folder's tasks (one of them read through `include:`), its data read beside
     the YAMLs as when named alone."""
