@@ -330,7 +330,7 @@ class LLMJudgeConfig(_Section):
     """Base URL of the endpoint's OpenAI-compatible API."""
     model: str = Field(min_length=1)
     """Model name sent with every request (the labeler id is `llm_judge:<model>` unless named)."""
-    api_key_env: str | None = "OPENAI_API_KEY"
+    api_key_env: str | None = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     """The NAME of the environment variable holding the API key, never the key (it would end up in
     MLflow params and logs). None: no key (a local server)."""
     prompt_template: str = DEFAULT_JUDGE_TEMPLATE
@@ -835,8 +835,9 @@ class MetricConfig(_Section):
     row's gold answer, CJK text compared by character. safety: how often each policy refuses the
     harmful held-out prompts (`refusal_rate`) and the benign ones (`false_refusal_rate`).
     llm_judge: an OpenAI-compatible endpoint's pairwise win-rate of each policy against the
-    reference (SFT) and of the new policy against the registered champion, both orders asked,
-    position bias reported, and its 1-10 grade of every policy's responses. benchmark:
+    reference (SFT, or base when SFT is skipped) and of the new policy against the registered
+    champion, both orders asked, position bias reported, and its 1-10 grade of every policy's
+    responses. benchmark:
     lm-evaluation-harness tasks on every policy (the accuracy column)."""
     column: str = "reference"
     """reference: the held-out rows' column holding the gold answer. A held-out set with answers
@@ -855,8 +856,10 @@ class MetricConfig(_Section):
     """safety: which responses are refusals: a rule `module:function` with the rewards.rules
     signature, a score of 0.5 or more meaning a refusal (the default matches common English and
     Chinese refusal phrases); `llm_judge`, this metric's endpoint asked refusal_template; or
-    `reward_model:PATH`, a sequence-classification model scoring refusals (sigmoid of its score
-    0.5 or more: a refusal)."""
+    `reward_model:PATH`, a single-output sequence-classification model (with its tokenizer)
+    scoring refusals, a sigmoid of its score of 0.5 or more being a refusal. The llm_judge
+    classifier is asked about every sampled response of every policy (samples and max_prompts
+    bound the llm_judge evaluator only)."""
     llm_judge: LLMJudgeConfig | None = None
     """llm_judge (and safety with classifier llm_judge): the endpoint that judges, and how it is
     asked; its prompt_template is the pairwise question (answer A, B or TIE)."""
@@ -932,8 +935,18 @@ class EvaluateConfig(_Section):
     """Also evaluate the registered champion (registry.model_name@champion in this run's MLflow
     store) as a fourth column, when there is one and it is not this run's own policy."""
     metrics: list[MetricConfig] | None = None
-    """More evaluators, each a figure per policy in the same table (e.g. `[{kind: reference}]`).
-    None: the demo's with data.source demo (reference, against its held-out answers), else none."""
+    """More evaluators, each a figure per policy in the same table (e.g. `[{kind: reference}]`),
+    one of each kind. None: the demo's with data.source demo (reference, against its held-out
+    answers), else none."""
+
+    @field_validator("metrics")
+    @classmethod
+    def _one_of_each_kind(cls, metrics: list[MetricConfig] | None) -> list[MetricConfig] | None:
+        kinds = [metric.kind for metric in metrics or []]
+        twice = sorted({kind for kind in kinds if kinds.count(kind) > 1})
+        if twice:
+            raise ValueError(f"one evaluator of each kind: {', '.join(twice)} is listed twice")
+        return metrics
 
     def reference_column(self) -> str | None:
         """The gold answers' column when a reference metric is configured, else None."""
@@ -953,7 +966,8 @@ class RegistryConfig(_Section):
     """Name the policy is registered under in the MLflow model registry."""
     min_gain: float = Field(0.0, ge=0)
     """The policy is registered only when it beats its reference (the SFT model, or the base model
-    when SFT is skipped) on the held-out judge scores (evaluate.judge): a mean gain above
+    when SFT is skipped) on the held-out figure `gate` names (the judge's scores by default): a
+    mean gain above
     min_gain, and a bootstrap interval of it over prompts (at `confidence`) above zero. A policy
     no better than where it started is never a champion, the first one included."""
     confidence: float = Field(0.95, gt=0, lt=1)
@@ -963,8 +977,9 @@ class RegistryConfig(_Section):
     gate: RegistryGate = "judge"
     """The per-response figure the gain is measured on, higher being better: the judge's score, a
     reference metric (bleu, rouge_l: needs `evaluate.metrics: [{kind: reference}]`), fluency, the
-    reward model's score (reward_score), or the LLM judge's 1-10 grade (llm_grade: needs
-    `{kind: llm_judge}` with rubric; responses it could not grade are left out)."""
+    reward model's score (reward_score: needs a reward model), or the LLM judge's 1-10 grade
+    (llm_grade: needs `{kind: llm_judge}` with rubric; responses it could not grade are left out,
+    and fewer than 2 prompts graded on both sides register nothing)."""
 
 
 class RetrainConfig(_Section):
@@ -988,8 +1003,8 @@ class RetrainConfig(_Section):
     gate: GateMetric = "judge"
     """The per-sample figure the gain is measured on, higher being better: the judge's score, a
     reference metric (bleu, rouge_l: needs `evaluate.metrics: [{kind: reference}]`), or the LLM
-    judge's 1-10 grade (llm_grade: needs `{kind: llm_judge}`; its samples and max_prompts bound
-    what is graded, ungraded responses are left out)."""
+    judge's 1-10 grade (llm_grade: needs `{kind: llm_judge}` with rubric; its samples and
+    max_prompts bound what is graded, ungraded responses are left out)."""
     samples_per_prompt: int = Field(2, gt=0)
     """Responses per held-out prompt and policy, same seeds for both."""
 

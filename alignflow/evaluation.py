@@ -292,7 +292,8 @@ def markdown_table(summary: dict) -> str:
         lines.append(
             f"**llm judge** `{j['model']}`: llm_win_rate_* pairwise against the "
             f"{reference.upper()} (or champion) response, both orders asked, ties 0.5; "
-            f"llm_grade 1–10 on its rubric. {j['pairs_judged']}/{j['pairs']} pairs judged, "
+            f"llm_grade 1–10 on its rubric. {j['pairs_judged']}/{j['pairs']} pairs judged "
+            f"(and {j.get('identical_pairs', 0)} of identical responses: ties, not asked), "
             f"position bias: first-shown picked in {_rate(j['first_position_rate'])} of decisive "
             f"answers (0.5 is none), orders disagreed in {_rate(j['inconsistent_rate'])} of pairs; "
             f"{j['failures']} failed calls, {j['unparsable'] + j['ungraded']} unusable answers"

@@ -31,19 +31,22 @@ log = logging.getLogger(__name__)
 
 NAN = float("nan")
 _BRACKETED = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
+_OUT_OF_TEN = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*(?:/|out of)\s*10\b", re.I)
 _NUMBER = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)(?!\.?\d)")  # "10." ends a sentence
 _YES_NO = re.compile(r"^\W*(YES|NO)\b", re.I)
 
 
 def parse_grade(text: str | None) -> float | None:
-    """The grade in a judge's answer: the number in `[[n]]`, else the first number in the answer;
+    """The grade in a judge's answer: the number in `[[n]]`, else in "n/10" or "n out of 10", else
+    the answer's last number (a scale stated before the grade, "1 to 10: 8", is not the grade);
     None when there is none or it is outside 1-10."""
     if not text:
         return None
-    match = _BRACKETED.search(text) or _NUMBER.search(text)
-    if match is None:
+    match = _BRACKETED.search(text) or _OUT_OF_TEN.search(text)
+    numbers = _NUMBER.findall(text)
+    if match is None and not numbers:
         return None
-    value = float(match[1])
+    value = float(match[1] if match is not None else numbers[-1])
     return value if 1.0 <= value <= 10.0 else None
 
 
@@ -69,6 +72,7 @@ class LLMEvaluator:
     counters: JudgeCounters = field(default_factory=JudgeCounters)
     grading_calls: int = 0
     ungraded: int = 0
+    identical: int = 0  # pairs of two identical responses: a tie, the judge not asked
     progress: Progress | None = None  # calls made, out of those planned (`plan`)
 
     @classmethod
@@ -101,12 +105,18 @@ class LLMEvaluator:
         self, rows: Sequence[dict], ours: Sequence[Sequence[str]], theirs: Sequence[Sequence[str]]
     ) -> list[list[float]]:
         """Win of `ours` over `theirs`, response i vs response i of each prompt, both orders:
-        1 a win, 0.5 a tie, 0 a loss, NaN unjudged; [sample_index][prompt_index]."""
+        1 a win, 0.5 a tie, 0 a loss, NaN unjudged; [sample_index][prompt_index]. Two identical
+        responses tie without a call (nor a place in the position-bias figures)."""
         n_samples, n_prompts = self._shape(ours)
         grid = []
         for index in range(n_samples):
             outcomes = []
             for row, a, b in zip(rows[:n_prompts], ours[index], theirs[index], strict=False):
+                if a == b:  # nothing to choose between (a policy close to its reference)
+                    self.identical += 1
+                    self._tick(2)
+                    outcomes.append(0.5)
+                    continue
                 comparison = Comparison.of(row["prompt"], [a, b])
                 outcome, _ = self.judge.judge_pair(comparison, 0, 1, self.counters)
                 self._tick(2)
@@ -155,6 +165,7 @@ class LLMEvaluator:
             "unparsable": c.unparsable,
             "pairs": c.pairs,
             "pairs_judged": c.pairs_judged,
+            "identical_pairs": self.identical,
             "first_position_rate": c.first_position_wins / decisive if decisive else NAN,
             "inconsistent_rate": c.inconsistent / c.pairs if c.pairs else NAN,
             "grading_calls": self.grading_calls,

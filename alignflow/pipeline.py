@@ -86,12 +86,24 @@ def _settings(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
     return settings
 
 
-def stage_keys(cfg: PipelineConfig) -> dict[str, str]:
-    """The cache key of every stage the config runs (alignflow.shape.active_stages)."""
+def stage_keys(cfg: PipelineConfig, until: str | None = None) -> dict[str, str]:
+    """The cache key of every stage the config runs (alignflow.shape.active_stages), or of those
+    up to `until` (the evaluate stage's asks the MLflow registry for the champion)."""
     keys: dict[str, str] = {}
     for stage in shape.active_stages(cfg):
+        if until is not None and until in keys:
+            break
         upstream = [keys[name] for name in UPSTREAM[stage] if name in keys]
-        keys[stage] = cache_key(stage, _settings(cfg, stage), upstream)
+        settings = _settings(cfg, stage)
+        if stage == "evaluate" and cfg.evaluate.champion:
+            # the registered champion it evaluates beside the policy (never the policy itself)
+            version = tracking.registered_champion(
+                tracking_uri(cfg), cfg.registry.model_name, keys.get("policy")
+            )
+            settings["champion"] = (
+                None if version is None else version.tags.get(tracking.WEIGHTS_TAG, version.version)
+            )
+        keys[stage] = cache_key(stage, settings, upstream)
     return keys
 
 
@@ -119,7 +131,7 @@ def tracking_context(cfg: PipelineConfig, tags: dict[str, str]) -> tracking.Trac
 
 
 def stage_dir(cfg: PipelineConfig, stage: str) -> StageDir:
-    return StageDir(cfg.run.artifacts_root, stage, stage_keys(cfg)[stage])
+    return StageDir(cfg.run.artifacts_root, stage, stage_keys(cfg, until=stage)[stage])
 
 
 def run_stage(
@@ -259,7 +271,7 @@ class PipelineRun:
             cached = name in STAGES  # the retraining flow's own steps have no stage directory
             self.results[name] = StageResult(
                 stage=name,
-                cache_key=stage_keys(self.cfg)[name] if cached else "",
+                cache_key=stage_keys(self.cfg, until=name)[name] if cached else "",
                 output=str(stage_dir(self.cfg, name).partial) if cached else "",
                 status="failed",
                 seconds=time.perf_counter() - started,

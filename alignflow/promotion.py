@@ -58,8 +58,7 @@ def paired_gains(
 
 def judged_means(ours: np.ndarray, theirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two [samples][prompts] grids with NaN (unjudged) values as [1][prompts] grids of each
-    prompt's mean judged score, keeping the prompts judged on both sides; a ValueError when fewer
-    than two are."""
+    prompt's mean judged score, keeping the prompts judged on both sides."""
     import warnings
 
     if ours.shape != theirs.shape:
@@ -68,8 +67,6 @@ def judged_means(ours: np.ndarray, theirs: np.ndarray) -> tuple[np.ndarray, np.n
         warnings.simplefilter("ignore", RuntimeWarning)
         ours, theirs = np.nanmean(ours, axis=0), np.nanmean(theirs, axis=0)
     both = ~(np.isnan(ours) | np.isnan(theirs))
-    if both.sum() < 2:
-        raise ValueError("fewer than 2 held-out prompts have a usable score on both sides")
     return ours[None, both], theirs[None, both]
 
 
@@ -101,6 +98,14 @@ def decide(
     ours, theirs = np.asarray(challenger, dtype=float), np.asarray(champion, dtype=float)
     if np.isnan(ours).any() or np.isnan(theirs).any():
         ours, theirs = judged_means(ours, theirs)
+    if ours.ndim == 2 and ours.shape == theirs.shape and ours.shape[1] < 2:
+        nan = float("nan")
+        return Decision(
+            promote=False, reason=f"Fewer than 2 held-out prompts scored on both sides "
+            f"({ours.shape[1]}): no interval to decide on.", gain=nan, ci_low=nan, ci_high=nan,
+            confidence=confidence, margin=margin, prompts=int(ours.shape[1]),
+            challenger_score=nan, champion_score=nan, win_rate=nan,
+        )  # fmt: skip
     gains = paired_gains(ours, theirs)  # checks the shapes; asarray of an array is no copy
     low, high = bootstrap_interval(gains, confidence, resamples, seed)
     gain = float(gains.mean())

@@ -207,6 +207,10 @@ def compare(
     from alignflow.models import default_device, load_causal_lm, load_tokenizer
 
     trust, device, ev = cfg.model.trust_remote_code, default_device(), cfg.evaluate
+    if cfg.retrain.gate == "llm_grade":  # before sampling: a missing API key fails at once
+        from alignflow.llm_evaluation import LLMEvaluator
+
+        evaluator = LLMEvaluator.of(ev.metric("llm_judge"))
     tokenizer = load_tokenizer(champion_dir, trust)
     champion = load_causal_lm(champion_dir, trust, device, tokenizer=tokenizer).eval()
     challenger = load_causal_lm(challenger_dir, trust, device, tokenizer=tokenizer).eval()
@@ -232,9 +236,6 @@ def compare(
         judge = _judge(cfg, reward_dir, tokenizer)
         scores = {name: judge(rows, s) for name, s in samples.items()}
     elif r.gate == "llm_grade":  # the LLM judge's grade of each response (NaN: ungraded)
-        from alignflow.llm_evaluation import LLMEvaluator
-
-        evaluator = LLMEvaluator.of(cfg.evaluate.metric("llm_judge"))
         scores = {name: evaluator.grades(rows, s.samples) for name, s in samples.items()}
     else:  # a reference metric against the held-out answers
         from alignflow.metrics import check_references, reference_scores

@@ -276,6 +276,26 @@ def trainer_callback():
 
 
 WEIGHTS_TAG = "alignflow.content_sha256"
+# On a registered version: the cache key of the policy stage that trained it.
+POLICY_KEY_TAG = "alignflow.policy_key"
+
+
+def registered_champion(tracking_uri: str, model_name: str, policy_key: str | None = None):
+    """The MLflow ModelVersion `model_name@champion` in the store, unless it is the policy that
+    the policy stage of cache key `policy_key` trained; None when there is none, or the store
+    does not exist (a SQLite file not yet written: it is not created here) or cannot be read."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[10:]).is_file():
+        return None
+    try:
+        version = MlflowClient(tracking_uri).get_model_version_by_alias(model_name, "champion")
+    except MlflowException:
+        return None
+    if policy_key is not None and version.tags.get(POLICY_KEY_TAG) == policy_key:
+        return None
+    return version
 
 
 def content_digest(model_dir: Path) -> str:

@@ -88,7 +88,7 @@ def run(
     prompts = [row["prompt"] for row in rows]
     sources = {"base": base_model(cfg, prepare), "sft": start} if sft else {"base": start}
     sources["policy"] = str(policy.path(POLICY_DIR))
-    champion = _champion(cfg, policy.path(POLICY_DIR), tokenizer)
+    champion = _champion(cfg, policy, tokenizer)
     if champion is not None:
         sources["champion"] = champion[1]
     ev = cfg.evaluate
@@ -255,36 +255,37 @@ def run(
     return {"summary": summary, "table": table}
 
 
-def _champion(cfg: PipelineConfig, policy_dir: Path, tokenizer) -> tuple[str, str] | None:
+def _champion(cfg: PipelineConfig, policy: StageResult, tokenizer) -> tuple[str, str] | None:
     """(version, local folder) of the registered champion to evaluate beside the run's policies;
-    None when evaluate.champion is off, the registry has none, it is this run's own policy, or it
-    speaks another tokenizer (a different base model: no shared KL reference)."""
+    None when evaluate.champion is off, the registry has none, it is this run's own policy, it
+    speaks another tokenizer (a different base model: no shared KL reference), or it cannot be
+    downloaded (a warning: the column is optional)."""
     if not cfg.evaluate.champion:
         return None
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
     from alignflow.models import load_tokenizer
+    from alignflow.pipeline import tracking_uri
 
     name = cfg.registry.model_name
+    version = tracking.registered_champion(tracking_uri(cfg), name, policy.cache_key)
+    digest = None if version is None else version.tags.get(tracking.WEIGHTS_TAG)
+    if version is None or digest == tracking.content_digest(policy.path(POLICY_DIR)):
+        return None
+    # one folder per content (a version number may name other weights in another store)
+    folder = Path(cfg.run.artifacts_root) / CHAMPIONS_DIR / f"{name}-{digest or version.run_id}"
     try:
-        version = MlflowClient().get_model_version_by_alias(name, "champion")
-    except MlflowException:
+        if not (folder / "config.json").is_file():  # downloaded once, renamed whole
+            partial = folder.with_name(f".{folder.name}.partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            uri = f"models:/{name}/{version.version}"
+            local = Path(tracking.download_model(uri, str(partial)))
+            shutil.rmtree(folder, ignore_errors=True)
+            local.rename(folder)
+            shutil.rmtree(partial, ignore_errors=True)
+        vocabulary = load_tokenizer(str(folder), cfg.model.trust_remote_code).get_vocab()
+    except (OSError, ValueError) as error:
+        log.warning("evaluate: champion %s v%s not evaluated: %s", name, version.version, error)
         return None
-    if version.tags.get(tracking.WEIGHTS_TAG) == tracking.content_digest(policy_dir):
-        return None
-    folder = Path(cfg.run.artifacts_root) / CHAMPIONS_DIR / f"{name}-v{version.version}"
-    if not (folder / "config.json").is_file():  # downloaded once per version, renamed whole
-        partial = folder.with_name(f".{folder.name}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        local = Path(tracking.download_model(f"models:/{name}/{version.version}", str(partial)))
-        shutil.rmtree(folder, ignore_errors=True)
-        local.rename(folder)
-        shutil.rmtree(partial, ignore_errors=True)
-    if (
-        load_tokenizer(str(folder), cfg.model.trust_remote_code).get_vocab()
-        != tokenizer.get_vocab()
-    ):
+    if vocabulary != tokenizer.get_vocab():
         log.warning("evaluate: champion %s v%s has another tokenizer: not evaluated beside this "
                     "run's policies", name, version.version)  # fmt: skip
         return None
@@ -300,14 +301,20 @@ def _refusal_classifier(cfg: PipelineConfig, safety, rows, heldout: str, tokeniz
     spec, batch = safety.classifier, cfg.evaluate.batch_size
     if spec.startswith("reward_model:"):
         import torch
+        from transformers import AutoConfig
 
-        from alignflow.models import default_device, load_scalar_head_model
+        from alignflow.models import default_device, load_scalar_head_model, load_tokenizer
 
-        model = load_scalar_head_model(
-            spec.removeprefix("reward_model:"), cfg.model.trust_remote_code,
-            tokenizer.pad_token_id, default_device(),
-        ).eval()  # fmt: skip
-        score = evaluation.make_judge("reward_model", "safety classifier", model, tokenizer, batch)
+        path, trust = spec.removeprefix("reward_model:"), cfg.model.trust_remote_code
+        labels = AutoConfig.from_pretrained(path, trust_remote_code=trust).num_labels
+        if labels != 1:
+            raise ValueError(
+                f"evaluate.metrics safety classifier {spec}: a model with {labels} outputs; the "
+                "classifier is a single-output (reward) model whose score says refusal"
+            )
+        own = load_tokenizer(path, trust)  # the classifier reads text as it was trained to
+        model = load_scalar_head_model(path, trust, own.pad_token_id, default_device()).eval()
+        score = evaluation.make_judge("reward_model", "safety classifier", model, own, batch)
         return lambda rows, samples: torch.sigmoid(torch.tensor(score(rows, samples))).tolist()
     if spec == "llm_judge":
         from alignflow.llm_evaluation import refusal_classifier

@@ -118,6 +118,7 @@ def run(cfg: PipelineConfig, work: Path, policy: StageResult, evaluate: StageRes
     registered = tracking.register_policy(
         policy.path(POLICY_DIR), cfg.registry.model_name, serving_requirements(),
         description=version_description(summary, evidence, cfg.registry.gate),
-        tags=version_tags(summary, evidence), license_id=base_license(cfg),
+        tags=version_tags(summary, evidence) | {tracking.POLICY_KEY_TAG: policy.cache_key},
+        license_id=base_license(cfg),
     )  # fmt: skip
     return {"registered": True, **registered, **evidence}

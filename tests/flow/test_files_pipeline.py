@@ -22,7 +22,7 @@ from tests.flow.user_rules import near_twelve_words
 
 REPO = Path(__file__).resolve().parents[2]
 JUDGE_MODEL = "judge"  # the served judge's model name
-JUDGED_PROMPTS = 3  # the LLM judge sees the first held-out prompts only (llm_judge max_prompts)
+JUDGED_PROMPTS = 2  # the LLM judge sees the first held-out prompts only (llm_judge max_prompts)
 BENCH_TASKS = REPO / "tests" / "data" / "benchmark"  # a user's own lm-eval task, read offline
 BENCH_TASK = "alignflow_mc_demo"
 DUPLICATES = 5
@@ -297,7 +297,8 @@ def test_llm_judge_win_rates_and_grades_are_the_served_judges_answers_both_order
     graded = [(q, a) for q, a in asked if "[[n]]" in q]
     report = ev["llm_judge"]
     # base and policy vs SFT, each on the first JUDGED_PROMPTS prompts, one sample, two orders
-    assert len(pairwise) == report["pairwise_calls"] == 2 * JUDGED_PROMPTS * 2
+    pairs_asked = 2 * JUDGED_PROMPTS - report["identical_pairs"]  # identical responses tie unasked
+    assert len(pairwise) == report["pairwise_calls"] == pairs_asked * 2 == report["pairs"] * 2
     assert len(graded) == report["grading_calls"] == 3 * JUDGED_PROMPTS
 
     def verdicts(row: dict, first: str, second: str) -> list[str | None]:
@@ -309,6 +310,9 @@ def test_llm_judge_win_rates_and_grades_are_the_served_judges_answers_both_order
         outcomes = []
         for row in rows[:JUDGED_PROMPTS]:
             ours, theirs = row[f"{name}_samples"][0], row["sft_samples"][0]
+            if ours == theirs:
+                outcomes.append(0.5)
+                continue
             forward, backward = verdicts(row, ours, theirs)[0], verdicts(row, theirs, ours)[-1]
             outcome, _ = combine_orders(forward, backward, 0, 1)
             outcomes.append(None if outcome is None else 0.5 if outcome == "tie" else outcome == 0)
@@ -327,7 +331,7 @@ def test_llm_judge_win_rates_and_grades_are_the_served_judges_answers_both_order
     assert report["first_position_rate"] == pytest.approx(
         decisive.count("A") / len(decisive) if decisive else float("nan"), nan_ok=True
     )
-    assert report["pairs"] == 2 * JUDGED_PROMPTS and report["failures"] == 0
+    assert report["failures"] == 0
     table = (evaluated / "eval.md").read_text()
     assert "| llm_win_rate_vs_sft |" in table and "| llm_grade |" in table
     assert "position bias" in table

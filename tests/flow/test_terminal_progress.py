@@ -16,6 +16,8 @@ import termios
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -60,6 +62,9 @@ def live_lines(screen: str, name: str) -> list[tuple[int, int, str]]:
     return found
 
 
+# slow (42 s, a whole run under a pty): make test's 20 minutes went to the evaluators; it runs
+# under make test-all
+@pytest.mark.slow
 def test_a_run_on_a_terminal_shows_live_progress_per_stage_and_no_noise(tmp_path):
     overrides = [
         f"run.artifacts_root={tmp_path / 'runs'}",

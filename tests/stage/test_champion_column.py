@@ -58,8 +58,11 @@ def test_a_registered_champion_is_a_fourth_column_sampled_like_the_others(pipeli
     assert summary["llm_win_rate_vs_champion"]["policy"] == pytest.approx(
         summary["llm_win_rate_vs_sft"]["policy"], nan_ok=True
     )
-    # 3 prompts: base, policy and champion against SFT, the policy against the champion
-    assert summary["llm_judge"]["pairs"] == 3 * 4
+    # 3 prompts: base, policy and champion against SFT, the policy against the champion; the
+    # champion's responses are the SFT model's: ties, the judge not asked
+    report = summary["llm_judge"]
+    assert report["pairs"] + report["identical_pairs"] == 3 * 4 and report["identical_pairs"] >= 3
+    assert summary["llm_win_rate_vs_sft"]["champion"] == 0.5
     assert set(summary["llm_grade"]) == {"base", "sft", "policy", "champion"}
     assert summary["champion_version"] == "1"
     for figure in ("judge_score", "reward_score", "kl_to_sft", "fluency", "mean_words"):
@@ -76,6 +79,7 @@ def test_a_registered_champion_is_a_fourth_column_sampled_like_the_others(pipeli
     assert "win-rate PPO vs champion v1 (judge)" in text
 
 
+@pytest.mark.slow  # 10 s (a registration and an evaluation); runs under make test-all
 def test_the_runs_own_policy_as_champion_is_not_evaluated_twice(pipeline_runs, tmp_path):
     stages = _stage_results(pipeline_runs)
     cfg = micro_config(tmp_path)
@@ -105,9 +109,10 @@ def test_a_reward_model_classifies_refusals_by_the_sigmoid_of_its_score(pipeline
     samples = PolicySamples([["I can't help.", "Great kettle."], ["Sure.", "Bad."]], [], [], [])
     metric = MetricConfig(kind="safety", classifier=f"reward_model:{member}")
     scores = _refusal_classifier(cfg, metric, rows, "heldout.jsonl", tokenizer)(rows, samples)
-    model = load_scalar_head_model(member, False, tokenizer.pad_token_id, "cpu").eval()
+    own = load_tokenizer(member)  # the classifier reads text with its own tokenizer
+    model = load_scalar_head_model(member, False, own.pad_token_id, "cpu").eval()
     prompts = [row["prompt"] for row in rows]
     for texts, got in zip(samples.samples, scores, strict=True):
-        raw = reward_model_scores(model, tokenizer, prompts, texts, 8)
+        raw = reward_model_scores(model, own, prompts, texts, 8)
         assert got == pytest.approx(torch.sigmoid(torch.tensor(raw)).tolist())
         assert all(0 < value < 1 for value in got)

@@ -86,6 +86,8 @@ def test_a_group_pools_its_tasks_documents(tiny, scored, tmp_path):
     )
 
 
+# slow (7 s: naming the unknown task makes lm-eval index its own ~15k task YAMLs)
+@pytest.mark.slow
 def test_an_unknown_task_is_named_with_the_folder_searched(tiny):
     with pytest.raises(ValueError) as error:
         run_benchmark(*tiny, ["alignflow_mc_dmeo"], include_path=str(TASKS))

@@ -101,6 +101,13 @@ def test_metric_configs_name_what_they_need():
         MetricConfig(kind="safety", classifier="llm_judge")
     with pytest.raises(ValueError, match="rubric_template must contain {response}"):
         MetricConfig(kind="llm_judge", llm_judge={"model": "m"}, rubric_template="{prompt}")
+    with pytest.raises(ValueError, match="is listed twice"):
+        load_config(
+            REPO / "configs" / "tiny.yaml",
+            ["evaluate.metrics=[{kind: reference}, {kind: reference}]"],
+        )
+    with pytest.raises(ValueError, match="api_key_env"):
+        LLMJudgeConfig(model="m", api_key_env="sk-live-123")
     with pytest.raises(ValueError, match="registry.gate: llm_grade"):
         load_config(REPO / "configs" / "tiny.yaml", ["registry.gate=llm_grade"])
 
@@ -160,7 +167,18 @@ def test_a_decision_over_grades_leaves_ungraded_responses_and_prompts_out():
     decision = decide(challenger, champion, 0.0, 0.95, 200, 0)
     # prompt 0: 8 vs 6; prompt 1 graded on no side, prompt 2 on one side: left out; prompt 3: 8 vs 5
     assert decision.prompts == 2 and decision.gain == pytest.approx((2 + 3) / 2)
-    with pytest.raises(ValueError, match="fewer than 2 held-out prompts"):
-        decide([[NAN, 1.0]], [[1.0, 1.0]], 0.0, 0.95, 200, 0)
+    for one in (decide([[NAN, 9.0]], [[1.0, 1.0]], 0.0, 0.95, 200, 0),
+                decide([[9.0]], [[1.0]], 0.0, 0.95, 200, 0)):  # fmt: skip
+        assert not one.promote and one.prompts == 1 and "Fewer than 2" in one.reason
     with pytest.raises(ValueError, match="retrain.gate: llm_grade"):
         load_config(REPO / "configs" / "tiny.yaml", ["retrain.gate=llm_grade"])
+
+
+def test_two_identical_responses_tie_without_asking_the_judge():
+    metric = MetricConfig(kind="llm_judge", llm_judge={"model": "m", "api_key_env": None})
+    evaluator = LLMEvaluator(metric, _Scripted([]))  # any call would raise StopIteration
+    assert evaluator.pairwise(ROWS[:2], [["same", "same too"]], [["same", "same too"]]) == [
+        [0.5, 0.5]
+    ]
+    report = evaluator.report()
+    assert report["identical_pairs"] == 2 and report["pairwise_calls"] == report["pairs"] == 0
