@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import uuid
@@ -569,7 +570,12 @@ def summary(
     artifacts_root: Annotated[
         Path, typer.Option("--artifacts-root", help="The run.artifacts_root the run used.")
     ] = Path("runs"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json as it is.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print summary.json as strict JSON (a figure nothing scored is null)."
+        ),
+    ] = False,
 ) -> None:
     """The newest run under --artifacts-root: its stages, registration, evaluation table and
     where to look further."""
@@ -580,8 +586,8 @@ def summary(
     if not path.exists():
         _fail(f"{path}: no run yet (run `alignflow run CONFIG` first)", 1)
     data = json.loads(path.read_text())
-    if as_json:
-        json.dump(data, sys.stdout, indent=2)
+    if as_json:  # summary.json writes an unscored figure (an LLM judge's) as NaN: not JSON
+        json.dump(_finite(data), sys.stdout, indent=2, allow_nan=False)
         typer.echo()
         return
     typer.echo(f"run {data['run_id']}")
@@ -594,6 +600,17 @@ def summary(
         typer.echo(round_line(decision))
     local_store = (artifacts_root / "mlflow.db").is_file()
     _print_outcome(data, default_tracking_uri(artifacts_root) if local_store else None)
+
+
+def _finite(value):
+    """`value` with every NaN or infinite float, at any depth, as None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Inspect and validate datasets.")

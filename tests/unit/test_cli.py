@@ -161,3 +161,18 @@ def test_a_runs_name_carries_its_overrides_but_not_where_it_goes():
     assert _named_by_overrides(load_config(TINY, placed), placed).run.name == "tiny-demo"
     many = [f"policy.ppo.updates={n}" for n in range(100)]
     assert len(_named_by_overrides(load_config(TINY, []), many).run.name) == 120
+
+
+def test_summary_json_is_strict_json_with_unscored_figures_as_null(tmp_path):
+    """summary.json holds NaN where an LLM judge scored nothing; `summary --json` prints null."""
+    import json
+
+    run = tmp_path / "latest"
+    run.mkdir()
+    (run / "summary.json").write_text(
+        '{"run_id": "r", "eval": {"llm_grade": {"base": NaN, "policy": 7.5}, "x": [Infinity]}}'
+    )
+    result = CliRunner().invoke(app, ["summary", "--artifacts-root", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output, parse_constant=lambda name: pytest.fail(name))
+    assert printed["eval"] == {"llm_grade": {"base": None, "policy": 7.5}, "x": [None]}
