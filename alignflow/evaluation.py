@@ -185,12 +185,21 @@ def win_rate(
 
     Args: the judge's scores of each policy, [sample_index][prompt_index].
     """
-    outcomes = [
-        1.0 if a > b else 0.5 if a == b else 0.0
+    grid = win_outcomes(challenger, baseline)
+    if any(len(outcomes) != len(rows) for outcomes in grid):  # every sample scores every row
+        raise ValueError(f"scores for {len(rows)} rows expected")
+    return mean_by_family(rows * len(challenger), [o for outcomes in grid for o in outcomes])
+
+
+def win_outcomes(
+    challenger: Sequence[Sequence[float]], baseline: Sequence[Sequence[float]]
+) -> list[list[float]]:
+    """1 where the challenger's score is higher, 0.5 equal, 0 lower, sample i vs sample i of each
+    prompt ([sample_index][prompt_index], as the scores)."""
+    return [
+        [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(ours, theirs, strict=True)]
         for ours, theirs in zip(challenger, baseline, strict=True)
-        for _, a, b in zip(rows, ours, theirs, strict=True)  # every sample scores every row
     ]
-    return mean_by_family(rows * len(challenger), outcomes)
 
 
 def score_with_reward_model(reward_model, tokenizer, rows, samples: PolicySamples, batch_size):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -14,7 +13,7 @@ from pydantic import BaseModel
 from alignflow import pipeline, tracking
 from alignflow.config import PipelineConfig
 from alignflow.promotion import Decision
-from alignflow.stages import MODEL_DIR, PAIRS_FILE
+from alignflow.stages import PAIRS_FILE
 from alignflow.store import StageResult, read_jsonl, write_json_atomic, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -79,18 +78,15 @@ def new_feedback(cfg: PipelineConfig) -> FeedbackBatch:
 
 
 def current_champion(cfg: PipelineConfig) -> Champion:
-    from mlflow.exceptions import MlflowException
-
     name = cfg.registry.model_name
-    try:
-        version = _client(cfg).get_model_version_by_alias(name, CHAMPION).version
-    except MlflowException:
+    version = tracking.registered_champion(pipeline.tracking_uri(cfg), name)
+    if version is None:
         raise ValueError(
             f"registry: no {name}@{CHAMPION} in {pipeline.tracking_uri(cfg)}; run the pipeline "
             "first (alignflow run CONFIG): its first registered version (a policy that beat its "
             "reference) becomes the champion"
-        ) from None
-    return Champion(model_name=name, version=str(version))
+        )
+    return Champion(model_name=name, version=str(version.version))
 
 
 def round_config(
@@ -117,15 +113,8 @@ def champion_stage(round_cfg: PipelineConfig, champion: Champion) -> StageResult
     import mlflow
 
     folder = Path(round_cfg.run.artifacts_root) / CHAMPION
-    if not (folder / MODEL_DIR / "config.json").is_file():
-        partial = folder.with_name(f".{CHAMPION}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        mlflow.set_tracking_uri(round_cfg.run.mlflow_tracking_uri)
-        local = tracking.download_registered_model(champion.model_name, CHAMPION, str(partial))
-        if Path(local).resolve() != (partial / MODEL_DIR).resolve():  # a relative root too
-            raise RuntimeError(f"registered model layout changed: weights at {local}")
-        shutil.rmtree(folder, ignore_errors=True)
-        partial.rename(folder)
+    mlflow.set_tracking_uri(round_cfg.run.mlflow_tracking_uri)
+    tracking.download_model_once(f"models:/{champion.model_name}@{CHAMPION}", folder)
     return StageResult(
         stage="sft",
         cache_key=f"{CHAMPION}-v{champion.version}",

@@ -448,6 +448,24 @@ def download_model(model_uri: str, dst_path: str | None = None) -> str:
     return str(model)
 
 
+def download_model_once(model_uri: str, folder: Path) -> Path:
+    """`download_model` into `folder`/model, once: a folder already holding it is reused, and a
+    download goes to a partial sibling renamed whole (a killed one is never taken for done).
+    Returns the model folder."""
+    import shutil
+
+    model = folder / "model"
+    if not (model / "config.json").is_file():
+        partial = folder.with_name(f".{folder.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        local = download_model(model_uri, str(partial))
+        if Path(local).resolve() != (partial / "model").resolve():  # a relative root too
+            raise RuntimeError(f"registered model layout changed: weights at {local}")
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
+    return model
+
+
 def log_summary(ctx: TrackingContext, summary: dict[str, Any], evaluation: str = "") -> None:
     """The run summary on the parent run: eval metrics as metrics, the whole thing as a file, and
     every stage it used linked, the cached ones (whose MLflow runs belong to an earlier parent

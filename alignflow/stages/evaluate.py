@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -202,11 +201,8 @@ def run(
         per_policy, wins, rm_accuracy, cfg.policy.algorithm, ev.judge, reference_name
     )
     summary["samples_per_policy"] = len(rows) * ev.samples_per_prompt
-    outcomes = [  # the judge's win-rate, per sample and prompt, for its interval
-        [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(ours, theirs, strict=True)]
-        for ours, theirs in zip(judged["policy"], judged[reference_name], strict=True)
-    ]
-    summary["win_rate_policy_vs_sft_interval"] = dict(
+    outcomes = evaluation.win_outcomes(judged["policy"], judged[reference_name])
+    summary["win_rate_policy_vs_sft_interval"] = dict(  # the judge's win-rate's
         zip(("low", "high"), interval(outcomes, seed=ev.seed), strict=True)
     )
     if champion is not None:
@@ -273,16 +269,9 @@ def _champion(cfg: PipelineConfig, policy: StageResult, tokenizer) -> tuple[str,
     # one folder per content (a version number may name other weights in another store)
     folder = Path(cfg.run.artifacts_root) / CHAMPIONS_DIR / f"{name}-{digest or version.run_id}"
     try:
-        if not (folder / "config.json").is_file():  # downloaded once, renamed whole
-            partial = folder.with_name(f".{folder.name}.partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            uri = f"models:/{name}/{version.version}"
-            local = Path(tracking.download_model(uri, str(partial)))
-            shutil.rmtree(folder, ignore_errors=True)
-            local.rename(folder)
-            shutil.rmtree(partial, ignore_errors=True)
-        vocabulary = load_tokenizer(str(folder), cfg.model.trust_remote_code).get_vocab()
-    except (OSError, ValueError) as error:
+        model = tracking.download_model_once(f"models:/{name}/{version.version}", folder)
+        vocabulary = load_tokenizer(str(model), cfg.model.trust_remote_code).get_vocab()
+    except (OSError, ValueError, RuntimeError) as error:
         log.warning("evaluate: champion %s v%s not evaluated: %s", name, version.version, error)
         return None
     if vocabulary != tokenizer.get_vocab():
@@ -290,7 +279,7 @@ def _champion(cfg: PipelineConfig, policy: StageResult, tokenizer) -> tuple[str,
                     "run's policies", name, version.version)  # fmt: skip
         return None
     log.info("evaluate: the registered champion %s v%s is evaluated too", name, version.version)
-    return str(version.version), str(folder)
+    return str(version.version), str(model)
 
 
 def _refusal_classifier(cfg: PipelineConfig, safety, rows, heldout: str, tokenizer):
