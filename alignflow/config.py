@@ -527,9 +527,14 @@ class KLConfig(_Section):
     coef: float = Field(0.05, ge=0)
     """Coefficient of the per-token KL penalty towards the reference policy (with adaptive: its
     starting value)."""
-    estimator: Literal["k1", "k3"] = "k1"
-    """Per-token KL estimate: k1 = log p - log p_ref (unbiased, can be negative);
-    k3 = (r - 1) - log r with r = p_ref / p (unbiased, never negative)."""
+    estimator: Literal["k1", "k3", "exact"] = "k1"
+    """Per-token KL: k1 = log p - log p_ref of the sampled token (unbiased, can be negative);
+    k3 = (r - 1) - log r with r = p_ref / p (unbiased, never negative); exact = the KL of the two
+    next-token distributions, summed over the vocabulary: in the rewards without the token
+    choice's noise, and in the loss with its own gradient (the part k1 reaches only through the
+    sampled token's score), scaled as the whitened advantages are. `exact` keeps the reference's
+    distributions of each rollout batch (rollout_batch_size x max_new_tokens x vocabulary
+    floats: 16 x 32 x 49152 x 4 bytes = 100 MB for SmolLM2)."""
     adaptive: Bool = False
     """Adapt coef with the Ziegler et al. controller towards `target` nats/sequence over `horizon`
     samples."""

@@ -50,7 +50,9 @@ crossing, averaged over seeds, and printed as ours/theirs. Beside that rule (not
 each KL line also prints ours - theirs paired by seed, with its standard error over seeds.
 `--summarize OUT.json [MORE.json ...]` prints a finished run's table again from its --out file, or
 the table of several runs' seeds pooled (one common KL over all); `--first-seed N` runs seeds N..
-instead of run.seed.. (a replication on other seeds).
+instead of run.seed.. (a replication on other seeds); `--sides ours` (or trl) runs one side only,
+e.g. ours again after a change, its table printed by `--summarize` with the other side's --out;
+`--set KEY=VALUE` overrides the config as `alignflow run --set` does.
 
 Settings mapped from the config's `ppo` section to TRL's PPOConfig: rollout_batch_size ->
 per_device_train_batch_size (gradient_accumulation_steps 1), rollout/minibatch -> num_mini_batches,
@@ -77,6 +79,9 @@ values. policy.ppo.quantization is refused: the bench builds no matching bitsand
 Settings that cannot be matched (TRL has no knob, or a different rule):
 - missing EOS: ours replaces the score with `missing_eos_score` (-1.0); TRL subtracts
   `missing_eos_penalty`; TRL gets a penalty of -missing_eos_score (1.0), so both punish by about 1.
+- kl.estimator exact (ours: the whole next-token distributions' KL, in the rewards and with its
+  own gradient in the loss): TRL has k1 and k3 only, and gets k1, the estimator whose expectation
+  and gradient the exact one has, without the sampled token's noise.
 - gradient clipping: ours clips to max_grad_norm; TRL 1.12's PPO loop never clips.
 - where the score lands: ours at the EOS token; TRL one position after EOS (the first padding slot,
   whose value it also trains), so its GAE has one more step.
@@ -158,7 +163,7 @@ def _run_stages(cfg) -> dict[str, str]:
     }
 
 
-def ensure_models(config_path: str):
+def ensure_models(config_path: str, overrides: list[str] | None = None):
     """The config's SFT and reward models and prompt files, built once per config.
 
     Stage outputs are keyed by the code version too; the manifest, keyed by the sections the
@@ -168,7 +173,8 @@ def ensure_models(config_path: str):
     from alignflow.config import load_config
 
     root = BENCH_DIR / Path(config_path).stem
-    cfg = load_config(config_path, [f"run.artifacts_root={root / 'runs'}", "run.name=bench"])
+    settings = [*(overrides or []), f"run.artifacts_root={root / 'runs'}", "run.name=bench"]
+    cfg = load_config(config_path, settings)
     upstream = cfg.model_dump(
         mode="json", include={"data", "model", "sft", "collect", "reward_model"}
     )
@@ -610,7 +616,8 @@ def _trl_config(ppo, seed: int, output_dir: str):
         temperature=ppo.sampling.temperature,
         stop_token="eos",
         kl_coef=ppo.kl.coef,
-        kl_estimator=ppo.kl.estimator,
+        # TRL has k1 and k3; our full-distribution KL ("exact") has no counterpart: TRL gets k1
+        kl_estimator="k1" if ppo.kl.estimator == "exact" else ppo.kl.estimator,
         cliprange=ppo.clip_range,
         cliprange_value=ppo.value_clip_range,
         vf_coef=ppo.value_coef,
@@ -866,18 +873,22 @@ def summarize(runs: list[dict], key: str = "kl") -> dict:
     return summary
 
 
+def run_line(r: dict, kl: float | None) -> str:
+    """One run's row of the table; gain at `kl` (None: not yet known) read off its curve."""
+    final = r["curve"][-1]
+    gain = None if kl is None else gain_at(r["curve"], kl)
+    return (
+        f"{r['side']:<4}  {r['seed']:>4}  {1 / throughput(r):8.3f}  {final['kl']:8.3f}  "
+        f"{final['score'] - r['curve'][0]['score']:+10.3f}  "
+        f"{'n/a' if gain is None else f'{gain:+.3f}':>14}"
+    )
+
+
 def table(runs: list[dict], summary: dict) -> str:
     kl = summary["common_kl"]
     lines = ["side  seed  s/update  final KL  final gain  gain@common KL",
              "----  ----  --------  --------  ----------  --------------"]  # fmt: skip
-    for r in runs:
-        final = r["curve"][-1]
-        gain = gain_at(r["curve"], kl)
-        lines.append(
-            f"{r['side']:<4}  {r['seed']:>4}  {1 / throughput(r):8.3f}  {final['kl']:8.3f}  "
-            f"{final['score'] - r['curve'][0]['score']:+10.3f}  "
-            f"{'n/a' if gain is None else f'{gain:+.3f}':>14}"
-        )
+    lines += [run_line(r, kl) for r in runs]
     gains = summary["gain_by_kl_fraction"]
     lines += ["", "mean reward gain over SFT at matched held-out KL (nats/sequence):"]
     for fraction in KL_FRACTIONS:
@@ -964,6 +975,21 @@ def parse_args() -> argparse.Namespace:
         nargs="+",
         help="print the table of finished runs' --out files again (several: their runs pooled)",
     )
+    parser.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a config value, as `alignflow run --set` (e.g. policy.ppo.kl.estimator=exact)",
+    )
+    parser.add_argument(
+        "--sides",
+        nargs="+",
+        choices=SIDES,
+        default=list(SIDES),
+        help="run these sides only (e.g. ours again after a change); pool the --out files of the "
+        "sides' runs with --summarize",
+    )
     parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -987,7 +1013,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
     ensure_trl()
-    cfg, paths = ensure_models(args.config)
+    cfg, paths = ensure_models(args.config, args.set)
     check_comparable(cfg)
     first_seed = cfg.run.seed if args.first_seed is None else args.first_seed
     work = BENCH_DIR / Path(args.config).stem / "work"
@@ -1002,10 +1028,23 @@ def main() -> None:
         | {"peak_flops_per_second": peak["flops_per_second"]}
         for index in range(args.seeds)
         for side in SIDES
+        if side in args.sides
     ]
+    if set(args.sides) != set(SIDES):
+        for run in runs:
+            print(run_line(run, None))
+        print(f"{args.sides[0]} only; the table: --summarize this --out with the other side's")
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps({"args": vars(args), "peak": peak, "runs": runs}))
+        return
     summary = summarize(runs)
     text = table(runs, summary)
-    print(f"\n{args.config}: {args.seeds} seeds, {runs[0]['curve'][-1]['update']} updates\n{text}")
+    settings = "".join(f" --set {item}" for item in args.set)
+    print(
+        f"\n{args.config}{settings}: {args.seeds} seeds, {runs[0]['curve'][-1]['update']} updates"
+        f"\n{text}"
+    )
     print(f"wall time {time.perf_counter() - started:.0f}s")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

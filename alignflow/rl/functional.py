@@ -86,14 +86,20 @@ def masked_sums(values: Tensor, mask: Tensor) -> Tensor:
     return torch.stack([x.sum(), (x * values.double()).sum(), m.sum()])
 
 
-def whiten_from_sums(values: Tensor, mask: Tensor, sums: Tensor, shift_mean: bool = True) -> Tensor:
-    """`masked_whiten` with the mean and unbiased variance taken from `masked_sums` (possibly of a
-    larger batch than `values`, e.g. every rank's). (b, t) -> (b, t), 0 where `mask` is 0."""
+def moments_from_sums(sums: Tensor) -> tuple[float, float]:
+    """(mean, unbiased standard deviation) from `masked_sums` (possibly added up over batches
+    or processes)."""
     total, total_sq, count = sums.tolist()
     if count < 2:
         raise ValueError(f"whitening needs at least 2 masked elements, got {count:.0f}")
     mean = total / count
-    std = math.sqrt(max(total_sq - count * mean**2, 0.0) / (count - 1))
+    return mean, math.sqrt(max(total_sq - count * mean**2, 0.0) / (count - 1))
+
+
+def whiten_from_sums(values: Tensor, mask: Tensor, sums: Tensor, shift_mean: bool = True) -> Tensor:
+    """`masked_whiten` with the mean and unbiased variance taken from `masked_sums` (possibly of a
+    larger batch than `values`, e.g. every rank's). (b, t) -> (b, t), 0 where `mask` is 0."""
+    mean, std = moments_from_sums(sums)
     whitened = (values - mean) / (std + 1e-8)
     if not shift_mean:
         whitened = whitened + mean

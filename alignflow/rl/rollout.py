@@ -235,6 +235,24 @@ def response_logprobs(
     return token_logprobs, entropy_from_logprobs(logprobs) if with_entropy else None
 
 
+def response_logprobs_and_kl(
+    model, sequence: Tensor, attention_mask: Tensor, query_len: int, temperature: float,
+    ref_distributions: Tensor, trunk: TrunkStates | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """`response_logprobs` with entropies, and the exact KL (`kl_exact`) of the model's next-token
+    distributions to `ref_distributions` (the reference's, (b, t, v) log-softmax at the same
+    temperature, `Sampled.ref_distributions`) at each response position, both from one
+    log-softmax. Returns (logprobs, entropy, kl), each (b, t); kl carries the gradient."""
+    distributions = _response_distributions(
+        model, sequence, attention_mask, query_len, temperature, trunk
+    )
+    return (
+        _token_logprobs(distributions, sequence[:, query_len:]),
+        entropy_from_logprobs(distributions),
+        kl_exact(distributions, ref_distributions),
+    )
+
+
 @torch.no_grad()
 def completion_logprobs(
     model,
@@ -279,10 +297,19 @@ class Sampled:
     mask: Tensor  # (b, t) response tokens up to and including EOS
     logprobs: Tensor  # (b, t)
     ref_logprobs: Tensor  # (b, t)
-    # (b,) exact per-sequence KL(policy || reference), when sample_with_logprobs was asked for it
-    exact_kl: Tensor | None = None
+    # (b, t) exact KL(policy || reference) of the next-token distributions at each response
+    # token (0 past the end), when sample_with_logprobs was asked for it
+    token_kl: Tensor | None = None
     # hidden states entering the first layer the models do not share, when asked for them
     trunk: TrunkStates | None = None
+    # (b, t, v) the reference's log-softmax at each response position, when asked to keep it
+    ref_distributions: Tensor | None = None
+
+    @property
+    def exact_kl(self) -> Tensor | None:
+        """Per-sequence exact KL(policy || reference) in nats (`token_kl` summed over each
+        response), or None when it was not computed. Returns (b,)."""
+        return None if self.token_kl is None else self.token_kl.sum(-1)
 
     @property
     def sampled_kl(self) -> Tensor:
@@ -295,13 +322,15 @@ class Sampled:
 def sample_with_logprobs(
     policy, reference, tokenizer, prompts: Sequence[list[dict]], sampling: SamplingConfig,
     greedy: bool = False, exact_kl: bool = False, trunk_depth: int = 0,
+    keep_reference: bool = False,
 ) -> Sampled:  # fmt: skip
     """Generate from `policy` and score the responses under both models at sampling temperature.
 
     With `exact_kl`, also the exact KL of the two next-token distributions (`kl_exact`) summed over
     each response's tokens: the sequence-level KL the k1 sum estimates, with much less variance,
     from the same two forward passes; it holds two (b, t, v) float32 distributions at once (and
-    one row's temporaries while comparing them).
+    one row's temporaries while comparing them). `keep_reference` keeps the reference's
+    distributions (`Sampled.ref_distributions`, b x t x vocab float32) for a later exact KL.
 
     With `trunk_depth` > 0 (policy and reference share that many frozen bottom layers:
     alignflow.rl.trunk.shared_depth), sampling records the hidden states entering layer
@@ -331,8 +360,9 @@ def sample_with_logprobs(
     kl = None
     if exact_kl:  # row by row: kl_exact's (1, t, v) temporaries instead of (b, t, v) ones
         rows = zip(dist.split(1), ref_dist.split(1), strict=True)
-        kl = (torch.cat([kl_exact(d, r) for d, r in rows]) * mask).sum(-1)
-    return Sampled(sequence, attention, q, response, mask, logprobs, ref_logprobs, kl, trunk)
+        kl = torch.cat([kl_exact(d, r) for d, r in rows]) * mask
+    kept = ref_dist if keep_reference else None
+    return Sampled(sequence, attention, q, response, mask, logprobs, ref_logprobs, kl, trunk, kept)
 
 
 def token_scores(

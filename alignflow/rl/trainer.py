@@ -28,6 +28,7 @@ from alignflow.rl.rewards import Rewarder
 from alignflow.rl.rollout import (
     decode,
     response_logprobs,
+    response_logprobs_and_kl,
     sample_with_logprobs,
     stop_token_ids,
     token_scores,
@@ -52,6 +53,10 @@ class Rollout:
     advantages: Tensor  # (b, t)
     returns: Tensor  # (b, t)
     trunk: TrunkStates | None = None  # hidden states below the layers any model trains
+    # kl.estimator exact: the reference's next-token log-softmax (b, t, v), and the weight of
+    # the exact KL in the loss (kl coef over the advantages' whitening scale)
+    ref_distributions: Tensor | None = None
+    kl_loss_coef: float = 0.0
 
     def trunk_rows(self, idx: Tensor) -> TrunkStates | None:
         return None if self.trunk is None else self.trunk[idx]
@@ -234,11 +239,12 @@ class PPOTrainer:
         # sampling is a function of (seed, update, rank)
         torch.manual_seed(self.seed * 100_003 + update + 1_000_003 * self.rank)
         prompts = [row["prompt"] for row in rows]
+        exact = cfg.kl.estimator == "exact"
         try:
             with self.strategy.generating():  # ZeRO-3: the policy gathered once, not per token
                 sampled = sample_with_logprobs(
                     self.policy, self.reference, self.tokenizer, prompts, cfg.sampling,
-                    trunk_depth=self.trunk_depth,
+                    exact_kl=exact, trunk_depth=self.trunk_depth, keep_reference=exact,
                 )  # fmt: skip
         except RuntimeError as error:  # torch.multinomial on NaN/inf probabilities
             if "probability tensor" not in str(error):
@@ -254,12 +260,22 @@ class PPOTrainer:
 
         maskf = mask.float()
         logprobs, ref_logprobs, values = logprobs * maskf, ref_logprobs * maskf, values * maskf
-        kl = functional.kl_per_token(logprobs, ref_logprobs, cfg.kl.estimator) * maskf
+        if exact:
+            kl = sampled.token_kl * maskf
+        else:
+            kl = functional.kl_per_token(logprobs, ref_logprobs, cfg.kl.estimator) * maskf
         rewards = functional.penalized_rewards(scores, kl, maskf, self.kl_ctl.value)
+        kl_loss_coef = self.kl_ctl.value if exact else 0.0
         if cfg.whiten_rewards:
+            if exact:  # the rewards' KL part is scaled by it
+                kl_loss_coef /= self._std(rewards, maskf) + 1e-8
             rewards = self._whiten(rewards, maskf, shift_mean=False)
         advantages, returns = functional.gae_advantages(values, rewards, maskf, cfg.gamma, cfg.lam)
+        # the exact KL's own gradient enters the loss at the advantages' scale: whitening divides
+        # them by their standard deviation, so the KL term is divided by it too
         if cfg.whiten_advantages:
+            if exact:
+                kl_loss_coef /= self._std(advantages, maskf) + 1e-8
             advantages = self._whiten(advantages, maskf)
         kl_k1_seq = sampled.sampled_kl
         stats = {
@@ -274,9 +290,12 @@ class PPOTrainer:
         }
         if cfg.log_samples_every and update % cfg.log_samples_every == 0:
             self._log_sample_table(rows, completions, scores, kl_k1_seq, update)
+        if exact:
+            stats["kl_loss_coef"] = kl_loss_coef
         batch = Rollout(
-            sequence, attention, q, mask, logprobs, values, advantages, returns, sampled.trunk
-        )
+            sequence, attention, q, mask, logprobs, values, advantages, returns, sampled.trunk,
+            sampled.ref_distributions, kl_loss_coef,
+        )  # fmt: skip
         return batch, stats
 
     def _log_sample_table(self, rows, completions, scores, kl, update: int) -> None:
@@ -303,9 +322,17 @@ class PPOTrainer:
         cfg = self.cfg
         seq, attn, mask = batch.sequence[idx], batch.attention_mask[idx], batch.mask[idx].float()
         trunk = batch.trunk_rows(idx)
-        logprobs, entropy = response_logprobs(
-            self.policy, seq, attn, batch.query_len, cfg.sampling.temperature, trunk=trunk
-        )
+        kl_loss = None
+        if batch.ref_distributions is None:
+            logprobs, entropy = response_logprobs(
+                self.policy, seq, attn, batch.query_len, cfg.sampling.temperature, trunk=trunk
+            )
+        else:  # kl.estimator exact: the KL to the reference, with its gradient
+            logprobs, entropy, kl = response_logprobs_and_kl(
+                self.policy, seq, attn, batch.query_len, cfg.sampling.temperature,
+                batch.ref_distributions[idx], trunk=trunk,
+            )  # fmt: skip
+            kl_loss = functional.masked_mean(kl, mask)
         if cfg.entropy_coef == 0:  # logged only: keep it out of the autograd graph
             entropy = entropy.detach()
         values = token_scores(self.value_model, seq, attn, trunk)[:, batch.query_len - 1 : -1]
@@ -317,6 +344,8 @@ class PPOTrainer:
         )
         mean_entropy = functional.masked_mean(entropy, mask)
         loss = pg_loss + cfg.value_coef * vf_loss - cfg.entropy_coef * mean_entropy
+        if kl_loss is not None:
+            loss = loss + batch.kl_loss_coef * kl_loss
         if not torch.isfinite(loss):
             raise NonFiniteError(
                 f"PPO loss is {loss.item()} at update {self.update_index} "
@@ -328,7 +357,9 @@ class PPOTrainer:
                 f"PPO gradient norm is {grad_norm.item()} at update {self.update_index}; "
                 "lower policy.ppo.learning_rate"
             )
+        extra = {} if kl_loss is None else {"kl_loss": kl_loss.item()}
         return {
+            **extra,
             "policy_loss": pg_loss.item(),
             "value_loss": vf_loss.item(),
             "clipfrac": clipfrac.item(),
@@ -375,6 +406,13 @@ class PPOTrainer:
             return functional.masked_whiten(values, mask, shift_mean)
         sums = distributed.all_reduce_mean(functional.masked_sums(values, mask)) * self.world
         return functional.whiten_from_sums(values, mask, sums, shift_mean)
+
+    def _std(self, values: Tensor, mask: Tensor) -> float:
+        """Masked standard deviation (unbiased) over the global batch, as `_whiten` takes it."""
+        sums = functional.masked_sums(values, mask)
+        if self.world > 1:
+            sums = distributed.all_reduce_mean(sums) * self.world
+        return functional.moments_from_sums(sums)[1]
 
     def _mean_over_ranks(self, stats: dict[str, float]) -> dict[str, float]:
         if self.world == 1:

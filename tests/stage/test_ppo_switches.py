@@ -39,6 +39,27 @@ def test_k1_estimator_penalises_the_log_ratio_and_k3_a_nonnegative_estimate(mode
     assert k3[-1]["kl_estimate"] >= 0 and k3[-1]["kl_estimate"] != pytest.approx(k3[-1]["kl"])
 
 
+def test_exact_estimator_penalises_the_distributions_kl_and_pulls_the_policy_back(models, tmp_path):
+    exact = run(models, tmp_path / "exact", updates=3, kl=kl_settings(models, estimator="exact"))
+    # policy and reference start equal: nothing to penalise, whatever token was sampled
+    assert exact[0]["kl_estimate"] == pytest.approx(0.0, abs=1e-5)
+    # once the policy has moved, the exact KL is positive (k1's sampled estimate may not be); the
+    # loss's KL (a mean over the update's optimizer steps) from the first step on
+    assert all(entry["kl_estimate"] > 0 for entry in exact[1:])
+    assert all(entry["kl_loss"] > 0 for entry in exact)
+    # whitened advantages: the loss's KL weight is the coefficient over their spread
+    assert all(entry["kl_loss_coef"] != pytest.approx(entry["kl_coef"]) for entry in exact)
+    # its gradient pulls towards the reference: a strong coefficient ends closer than none
+    free = run(
+        models, tmp_path / "free", updates=3, kl=kl_settings(models, estimator="exact", coef=0.0)
+    )
+    pulled = run(
+        models, tmp_path / "pulled", updates=3, kl=kl_settings(models, estimator="exact", coef=20.0)
+    )
+    assert free[-1]["kl_loss_coef"] == 0.0
+    assert pulled[-1]["kl_estimate"] < 0.5 * free[-1]["kl_estimate"]
+
+
 def test_adaptive_kl_moves_the_coefficient_and_fixed_kl_keeps_it(models, tmp_path):
     fixed = run(models, tmp_path / "fixed", updates=3)
     adaptive = run(

@@ -120,6 +120,26 @@ CRITIC = bench.Matmuls(layers=20, adapters=2, head=1, backward=8, trained=2, hea
 REWARD = bench.Matmuls(layers=20, adapters=0, head=1, backward=0, trained=0, head_trained=False)
 
 
+def test_one_side_per_file_pools_into_the_table_of_both_sides_in_one(tmp_path):
+    # `--sides ours` and `--sides trl` runs: each file holds one side; pooled, the same table
+    runs = [
+        _run("ours", 0, _curve((0.0, 0.0), (2.0, 2.0))),
+        _run("trl", 0, _curve((0.0, 0.0), (2.0, 1.0))),
+        _run("ours", 1, _curve((0.0, 0.0), (1.0, 1.0))),
+        _run("trl", 1, _curve((0.0, 0.0), (3.0, 3.0))),
+    ]
+    for side in bench.SIDES:
+        mine = [r for r in runs if r["side"] == side]
+        (tmp_path / f"{side}.json").write_text(json.dumps({"runs": mine}))
+    pooled = bench.pooled_runs([tmp_path / "ours.json", tmp_path / "trl.json"])
+    assert bench.summarize(pooled) == bench.summarize(runs)
+    table = bench.table(pooled, bench.summarize(pooled)).splitlines()
+    assert sorted(table) == sorted(bench.table(runs, bench.summarize(runs)).splitlines())
+    # a one-side run prints its rows before any common KL is known
+    assert bench.run_line(runs[0], None).split()[-1] == "n/a"
+    assert bench.run_line(runs[0], 1.0).split()[-1] == "+1.000"
+
+
 def test_a_forward_pass_costs_two_flops_per_weight_and_position():
     assert bench.forward_flops(POLICY, tokens=3, head_tokens=2) == 2 * (100 * 3 + 50 * 2)
     # the reference: the same model with its 10 adapter weights switched off

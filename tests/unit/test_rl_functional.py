@@ -150,6 +150,23 @@ def test_kl_exact_sums_over_the_vocabulary_and_ignores_impossible_tokens() -> No
 # --- rewards and GAE ---------------------------------------------------------------------------
 
 
+def test_kl_exact_gradient_is_the_analytic_one_and_k1_s_score_function_estimates_it() -> None:
+    # what kl.estimator exact puts in the loss: d KL / d logit_j = p_j (log p_j - log q_j - KL)
+    # (kl_exact computes in float32)
+    torch.manual_seed(0)
+    logits = torch.randn(1, 1, 5, requires_grad=True)
+    ref = torch.randn(1, 1, 5).log_softmax(-1)
+    logp = logits.log_softmax(-1)
+    kl = kl_exact(logp, ref)
+    kl.sum().backward()
+    p = logp.detach().exp()
+    assert_close(logits.grad, p * (logp.detach() - ref - kl.detach().unsqueeze(-1)))
+    # k1 reaches the same gradient only through the sampled token's score: E_a[grad log p(a) k1(a)]
+    score = torch.eye(5) - p.reshape(1, 5)  # row a: d log p(a) / d logits
+    k1 = (logp.detach() - ref).reshape(5, 1)
+    assert_close((p.reshape(5, 1) * score * k1).sum(0), logits.grad.reshape(5))
+
+
 def test_last_token_index_handles_partial_full_and_all_zero_rows() -> None:
     mask = rows([1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1])
     result = last_token_index(mask)
