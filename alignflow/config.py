@@ -588,6 +588,11 @@ class PPOConfig(_Section):
     clipping)."""
     kl_stop: float | None = Field(None, gt=0)
     """Stop early (and keep the policy) when the mean KL per sequence exceeds this many nats."""
+    critic_warmup: int = Field(0, ge=0)
+    """The first N updates train the critic only: the policy samples but stays as it starts, so
+    its first steps follow advantages from a critic already fitted to its returns, not the reward
+    model's whole-response scores the critic starts from (OpenRLHF's freezing_actor_steps).
+    Counted in `updates`."""
     lr_schedule: Literal["constant", "linear"] = "constant"
     """Learning-rate schedule of policy and critic: constant, or linear: decays to 0 at
     `updates`."""
@@ -618,6 +623,15 @@ class PPOConfig(_Section):
             raise ValueError(
                 f"policy.ppo.quantization '{self.quantization}' trains LoRA adapters on a frozen "
                 "quantized base: set policy.ppo.lora (e.g. {r: 8})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _warmup_leaves_updates(self) -> PPOConfig:
+        if self.critic_warmup >= self.updates:
+            raise ValueError(
+                f"policy.ppo.critic_warmup ({self.critic_warmup}) must be below policy.ppo.updates "
+                f"({self.updates}): the policy would never train"
             )
         return self
 

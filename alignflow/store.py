@@ -125,6 +125,15 @@ def artifacts_lock(artifacts_root: str | Path, holder: str) -> Iterator[None]:
         handle.close()
 
 
+def check_root_free(artifacts_root: str | Path) -> None:
+    """Raise RootBusy now when another run holds the root: the command line asks before it
+    starts a flow, so a busy root fails in a second, not after Prefect has started. The flow
+    takes the lock itself (artifacts_lock); this only answers earlier. Creates nothing."""
+    if (Path(artifacts_root) / LOCK_FILE).exists():
+        with artifacts_lock(artifacts_root, "a pre-flight check"):
+            pass
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))

@@ -82,6 +82,8 @@ Settings that cannot be matched (TRL has no knob, or a different rule):
 - kl.estimator exact (ours: the whole next-token distributions' KL, in the rewards and with its
   own gradient in the loss): TRL has k1 and k3 only, and gets k1, the estimator whose expectation
   and gradient the exact one has, without the sampled token's noise.
+- critic_warmup (ours: the first N updates train the critic only): TRL has no such phase and
+  trains both from the first update; the N updates count in --updates on ours.
 - gradient clipping: ours clips to max_grad_norm; TRL 1.12's PPO loop never clips.
 - where the score lands: ours at the EOS token; TRL one position after EOS (the first padding slot,
   whose value it also trains), so its GAE has one more step.

@@ -174,11 +174,12 @@ def run(
     from alignflow.data.errors import DataError
     from alignflow.health import DegenerateModel
     from alignflow.shape import NotEnoughData
-    from alignflow.store import RootBusy
+    from alignflow.store import RootBusy, check_root_free
     from flows.rlhf import rlhf
 
     _console_without_tracebacks(DataError, NotEnoughData, DegenerateModel, RootBusy)
     try:
+        check_root_free(cfg.run.artifacts_root)
         summary = rlhf(config=cfg)
     except (DataError, NotEnoughData) as error:  # bad or too little data: one line, says where
         _end_with(_first_line(str(error)), 2)
@@ -223,11 +224,16 @@ def retrain(
     cfg = _named_by_overrides(_load(config, set_), set_)
     _quiet_defaults()
     _training_defaults()
-    from alignflow.store import RootBusy
+    from alignflow import retraining
+    from alignflow.store import RootBusy, check_root_free
     from flows.retrain import retrain as retrain_flow
 
     _console_without_tracebacks(ValueError, RootBusy)
     try:
+        # what every round needs, asked before a flow starts: a feedback store and a champion
+        retraining.feedback_store(cfg)
+        retraining.current_champion(cfg)
+        check_root_free(cfg.run.artifacts_root)
         result = retrain_flow(config=cfg)
     except RootBusy as error:
         _end_with(_first_line(str(error)), 1)

@@ -147,6 +147,11 @@ class PPOTrainer:
         policy.eval()  # no dropout: the rollout and update distributions must match
         value_model.eval()
         # AdamW here (N processes: gradients averaged), or a DeepSpeed engine (ZeRO-2/3)
+        if cfg.critic_warmup and deepspeed is not None:
+            raise ValueError(
+                "policy.ppo.critic_warmup is not supported under DeepSpeed (its engine steps the "
+                "policy's parameters with the critic's); set it to 0"
+            )
         self.strategy = make_strategy(cfg, policy, value_model, deepspeed)
         self.optimizer = self.strategy.optimizer
         # linear: the learning rate falls to 0 at the last update (stepped once per update)
@@ -322,6 +327,8 @@ class PPOTrainer:
         cfg = self.cfg
         seq, attn, mask = batch.sequence[idx], batch.attention_mask[idx], batch.mask[idx].float()
         trunk = batch.trunk_rows(idx)
+        if self.update_index < cfg.critic_warmup:  # the critic alone: no policy pass, no step
+            return self._value_step(batch, idx, seq, attn, mask, trunk)
         kl_loss = None
         if batch.ref_distributions is None:
             logprobs, entropy = response_logprobs(
@@ -367,6 +374,24 @@ class PPOTrainer:
             "approx_kl": approx_kl.item(),
             "entropy": mean_entropy.item(),
         }
+
+    def _value_step(self, batch: Rollout, idx: Tensor, seq, attn, mask, trunk) -> dict[str, float]:
+        """A critic-only step (policy.ppo.critic_warmup): the policy gets no gradient, so the
+        optimizer leaves it and its moments untouched."""
+        values = token_scores(self.value_model, seq, attn, trunk)[:, batch.query_len - 1 : -1]
+        vf_loss, vf_clipfrac = functional.value_loss(
+            values, batch.values[idx], batch.returns[idx], mask, self.cfg.value_clip_range
+        )
+        loss = self.cfg.value_coef * vf_loss
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"PPO value loss is {loss.item()} at update {self.update_index}")
+        grad_norm = self.strategy.step(loss)
+        if not torch.isfinite(grad_norm):
+            raise NonFiniteError(
+                f"PPO gradient norm is {grad_norm.item()} at update {self.update_index}; "
+                "lower policy.ppo.value_learning_rate"
+            )
+        return {"value_loss": vf_loss.item(), "value_clipfrac": vf_clipfrac.item()}
 
     def optimise(self, batch: Rollout, update: int) -> dict[str, float]:
         generator = torch.Generator().manual_seed(self.seed * 7919 + update)

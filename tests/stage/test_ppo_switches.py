@@ -60,6 +60,37 @@ def test_exact_estimator_penalises_the_distributions_kl_and_pulls_the_policy_bac
     assert pulled[-1]["kl_estimate"] < 0.5 * free[-1]["kl_estimate"]
 
 
+def test_critic_warmup_trains_the_critic_alone_then_the_policy(models, tmp_path):
+    weights = []  # (policy, critic) parameter sums after each update
+
+    def snapshot(metrics: dict, step: int) -> None:
+        weights.append(
+            tuple(
+                sum(p.detach().double().sum().item() for p in model.parameters())
+                for model in (trainer.policy, trainer.value_model)
+            )
+        )
+
+    trainer = make_trainer(models, tmp_path, updates=3, critic_warmup=2, log_metrics=snapshot)
+    start = tuple(
+        sum(p.detach().double().sum().item() for p in model.parameters())
+        for model in (trainer.policy, trainer.value_model)
+    )
+    history = trainer.train()
+    # the warm-up updates are value steps only: the policy stays as it started (its rollouts
+    # have KL 0 to the reference, the third one included) while the critic moves
+    assert [("policy_loss" in entry) for entry in history] == [False, False, True]
+    assert all(entry["kl"] == pytest.approx(0.0, abs=1e-6) for entry in history)
+    assert weights[0][0] == weights[1][0] == start[0]
+    assert start[1] != weights[0][1] != weights[1][1]
+    # then the policy trains as well
+    assert weights[2][0] != start[0] and weights[2][1] != weights[1][1]
+    with pytest.raises(ValueError, match="critic_warmup"):
+        type(models.ppo_cfg).model_validate(
+            {**models.ppo_cfg.model_dump(), "updates": 4, "critic_warmup": 4}
+        )
+
+
 def test_adaptive_kl_moves_the_coefficient_and_fixed_kl_keeps_it(models, tmp_path):
     fixed = run(models, tmp_path / "fixed", updates=3)
     adaptive = run(
