@@ -7,8 +7,11 @@ resumable and tracked.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -86,6 +89,58 @@ def _settings(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
     return settings
 
 
+# Where a stage's settings name the user's code or files by path: `package.module:function`
+# (rule rewards, labelers, judges, refusal classifiers) and lm-eval task folders.
+_FUNCTION_KEYS = ("function", "judge", "classifier")
+_FUNCTION_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def user_code(settings: Any) -> dict[str, str]:
+    """Digests of what a stage's settings name but the config's text does not hold: the source
+    file of each `module:function` they call and the files of each `include_path` folder. They
+    join the stage's cache key, so editing your rule or your lm-eval task reruns the stages that
+    use it. Whatever cannot be found is left to the stage's own error."""
+    found: dict[str, str] = {}
+
+    def walk(value: Any, key: str | None = None) -> None:
+        if isinstance(value, dict):
+            for name, item in value.items():
+                walk(item, name)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, key)
+        elif isinstance(value, str):
+            digest = None
+            if key == "include_path":
+                digest = _files_digest(sorted(p for p in Path(value).rglob("*") if p.is_file()))
+            elif key in _FUNCTION_KEYS and _FUNCTION_REF.match(value):
+                digest = _files_digest([_module_file(value.partition(":")[0])])
+            if digest:
+                found[value] = digest
+
+    walk(settings)
+    return found
+
+
+def _module_file(name: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin) if spec is not None and spec.origin else None
+
+
+def _files_digest(paths: list[Path | None]) -> str | None:
+    files = [path for path in paths if path is not None and path.is_file()]
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def stage_keys(cfg: PipelineConfig, until: str | None = None) -> dict[str, str]:
     """The cache key of every stage the config runs (alignflow.shape.active_stages), or of those
     up to `until` (the evaluate stage's asks the MLflow registry for the champion)."""
@@ -95,6 +150,8 @@ def stage_keys(cfg: PipelineConfig, until: str | None = None) -> dict[str, str]:
             break
         upstream = [keys[name] for name in UPSTREAM[stage] if name in keys]
         settings = _settings(cfg, stage)
+        if code := user_code(settings):
+            settings["user_code"] = code
         if stage == "evaluate" and cfg.evaluate.champion:
             # the registered champion it evaluates beside the policy (never the policy itself)
             version = tracking.registered_champion(
