@@ -26,14 +26,16 @@ from alignflow import real
 from tests.conftest import micro_config
 
 FAMILIES = os.environ.get("FAMILIES", " ".join(real.FAMILIES)).split()
-# For make test's 20 minutes, three families' whole pipelines run under `make test-all` only:
-# - SmolLM2 (a Llama with a ChatML template: both covered by the others); the real SmolLM2 runs
-#   in make test (tests/stage/test_real_models.py: LoRA PPO, DPO, fluency);
-# - Llama-3.1 (60 s): its architecture class is SmolLM2's, trained for real in make test, and its
-#   tokenizer, template and SFT masks stay there (tests/stage/test_real_models.py);
-# - Gemma-3 (113 s: its 262k-token vocabulary); its tokenizer, template, SFT masks and shared
-#   trunk stay in make test (tests/stage/test_real_models.py, tests/stage/test_shared_trunk.py).
-SLOW_FAMILIES = {"smollm2", "llama3_1", "gemma3"}
+# For make test's 20 minutes, only Qwen3's tiny pipeline (its thinking template, two stop tokens,
+# a pad token of its own) runs in make test; the other families' run under `make test-all`, while
+# make test keeps each one's tokenizer, template and SFT masks (tests/stage/test_real_models.py),
+# Gemma-3's and SmolLM2's shared trunk (tests/stage/test_shared_trunk.py) and the real SmolLM2's
+# LoRA PPO, DPO and fluency (tests/stage/test_real_models.py):
+# - SmolLM2: a Llama with a ChatML template, both covered by the others;
+# - Llama-3.1 (60 s): its architecture class is SmolLM2's, trained for real in make test;
+# - DeepSeek-V3 (70 s): MLA and routed experts, a template ending replies at its EOS;
+# - Gemma-3 (113 s: its 262k-token vocabulary).
+SLOW_FAMILIES = {"smollm2", "llama3_1", "deepseek_v3", "gemma3"}
 PARAMS = [
     pytest.param(name, marks=pytest.mark.slow) if name in SLOW_FAMILIES else name
     for name in FAMILIES
@@ -362,10 +364,9 @@ CONVERSATION = [
 
 # One family's export in make test (qwen3); the others' under make test-all, for the CI budget
 # (together ~70 s: an export, a plain-transformers load and a served engine each).
-EXPORT_PARAMS = [
-    pytest.param(name, marks=pytest.mark.slow) if name not in ("qwen3",) else name
-    for name in FAMILIES
-]
+# export and serve of every family under make test-all (Qwen3's: 21 s); make test exports and
+# serves the micro model (tests/flow/test_export.py, tests/flow/test_serve.py)
+EXPORT_PARAMS = [pytest.param(name, marks=pytest.mark.slow) for name in FAMILIES]
 
 
 @pytest.mark.parametrize("family", EXPORT_PARAMS)
