@@ -113,6 +113,7 @@ def test_own_hh_pairs_and_collected_ones_train_the_reward_model_that_ppo_uses(sh
     assert summary["eval"]["judge_gain"] > 0 and summary["registered"]["registered"]
 
 
+@pytest.mark.slow  # 19 s on a slow day: under make test-all for make test's 20 minutes
 def test_an_instruct_model_as_it_ships_is_the_start_and_reference_without_sft(shapes):
     trained = shapes("dpo_own_pairs")
     instruct = str(Path(trained["stages"]["sft"]["output"]) / "model")  # "the model as it ships"
@@ -131,6 +132,7 @@ def test_an_instruct_model_as_it_ships_is_the_start_and_reference_without_sft(sh
     assert policy["eval_margin_policy"] > policy["eval_margin_sft"] + 1.0
 
 
+@pytest.mark.slow  # 40 s on a slow day: under make test-all for make test's 20 minutes
 def test_rule_rewards_alone_train_grpo_with_no_reward_model(shapes):
     summary = shapes("grpo_rules")
     assert list(_statuses(summary)) == ["prepare", "sft", "policy", "evaluate", "register"]
@@ -158,6 +160,7 @@ def test_a_shape_run_again_reuses_every_stage(shapes):
     assert again["registered"] == first["registered"]
 
 
+@pytest.mark.slow  # 29 s on a slow day: under make test-all for make test's 20 minutes
 def test_own_kto_style_rows_reach_kto_as_labelled(shapes, tmp_path_factory):
     """KTO-style unpaired rows (prompt, completion, label) in data.preferences go to KTO as they
     are, each with the label its author gave."""

@@ -44,6 +44,7 @@ def _evaluate_with_champion(cfg, stages: dict[str, StageResult], champion: Path)
     return result.metrics["summary"]
 
 
+@pytest.mark.slow  # 37 s on a slow day: under make test-all for make test's 20 minutes
 def test_a_registered_champion_is_a_fourth_column_sampled_like_the_others(pipeline_runs, tmp_path):
     """The SFT model registered as champion: its column is the SFT column (same weights, same
     seeds), and the policy's win-rates against it, the judge's and a served LLM judge's (the same

@@ -3,6 +3,7 @@ stages score with both."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from alignflow.models import load_tokenizer
@@ -21,6 +22,7 @@ def _stage_result(pipeline_runs, stage: str) -> StageResult:
     return StageResult.model_validate_json((output / "result.json").read_text())
 
 
+@pytest.mark.slow  # 17 s on a slow day: under make test-all for make test's 20 minutes
 def test_two_member_ensemble_is_trained_and_scored_with(pipeline_runs, tmp_path):
     cfg = micro_config(tmp_path, "reward_model.ensemble_size=2", "rewards.ensemble=mean_minus_std")
     ctx = tracking_context(cfg, tags={})
