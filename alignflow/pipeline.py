@@ -7,7 +7,6 @@ resumable and tracked.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -29,6 +28,7 @@ from alignflow.store import (
     StageDir,
     StageResult,
     cache_key,
+    files_digest,
     point_latest,
     write_json_atomic,
 )
@@ -112,9 +112,9 @@ def user_code(settings: Any) -> dict[str, str]:
         elif isinstance(value, str):
             digest = None
             if key == "include_path":
-                digest = _files_digest(sorted(p for p in Path(value).rglob("*") if p.is_file()))
+                digest = files_digest(sorted(p for p in Path(value).rglob("*") if p.is_file()))
             elif key in _FUNCTION_KEYS and _FUNCTION_REF.match(value):
-                digest = _files_digest([_module_file(value.partition(":")[0])])
+                digest = files_digest([_module_file(value.partition(":")[0])])
             if digest:
                 found[value] = digest
 
@@ -128,17 +128,6 @@ def _module_file(name: str) -> Path | None:
     except (ImportError, ValueError):
         return None
     return Path(spec.origin) if spec is not None and spec.origin else None
-
-
-def _files_digest(paths: list[Path | None]) -> str | None:
-    files = [path for path in paths if path is not None and path.is_file()]
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(str(path).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def stage_keys(cfg: PipelineConfig, until: str | None = None) -> dict[str, str]:

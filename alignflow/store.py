@@ -47,12 +47,29 @@ class StageResult(BaseModel):
 @lru_cache(maxsize=1)
 def code_version() -> str:
     """Digest of the library and stage code: a code change invalidates cached stage outputs."""
+    files = [
+        path for folder in _CODE_DIRS for path in sorted((_PACKAGE_ROOT / folder).rglob("*.py"))
+    ]
+    return files_digest(files, relative_to=_PACKAGE_ROOT) or ""
+
+
+def files_digest(paths: list[Path | None], relative_to: Path | None = None) -> str | None:
+    """One digest over the files' names and contents (None where none of them is a file). Each
+    file's content hash is kept while its size and mtime stay, so asking again reads nothing."""
+    files = [path for path in paths if path is not None and path.is_file()]
+    if not files:
+        return None
     digest = hashlib.sha256()
-    for folder in _CODE_DIRS:
-        for path in sorted((_PACKAGE_ROOT / folder).rglob("*.py")):
-            digest.update(str(path.relative_to(_PACKAGE_ROOT)).encode())
-            digest.update(path.read_bytes())
+    for path in files:
+        digest.update(str(path.relative_to(relative_to) if relative_to else path).encode())
+        stat = path.stat()
+        digest.update(_content_digest(path.resolve(), stat.st_size, stat.st_mtime_ns))
     return digest.hexdigest()[:12]
+
+
+@lru_cache(maxsize=4096)
+def _content_digest(path: Path, size: int, mtime_ns: int) -> bytes:
+    return hashlib.sha256(path.read_bytes()).digest()
 
 
 def cache_key(stage: str, settings: Any, upstream: list[str]) -> str:

@@ -327,8 +327,17 @@ class PPOTrainer:
         cfg = self.cfg
         seq, attn, mask = batch.sequence[idx], batch.attention_mask[idx], batch.mask[idx].float()
         trunk = batch.trunk_rows(idx)
-        if self.update_index < cfg.critic_warmup:  # the critic alone: no policy pass, no step
-            return self._value_step(batch, idx, seq, attn, mask, trunk)
+        if self.update_index < cfg.critic_warmup:  # the critic alone: no policy pass
+            # the policy gets no gradient, so the optimizer leaves it and its moments untouched
+            vf_loss, vf_clipfrac = self._value_loss(batch, idx, seq, attn, mask, trunk)
+            grad_norm = self._checked_step(
+                cfg.value_coef * vf_loss, "policy.ppo.value_learning_rate"
+            )
+            return {
+                "value_loss": vf_loss.item(),
+                "value_clipfrac": vf_clipfrac.item(),
+                "grad_norm": grad_norm,
+            }
         kl_loss = None
         if batch.ref_distributions is None:
             logprobs, entropy = response_logprobs(
@@ -342,56 +351,49 @@ class PPOTrainer:
             kl_loss = functional.masked_mean(kl, mask)
         if cfg.entropy_coef == 0:  # logged only: keep it out of the autograd graph
             entropy = entropy.detach()
-        values = token_scores(self.value_model, seq, attn, trunk)[:, batch.query_len - 1 : -1]
+        vf_loss, vf_clipfrac = self._value_loss(batch, idx, seq, attn, mask, trunk)
         pg_loss, clipfrac, approx_kl = functional.policy_loss(
             logprobs, batch.logprobs[idx], batch.advantages[idx], mask, cfg.clip_range
-        )
-        vf_loss, vf_clipfrac = functional.value_loss(
-            values, batch.values[idx], batch.returns[idx], mask, cfg.value_clip_range
         )
         mean_entropy = functional.masked_mean(entropy, mask)
         loss = pg_loss + cfg.value_coef * vf_loss - cfg.entropy_coef * mean_entropy
         if kl_loss is not None:
             loss = loss + batch.kl_loss_coef * kl_loss
-        if not torch.isfinite(loss):
-            raise NonFiniteError(
-                f"PPO loss is {loss.item()} at update {self.update_index} "
-                f"(policy {pg_loss.item()}, value {vf_loss.item()}); lower policy.ppo.learning_rate"
-            )
-        grad_norm = self.strategy.step(loss)
-        if not torch.isfinite(grad_norm):
-            raise NonFiniteError(
-                f"PPO gradient norm is {grad_norm.item()} at update {self.update_index}; "
-                "lower policy.ppo.learning_rate"
-            )
+        grad_norm = self._checked_step(
+            loss, "policy.ppo.learning_rate", f" (policy {pg_loss.item()}, value {vf_loss.item()})"
+        )
         extra = {} if kl_loss is None else {"kl_loss": kl_loss.item()}
         return {
             **extra,
             "policy_loss": pg_loss.item(),
             "value_loss": vf_loss.item(),
-            "clipfrac": clipfrac.item(),
             "value_clipfrac": vf_clipfrac.item(),
+            "grad_norm": grad_norm,
+            "clipfrac": clipfrac.item(),
             "approx_kl": approx_kl.item(),
             "entropy": mean_entropy.item(),
         }
 
-    def _value_step(self, batch: Rollout, idx: Tensor, seq, attn, mask, trunk) -> dict[str, float]:
-        """A critic-only step (policy.ppo.critic_warmup): the policy gets no gradient, so the
-        optimizer leaves it and its moments untouched."""
+    def _value_loss(self, batch: Rollout, idx, seq, attn, mask, trunk) -> tuple[Tensor, Tensor]:
         values = token_scores(self.value_model, seq, attn, trunk)[:, batch.query_len - 1 : -1]
-        vf_loss, vf_clipfrac = functional.value_loss(
+        return functional.value_loss(
             values, batch.values[idx], batch.returns[idx], mask, self.cfg.value_clip_range
         )
-        loss = self.cfg.value_coef * vf_loss
+
+    def _checked_step(self, loss: Tensor, lower: str, parts: str = "") -> float:
+        """One optimizer step, refused on a non-finite loss or gradient norm; `lower` names the
+        learning rate to lower. Returns the gradient norm before clipping."""
         if not torch.isfinite(loss):
-            raise NonFiniteError(f"PPO value loss is {loss.item()} at update {self.update_index}")
+            raise NonFiniteError(
+                f"PPO loss is {loss.item()} at update {self.update_index}{parts}; lower {lower}"
+            )
         grad_norm = self.strategy.step(loss)
         if not torch.isfinite(grad_norm):
             raise NonFiniteError(
                 f"PPO gradient norm is {grad_norm.item()} at update {self.update_index}; "
-                "lower policy.ppo.value_learning_rate"
+                f"lower {lower}"
             )
-        return {"value_loss": vf_loss.item(), "value_clipfrac": vf_clipfrac.item()}
+        return grad_norm.item()
 
     def optimise(self, batch: Rollout, update: int) -> dict[str, float]:
         generator = torch.Generator().manual_seed(self.seed * 7919 + update)
