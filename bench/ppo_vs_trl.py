@@ -595,7 +595,14 @@ def run_ours(spec: dict) -> dict:
         recorder.start(models.policy)
         for update in range(1, ppo.updates + 1):
             stats = trainer.step()
-            keep = ("reward", "kl", "eos_rate", "generation_seconds", "training_seconds")
+            keep = (
+                "reward",
+                "kl",
+                "eos_rate",
+                "grad_norm",
+                "generation_seconds",
+                "training_seconds",
+            )
             recorder.end_update(models.policy, update, {k: stats[k] for k in keep if k in stats})
     return recorder.result()
 
