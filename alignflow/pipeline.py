@@ -112,7 +112,7 @@ def user_code(settings: Any) -> dict[str, str]:
         elif isinstance(value, str):
             digest = None
             if key == "include_path":
-                digest = files_digest(sorted(p for p in Path(value).rglob("*") if p.is_file()))
+                digest = files_digest(sorted(Path(value).rglob("*")))
             elif key in _FUNCTION_KEYS and _FUNCTION_REF.match(value):
                 digest = files_digest([_module_file(value.partition(":")[0])])
             if digest:

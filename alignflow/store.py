@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -56,15 +57,21 @@ def code_version() -> str:
 def files_digest(paths: list[Path | None], relative_to: Path | None = None) -> str | None:
     """One digest over the files' names and contents (None where none of them is a file). Each
     file's content hash is kept while its size and mtime stay, so asking again reads nothing."""
-    files = [path for path in paths if path is not None and path.is_file()]
-    if not files:
-        return None
     digest = hashlib.sha256()
-    for path in files:
+    found = False
+    for path in paths:
+        if path is None:
+            continue
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            continue
+        found = True
         digest.update(str(path.relative_to(relative_to) if relative_to else path).encode())
-        stat = path.stat()
-        digest.update(_content_digest(path.resolve(), stat.st_size, stat.st_mtime_ns))
-    return digest.hexdigest()[:12]
+        digest.update(_content_digest(path.absolute(), info.st_size, info.st_mtime_ns))
+    return digest.hexdigest()[:12] if found else None
 
 
 @lru_cache(maxsize=4096)
