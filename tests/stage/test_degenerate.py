@@ -27,14 +27,14 @@ def _nothing_kept(cfg, stage: str) -> None:
 
 
 def test_sft_that_diverges_fails_and_keeps_nothing(pipeline_runs, tmp_path):
-    cfg = micro_config(tmp_path, "sft.learning_rate=1.0e6")
+    cfg = micro_config(tmp_path, "sft.learning_rate=1.0e6", "sft.epochs=1")
     with pytest.raises(DegenerateModel, match=r"^sft: .*lower sft\.learning_rate$"):
         run_sft(cfg, tracking_context(cfg, tags={}), _stage_result(pipeline_runs, "prepare"))
     _nothing_kept(cfg, "sft")
 
 
 def test_reward_model_that_learned_nothing_fails_and_keeps_nothing(pipeline_runs, tmp_path):
-    cfg = micro_config(tmp_path, "reward_model.learning_rate=1.0e6")
+    cfg = micro_config(tmp_path, "reward_model.learning_rate=1.0e6", "reward_model.epochs=1")
     stages = {name: _stage_result(pipeline_runs, name) for name in ("prepare", "sft", "collect")}
     with pytest.raises(DegenerateModel, match=r"^reward: "):
         run_reward(
