@@ -57,21 +57,25 @@ def code_version() -> str:
 def files_digest(paths: list[Path | None], relative_to: Path | None = None) -> str | None:
     """One digest over the files' names and contents (None where none of them is a file). Each
     file's content hash is kept while its size and mtime stay, so asking again reads nothing."""
+    files = [(path, info) for path in paths if (info := _regular_file(path)) is not None]
+    if not files:
+        return None
     digest = hashlib.sha256()
-    found = False
-    for path in paths:
-        if path is None:
-            continue
-        try:
-            info = path.stat()
-        except OSError:
-            continue
-        if not stat.S_ISREG(info.st_mode):
-            continue
-        found = True
+    for path, info in files:
         digest.update(str(path.relative_to(relative_to) if relative_to else path).encode())
         digest.update(_content_digest(path.absolute(), info.st_size, info.st_mtime_ns))
-    return digest.hexdigest()[:12] if found else None
+    return digest.hexdigest()[:12]
+
+
+def _regular_file(path: Path | None) -> os.stat_result | None:
+    """`path`'s stat where it is a regular file (links followed), else None: one call."""
+    if path is None:
+        return None
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info if stat.S_ISREG(info.st_mode) else None
 
 
 @lru_cache(maxsize=4096)
